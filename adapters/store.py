@@ -1,0 +1,71 @@
+"""An agency's local store (SQLite): outbox, inbox and the statuses it received.
+
+Each adapter has its own database file, so the models are made per database
+(:func:`open_store`) instead of being bound globally: several adapters can live in one
+process (the demo, the tests) without sharing tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peewee import BlobField, CharField, DateTimeField, IntegerField, Model, SqliteDatabase, TextField
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+@dataclass
+class Store:
+    db: SqliteDatabase
+    Outbox: Any
+    Inbox: Any
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_store(path: Path) -> Store:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = SqliteDatabase(str(path), pragmas={"journal_mode": "wal", "synchronous": "full", "busy_timeout": 10000})
+
+    class Base(Model):
+        class Meta:
+            database = db
+
+    class Outbox(Base):
+        """What this agency sends: stored durably before anything is published."""
+
+        digest = CharField(max_length=64, unique=True)
+        kind = CharField(max_length=16)
+        document_id = CharField(max_length=500, index=True)
+        recipients = TextField(default="")
+        raw = BlobField()
+        created_at = DateTimeField(default=utcnow)
+        published_at = DateTimeField(null=True, index=True)
+        attempts = IntegerField(default=0)
+        last_error = TextField(null=True)
+
+    class Inbox(Base):
+        """What this agency received, verified, once per message (deduped by digest)."""
+
+        digest = CharField(max_length=64, unique=True)
+        kind = CharField(max_length=16, index=True)
+        state = CharField(max_length=16, default="new")  # new | handed | invalid
+        reason = TextField(null=True)
+        sender = CharField(max_length=64, index=True)
+        document_id = CharField(max_length=500, index=True)
+        code = CharField(max_length=300, default="")
+        subject = TextField(default="")
+        priority = IntegerField(default=0)
+        status_code = CharField(max_length=4, null=True)
+        raw = BlobField()
+        received_at = DateTimeField(default=utcnow)
+
+    db.connect(reuse_if_open=True)
+    db.create_tables([Outbox, Inbox], safe=True)
+    return Store(db, Outbox, Inbox)

@@ -1,0 +1,105 @@
+"""From untrusted bytes to a verified message: the only door into business logic.
+
+``open_envelope`` runs, in order: safe parse (size, depth, no DTD) -> XSD profile ->
+manifest/attachment match -> XMLDSig signature over the whole envelope -> certificate
+issued by the provincial CA, valid now, not revoked -> OrganId in the certificate equals
+``From/OrganId``.  What it returns was read from the signed tree only.
+
+Security: the router appends its own TraceHeader after the sender signed; a recipient
+removes trailing TraceHeaders of the hub (``Trust.hub_organ_id``) before verifying, so
+the sender's signature still covers every byte the sender wrote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from lxml import etree
+
+from bus import edxml, safexml, schema
+from bus.archive import sha256
+from bus.config import Limits
+from bus.errors import SignatureRejected
+from signing import xmldsig
+from signing.ca import CertificateAuthority
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What a verifier trusts: the provincial CA, its revocations, and the hub's OrganId."""
+
+    ca: CertificateAuthority
+    hub_organ_id: str
+    revoked_serials: frozenset[int] = field(default_factory=frozenset)
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class Opened:
+    """A verified message: its signed tree, the model read from it, and who signed it."""
+
+    root: etree._Element
+    message: edxml.Message
+    signer: str  # OrganId from the certificate
+    certificate: x509.Certificate
+    digest: str  # sha256 of the bytes as received
+
+
+def strip_hub_traces(root: etree._Element, hub_organ_id: str) -> list[edxml.TraceHeader]:
+    """Remove the hub's trailing TraceHeaders (appended after signing); return them."""
+    header = root.find(f"{{{edxml.NS}}}edXMLEnvelope/{{{edxml.NS}}}edXMLHeader")
+    thl = header.find(f"{{{edxml.NS}}}TraceHeaderList") if header is not None else None
+    removed: list[edxml.TraceHeader] = []
+    # index 0 is always the sender's own TraceHeader, even when the sender is the hub
+    while thl is not None and len(thl) > 1 and thl[-1].tag == edxml.q("TraceHeader"):
+        last = thl[-1]
+        organ = (last.findtext(edxml.q("OrganId")) or "").strip()
+        if organ != hub_organ_id:
+            break
+        removed.insert(0, edxml.TraceHeader(organ, (last.findtext(edxml.q("Timestamp")) or "").strip()))
+        thl.remove(last)
+    return removed
+
+
+def append_hub_trace(raw: bytes, hub_organ_id: str, at: dt.datetime | None = None) -> bytes:
+    """``raw`` with the hub's TraceHeader appended, leaving every signed byte's meaning intact."""
+    root = safexml.parse(raw, Limits(max_envelope_bytes=len(raw) + 1))
+    thl = root.find(f"{{{edxml.NS}}}edXMLEnvelope/{{{edxml.NS}}}edXMLHeader/{{{edxml.NS}}}TraceHeaderList")
+    if thl is None:
+        return raw
+    th = etree.SubElement(thl, edxml.q("TraceHeader"))
+    etree.SubElement(th, edxml.q("OrganId")).text = hub_organ_id
+    etree.SubElement(th, edxml.q("Timestamp")).text = edxml.fmt_timestamp(at or dt.datetime.now())
+    return edxml.serialize(root)
+
+
+def open_envelope(data: bytes, trust: Trust, *, at: dt.datetime | None = None, from_hub: bool = False) -> Opened:
+    """Verify ``data`` completely or raise a :class:`bus.errors.Refused` with a specific reason.
+
+    ``from_hub``: the bytes came from the router's delivery exchange and may carry the hub's
+    trailing TraceHeaders.
+    """
+    digest = sha256(data)
+    root = safexml.parse(data, trust.limits)
+    if root.tag != edxml.q("edXML"):
+        edxml.parse_tree(root)  # raises not-edxml with a clear message
+    hub_traces = strip_hub_traces(root, trust.hub_organ_id) if from_hub else []
+    schema.validate(root, "strict")
+    edxml.check_manifest(root)
+    sig = edxml.signature_element(root)
+    if sig is None:
+        raise SignatureRejected("the envelope is not signed", reason="signature-absent")
+    if sig.tag != f"{{{edxml.DSIG_NS}}}Signature":
+        raise SignatureRejected("the Signature is a placeholder, not XMLDSig: not verifiable", reason="signature-unverifiable")
+    cert = xmldsig.embedded_certificate(root)
+    signer = trust.ca.check(cert, at=at, revoked_serials=trust.revoked_serials)
+    signed = xmldsig.verify(root, cert)
+    message = edxml.parse_tree(signed, trust.limits)
+    if message.sender.organ_id != signer:
+        raise SignatureRejected(
+            f"From/OrganId {message.sender.organ_id} is not the signer's OrganId {signer}", reason="sender-mismatch"
+        )
+    message.traces.extend(hub_traces)
+    return Opened(root=signed, message=message, signer=signer, certificate=cert, digest=digest)

@@ -1,0 +1,58 @@
+"""What the provincial directive allows on the bus, applied to verified messages only.
+
+- a document marked secret (mật, tối mật, tuyệt mật: ``OtherInfo/SecurityLevel``) never
+  travels on this network;
+- a document without its electronic file is refused, unless it is urgent (priority khẩn
+  or above) or declared paper-only (``Bussiness/Paper`` = 1: technical dossiers, design
+  estimates);
+- every recipient must be a registered, enabled agency, named once;
+- a status must answer a document the archive holds, from one of its recipients (or its
+  sender, for the recall request 13).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Container
+
+from bus.edxml import Edoc, Status
+from bus.errors import PolicyRefusal
+
+SECRET_LEVELS = {"mat", "toi mat", "tuyet mat"}
+
+
+def fold(text: str) -> str:
+    """Lower-case and without diacritics ("Tối Mật" -> "toi mat"; "đ" -> "d")."""
+    text = text.replace("đ", "d").replace("Đ", "D")
+    decomposed = unicodedata.normalize("NFKD", text)
+    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).casefold().split())
+
+
+def check_edoc(edoc: Edoc, known: Container[str]) -> None:
+    level = fold(edoc.secrecy)
+    if level in SECRET_LEVELS:
+        raise PolicyRefusal(f"document is marked {edoc.secrecy!r}: secret documents never travel on the bus", reason="secret-document")
+    if not edoc.attachments and edoc.priority < 1 and edoc.business.paper != 1:
+        raise PolicyRefusal(
+            "document has no electronic file (attach it, mark it urgent, or declare it paper-only)", reason="no-electronic-file"
+        )
+    ids = [r.organ_id for r in edoc.recipients]
+    if not ids:
+        raise PolicyRefusal("document names no recipient", reason="no-recipient")
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise PolicyRefusal(f"recipient {dup[0]} is named more than once", reason="duplicate-recipient")
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise PolicyRefusal(f"unknown recipient(s): {', '.join(unknown)}", reason="unknown-recipient")
+
+
+def check_status(status: Status, edoc_recipients: Container[str] | None, edoc_sender: str | None) -> None:
+    if edoc_recipients is None or edoc_sender is None:
+        raise PolicyRefusal(f"status {status.status_code} answers unknown document {status.document_id!r}", reason="unknown-document")
+    who = status.sender.organ_id
+    if status.status_code == "13":
+        if who != edoc_sender:
+            raise PolicyRefusal("only the sender of a document may request its recall (13)", reason="not-sender")
+    elif who not in edoc_recipients:
+        raise PolicyRefusal(f"{who} is not a recipient of {status.document_id!r}", reason="not-recipient")

@@ -1,0 +1,87 @@
+"""Parse untrusted XML safely.
+
+Security: every envelope is hostile until verified.  This module is the only place that
+turns bytes into a tree, and it refuses, before and while parsing:
+
+- anything over ``Limits.max_envelope_bytes`` (checked on the raw bytes, before lxml);
+- any DOCTYPE, hence every DTD, internal or external, and every entity definition
+  (XXE, billion laughs, quadratic blow-up) -- edXML never needs one;
+- entity resolution and network access (off in the parser as a second line);
+- documents nested deeper than ``Limits.max_depth`` (libxml2 itself stops at 256);
+- bytes that are not UTF-8 XML.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lxml import etree
+
+from bus.config import Limits
+from bus.errors import MalformedEnvelope
+
+_PARSER = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    dtd_validation=False,
+    huge_tree=False,
+    remove_pis=True,
+    collect_ids=False,
+)
+# The prolog may hold an XML declaration, comments, PIs and whitespace; a DOCTYPE is refused.
+_DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
+
+
+def parse(data: bytes, limits: Limits | None = None) -> etree._Element:
+    """Return the root element of ``data`` or raise :class:`MalformedEnvelope`."""
+    limits = limits or Limits()
+    if not isinstance(data, bytes | bytearray):
+        raise MalformedEnvelope("envelope must be bytes", reason="malformed")
+    if len(data) > limits.max_envelope_bytes:
+        raise MalformedEnvelope(
+            f"envelope is {len(data)} bytes, over the limit of {limits.max_envelope_bytes}",
+            reason="too-large",
+        )
+    root_start = _root_start(data)
+    if _DOCTYPE.search(data, 0, root_start):
+        raise MalformedEnvelope("a DOCTYPE (DTD or entity declaration) is not allowed", reason="dtd-forbidden")
+    try:
+        root = etree.fromstring(bytes(data), parser=_PARSER)
+    except etree.XMLSyntaxError as exc:
+        reason = "bad-encoding" if "encoding" in str(exc).lower() or "utf-8" in str(exc).lower() else "malformed"
+        if "depth" in str(exc).lower():
+            reason = "too-deep"
+        raise MalformedEnvelope(f"not well-formed XML: {exc}", reason=reason) from exc
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or root.getroottree().docinfo.internalDTD is not None:
+        raise MalformedEnvelope("a DOCTYPE (DTD or entity declaration) is not allowed", reason="dtd-forbidden")
+    encoding = (docinfo.encoding or "UTF-8").upper()
+    if encoding not in ("UTF-8", "UTF8"):
+        raise MalformedEnvelope(f"encoding {encoding} is not allowed; edXML on this bus is UTF-8", reason="bad-encoding")
+    if root.xpath("boolean(/*" + "/*" * limits.max_depth + ")"):
+        raise MalformedEnvelope(f"document is nested deeper than {limits.max_depth} levels", reason="too-deep")
+    return root
+
+
+def _root_start(data: bytes) -> int:
+    """Offset of the root element's '<' (or len(data)); skips declaration, comments, PIs."""
+    i = 0
+    n = len(data)
+    while i < n:
+        j = data.find(b"<", i)
+        if j < 0 or j + 1 >= n:
+            return n
+        nxt = data[j + 1 : j + 2]
+        if nxt == b"?":
+            k = data.find(b"?>", j)
+            i = n if k < 0 else k + 2
+        elif data.startswith(b"<!--", j):
+            k = data.find(b"-->", j)
+            i = n if k < 0 else k + 3
+        elif nxt == b"!":
+            k = data.find(b">", j)  # a DOCTYPE: the caller refuses it, its extent does not matter
+            return n if k < 0 else k + 1
+        else:
+            return j
+    return n

@@ -1,0 +1,44 @@
+"""A signer's identity on disk: its OrganId, private key and certificate.
+
+Each agency's lives in ``$DOCBUS_HOME/agencies/<OrganId>/``; the router's (the hub) in
+``$DOCBUS_HOME/hub/``.  Security: ``key.pem`` is written 0600 and never leaves that folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bus.errors import ConfigError
+from signing.ca import CertificateAuthority, IssuePolicy, _write_private, cert_pem, key_pem, new_key
+
+
+@dataclass(frozen=True)
+class Identity:
+    organ_id: str
+    name: str
+    key_pem: bytes
+    cert_pem: bytes
+
+    @classmethod
+    def issue(cls, ca: CertificateAuthority, organ_id: str, name: str, folder: Path, policy: IssuePolicy = IssuePolicy()) -> Identity:
+        key = new_key(policy)
+        cert = ca.issue(organ_id, name, key.public_key())
+        ident = cls(organ_id, name, key_pem(key), cert_pem(cert))
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_private(folder / "key.pem", ident.key_pem)
+        (folder / "cert.pem").write_bytes(ident.cert_pem)
+        (folder / "name.txt").write_text(name, encoding="utf-8")
+        return ident
+
+    @classmethod
+    def load(cls, organ_id: str, folder: Path) -> Identity:
+        try:
+            return cls(
+                organ_id,
+                (folder / "name.txt").read_text(encoding="utf-8") if (folder / "name.txt").exists() else organ_id,
+                (folder / "key.pem").read_bytes(),
+                (folder / "cert.pem").read_bytes(),
+            )
+        except FileNotFoundError as exc:
+            raise ConfigError(f"no key and certificate for {organ_id} under {folder}: run 'docbus agency add' first") from exc
