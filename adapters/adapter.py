@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from adapters.store import open_store, utcnow
 from bus import compose, edxml
 from bus.archive import sha256
 from bus.config import Settings
@@ -34,7 +35,6 @@ from bus.errors import BrokerUnavailable, NotFound, Refused
 from bus.router import load_trust
 from bus.topology import Names
 from bus.transport import AmqpTransport, Delivery, Transport
-from adapters.store import open_store, utcnow
 from signing.identity import Identity
 
 
@@ -58,7 +58,15 @@ class InboxItem:
 
 
 class Adapter:
-    def __init__(self, settings: Settings, organ_id: str, *, transport: Transport | None = None, on_receive: Callable[[InboxItem, edxml.Message], None] | None = None, auto_arrived: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        organ_id: str,
+        *,
+        transport: Transport | None = None,
+        on_receive: Callable[[InboxItem, edxml.Message], None] | None = None,
+        auto_arrived: bool = True,
+    ) -> None:
         self.settings = settings
         self.organ_id = organ_id
         self.names = Names(settings.namespace)
@@ -127,7 +135,9 @@ class Adapter:
         return self.submit(edoc)
 
     def send_status(self, document_id: str, edoc_sender: str, code: str, description: str = "") -> SendResult:
-        status = compose.new_status(self.me, edoc_sender=edoc_sender, document_id=document_id, code=code, description=description)
+        status = compose.new_status(
+            self.me, edoc_sender=edoc_sender, document_id=document_id, code=code, description=description
+        )
         return self.submit(status)
 
     def submit(self, msg: edxml.Message) -> SendResult:
@@ -139,7 +149,9 @@ class Adapter:
         digest = sha256(raw)
         Outbox = self.store.Outbox
         with self.store.db.atomic():
-            Outbox.insert(digest=digest, kind=kind, document_id=document_id[:500], recipients=",".join(recipients), raw=raw).on_conflict_ignore().execute()
+            Outbox.insert(
+                digest=digest, kind=kind, document_id=document_id[:500], recipients=",".join(recipients), raw=raw
+            ).on_conflict_ignore().execute()
         item = Outbox.get(Outbox.digest == digest)
         return SendResult(document_id, digest, self._publish(item))
 
@@ -157,7 +169,9 @@ class Adapter:
             self._transport = None
             Outbox.update(attempts=Outbox.attempts + 1, last_error=exc.message).where(Outbox.id == item.id).execute()  # type: ignore[attr-defined]
             return False
-        Outbox.update(published_at=utcnow(), attempts=Outbox.attempts + 1, last_error=None).where(Outbox.id == item.id).execute()  # type: ignore[attr-defined]
+        Outbox.update(published_at=utcnow(), attempts=Outbox.attempts + 1, last_error=None).where(
+            Outbox.id == item.id
+        ).execute()  # type: ignore[attr-defined]
         return True
 
     def _user_id(self) -> str | None:
@@ -192,7 +206,12 @@ class Adapter:
             if item is not None:
                 got.append(item)
 
-        self.transport.consume(self.names.inbox(self.organ_id), handle, idle_timeout=idle_timeout, stop=(lambda: limit is not None and len(got) >= limit))
+        self.transport.consume(
+            self.names.inbox(self.organ_id),
+            handle,
+            idle_timeout=idle_timeout,
+            stop=(lambda: limit is not None and len(got) >= limit),
+        )
         return got
 
     def accept(self, body: bytes, message_id: str = "") -> InboxItem | None:
@@ -205,7 +224,15 @@ class Adapter:
             opened = open_envelope(body, self.trust, from_hub=True)
         except Refused as exc:
             with self.store.db.atomic():
-                Inbox.insert(digest=digest, kind="unknown", state="invalid", reason=f"[{exc.reason}] {exc.message}", sender="", document_id="", raw=body).on_conflict_ignore().execute()
+                Inbox.insert(
+                    digest=digest,
+                    kind="unknown",
+                    state="invalid",
+                    reason=f"[{exc.reason}] {exc.message}",
+                    sender="",
+                    document_id="",
+                    raw=body,
+                ).on_conflict_ignore().execute()
             return InboxItem(digest, "unknown", "invalid", "", "", "", None, exc.reason)
         msg = opened.message
         row = {
@@ -222,7 +249,9 @@ class Adapter:
             row.update(status_code=msg.status_code, subject=msg.description, code=msg.response_for.code)
         with self.store.db.atomic():
             inserted = Inbox.insert(**row).on_conflict_ignore().execute()
-        item = InboxItem(digest, msg.kind, "new", msg.sender.organ_id, msg.document_id, row["subject"], row.get("status_code"))
+        item = InboxItem(
+            digest, msg.kind, "new", msg.sender.organ_id, msg.document_id, row["subject"], row.get("status_code")
+        )
         if not inserted:
             return None
         if self.on_receive is not None:
@@ -236,11 +265,19 @@ class Adapter:
         query = Inbox.select().order_by(Inbox.received_at, Inbox.id)
         if kind:
             query = query.where(Inbox.kind == kind)
-        return [InboxItem(r.digest, r.kind, r.state, r.sender, r.document_id, r.subject, r.status_code, r.reason) for r in query]
+        return [
+            InboxItem(r.digest, r.kind, r.state, r.sender, r.document_id, r.subject, r.status_code, r.reason)
+            for r in query
+        ]
 
     def document(self, document_id: str) -> edxml.Edoc:
         Inbox = self.store.Inbox
-        row = Inbox.select().where((Inbox.document_id == document_id) & (Inbox.kind == "edoc") & (Inbox.state != "invalid")).order_by(Inbox.id.desc()).first()
+        row = (
+            Inbox.select()
+            .where((Inbox.document_id == document_id) & (Inbox.kind == "edoc") & (Inbox.state != "invalid"))
+            .order_by(Inbox.id.desc())
+            .first()
+        )
         if row is None:
             raise NotFound(f"{document_id!r} is not in the inbox of {self.organ_id}")
         return open_envelope(bytes(row.raw), self.trust, from_hub=True).message  # type: ignore[return-value]
@@ -261,4 +298,6 @@ def _attachment(path: Path, zipped: bool) -> Attachment:
     if not path.is_file():
         raise NotFound(f"attachment {path} does not exist")
     ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return Attachment.from_bytes(path.name, path.read_bytes(), ctype, content_id=f"cid:{sha256(path.name.encode())[:12]}", zipped=zipped)
+    return Attachment.from_bytes(
+        path.name, path.read_bytes(), ctype, content_id=f"cid:{sha256(path.name.encode())[:12]}", zipped=zipped
+    )

@@ -129,7 +129,9 @@ def open_database(url: str) -> Any:
     try:
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-            database = connect(url, pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10000, "synchronous": "normal"})
+            database = connect(
+                url, pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10000, "synchronous": "normal"}
+            )
         else:
             database = connect(url)
         db.initialize(database)
@@ -161,9 +163,17 @@ class Archive:
     # -- registry
     def add_agency(self, organ_id: str, name: str, cert_pem: str, serial: str, parent: str | None = None) -> Agency:
         with self.database.atomic():
-            Agency.insert(organ_id=organ_id, name=name, parent=parent, cert_pem=cert_pem, cert_serial=serial, enabled=True).on_conflict(
+            Agency.insert(
+                organ_id=organ_id, name=name, parent=parent, cert_pem=cert_pem, cert_serial=serial, enabled=True
+            ).on_conflict(
                 conflict_target=[Agency.organ_id],
-                update={Agency.name: name, Agency.parent: parent, Agency.cert_pem: cert_pem, Agency.cert_serial: serial, Agency.enabled: True},
+                update={
+                    Agency.name: name,
+                    Agency.parent: parent,
+                    Agency.cert_pem: cert_pem,
+                    Agency.cert_serial: serial,
+                    Agency.enabled: True,
+                },
             ).execute()
         return Agency.get_by_id(organ_id)
 
@@ -180,7 +190,14 @@ class Archive:
         return {a.organ_id: a for a in Agency.select().where(Agency.enabled == True)}  # noqa: E712
 
     # -- messages
-    def record(self, raw: bytes, *, fields: dict[str, Any], recipients: Iterable[str] = (), status: dict[str, Any] | None = None) -> tuple[Message, bool]:
+    def record(
+        self,
+        raw: bytes,
+        *,
+        fields: dict[str, Any],
+        recipients: Iterable[str] = (),
+        status: dict[str, Any] | None = None,
+    ) -> tuple[Message, bool]:
         """Archive ``raw`` with its metadata; return (record, created).  Idempotent by digest."""
         digest = sha256(raw)
         existing = Message.get_or_none(Message.digest == digest)
@@ -201,18 +218,25 @@ class Archive:
             return Message.get(Message.digest == digest), False
 
     def undelivered(self, message: Message) -> list[str]:
-        return [r.organ_id for r in Recipient.select().where((Recipient.message == message) & (Recipient.delivered_at.is_null()))]
+        return [
+            r.organ_id
+            for r in Recipient.select().where((Recipient.message == message) & (Recipient.delivered_at.is_null()))
+        ]
 
     def mark_delivered(self, message: Message, organ_ids: Iterable[str]) -> None:
         ids = list(organ_ids)
         if ids:
-            Recipient.update(delivered_at=utcnow()).where((Recipient.message == message) & (Recipient.organ_id.in_(ids))).execute()
+            Recipient.update(delivered_at=utcnow()).where(
+                (Recipient.message == message) & (Recipient.organ_id.in_(ids))
+            ).execute()
 
     def raw(self, message: Message) -> bytes:
         return bytes(Blob.get_by_id(message.digest).data)
 
     def find_edoc(self, document_id: str, sender: str | None = None) -> Message:
-        query = Message.select().where((Message.document_id == document_id) & (Message.kind == "edoc") & (Message.state == "accepted"))
+        query = Message.select().where(
+            (Message.document_id == document_id) & (Message.kind == "edoc") & (Message.state == "accepted")
+        )
         if sender:
             query = query.where(Message.sender == sender)
         found = query.order_by(Message.received_at.desc()).first()
@@ -222,14 +246,20 @@ class Archive:
 
     def trace(self, document_id: str) -> dict[str, Any]:
         """Every hop and every status per recipient of ``document_id``, with times."""
-        messages = list(Message.select().where((Message.document_id == document_id) & (Message.kind == "edoc")).order_by(Message.received_at))
+        messages = list(
+            Message.select()
+            .where((Message.document_id == document_id) & (Message.kind == "edoc"))
+            .order_by(Message.received_at)
+        )
         if not messages:
             raise NotFound(f"no document {document_id!r} in the archive")
         out: dict[str, Any] = {"document_id": document_id, "submissions": []}
         for m in messages:
             recips = {r.organ_id: r for r in m.recipients}
             statuses = list(
-                StatusEvent.select().where((StatusEvent.document_id == document_id) & (StatusEvent.edoc_sender == m.sender)).order_by(StatusEvent.received_at)
+                StatusEvent.select()
+                .where((StatusEvent.document_id == document_id) & (StatusEvent.edoc_sender == m.sender))
+                .order_by(StatusEvent.received_at)
             )
             out["submissions"].append(
                 {
@@ -243,9 +273,16 @@ class Archive:
                     "recipients": [
                         {
                             "organ_id": organ,
-                            "delivered_at": r.delivered_at.isoformat(sep=" ", timespec="seconds") if r.delivered_at else None,
+                            "delivered_at": r.delivered_at.isoformat(sep=" ", timespec="seconds")
+                            if r.delivered_at
+                            else None,
                             "statuses": [
-                                {"code": s.status_code, "description": s.description, "timestamp": s.timestamp, "received_at": s.received_at.isoformat(sep=" ", timespec="seconds")}
+                                {
+                                    "code": s.status_code,
+                                    "description": s.description,
+                                    "timestamp": s.timestamp,
+                                    "received_at": s.received_at.isoformat(sep=" ", timespec="seconds"),
+                                }
                                 for s in statuses
                                 if s.organ_id == organ
                             ],
@@ -253,7 +290,12 @@ class Archive:
                         for organ, r in recips.items()
                     ],
                     "other_statuses": [
-                        {"organ_id": s.organ_id, "code": s.status_code, "description": s.description, "received_at": s.received_at.isoformat(sep=" ", timespec="seconds")}
+                        {
+                            "organ_id": s.organ_id,
+                            "code": s.status_code,
+                            "description": s.description,
+                            "received_at": s.received_at.isoformat(sep=" ", timespec="seconds"),
+                        }
                         for s in statuses
                         if s.organ_id not in recips
                     ],

@@ -54,13 +54,26 @@ def new_edoc(
         priority=priority,
         response_for=list(related),
         traces=[TraceHeader(sender.organ_id, edxml.fmt_timestamp(now))],
-        business=Business(doc_type=business_doc_type, reason=edxml.BUSINESS_DOC_TYPES.get(business_doc_type, ""), paper=1 if paper_only else 0),
+        business=Business(
+            doc_type=business_doc_type,
+            reason=edxml.BUSINESS_DOC_TYPES.get(business_doc_type, ""),
+            paper=1 if paper_only else 0,
+        ),
         attachments=list(attachments),
         extra=extra,
     )
 
 
-def new_status(sender: Organ, *, edoc_sender: str, document_id: str, code: str, description: str = "", staff: StaffInfo | None = None, now: dt.datetime | None = None) -> Status:
+def new_status(
+    sender: Organ,
+    *,
+    edoc_sender: str,
+    document_id: str,
+    code: str,
+    description: str = "",
+    staff: StaffInfo | None = None,
+    now: dt.datetime | None = None,
+) -> Status:
     now = now or dt.datetime.now()
     return Status(
         sender=sender,
@@ -74,4 +87,4 @@ def new_status(sender: Organ, *, edoc_sender: str, document_id: str, code: str, 
 
 
 def sign(msg: edxml.Message, identity: Identity) -> bytes:
-    return xmldsig.sign(edxml.build_tree(msg), identity.key_pem, identity.cert_pem)
+    return xmldsig.sign(edxml.build_tree(msg), identity.private_key, identity.cert_pem)

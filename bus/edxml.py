@@ -162,8 +162,17 @@ class Attachment:
     _max_bytes: int = Limits().max_attachment_bytes
 
     @classmethod
-    def from_bytes(cls, name: str, data: bytes, content_type: str, *, content_id: str = "", zipped: bool = False) -> Attachment:
-        return cls(content_id=content_id or f"cid:{name}", name=name, content_type=content_type, description=name, zipped=zipped, _data=data)
+    def from_bytes(
+        cls, name: str, data: bytes, content_type: str, *, content_id: str = "", zipped: bool = False
+    ) -> Attachment:
+        return cls(
+            content_id=content_id or f"cid:{name}",
+            name=name,
+            content_type=content_type,
+            description=name,
+            zipped=zipped,
+            _data=data,
+        )
 
     @property
     def data(self) -> bytes:
@@ -191,26 +200,40 @@ def _decode(text: str, zipped: bool, name: str, max_bytes: int) -> bytes:
     try:
         raw = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise SchemaViolation(f"attachment {name!r}: content is not valid base64 ({exc})", reason="bad-attachment") from exc
+        raise SchemaViolation(
+            f"attachment {name!r}: content is not valid base64 ({exc})", reason="bad-attachment"
+        ) from exc
     if not zipped:
         if len(raw) > max_bytes:
-            raise SchemaViolation(f"attachment {name!r} is {len(raw)} bytes, over {max_bytes}", reason="attachment-too-large")
+            raise SchemaViolation(
+                f"attachment {name!r} is {len(raw)} bytes, over {max_bytes}", reason="attachment-too-large"
+            )
         return raw
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
             members = [m for m in zf.infolist() if not m.is_dir()]
             if len(members) != 1:
-                raise SchemaViolation(f"attachment {name!r}: a zipped attachment holds one file, found {len(members)}", reason="bad-attachment")
+                raise SchemaViolation(
+                    f"attachment {name!r}: a zipped attachment holds one file, found {len(members)}",
+                    reason="bad-attachment",
+                )
             member = members[0]
             if member.file_size > max_bytes:
-                raise SchemaViolation(f"attachment {name!r} unzips to {member.file_size} bytes, over {max_bytes}", reason="attachment-too-large")
+                raise SchemaViolation(
+                    f"attachment {name!r} unzips to {member.file_size} bytes, over {max_bytes}",
+                    reason="attachment-too-large",
+                )
             with zf.open(member) as fh:
                 out = fh.read(max_bytes + 1)  # the header's size may lie: read no more than the limit
             if len(out) > max_bytes:
-                raise SchemaViolation(f"attachment {name!r} unzips to more than {max_bytes} bytes", reason="attachment-too-large")
+                raise SchemaViolation(
+                    f"attachment {name!r} unzips to more than {max_bytes} bytes", reason="attachment-too-large"
+                )
             return out
     except zipfile.BadZipFile as exc:
-        raise SchemaViolation(f"attachment {name!r}: declared {ZIP_TYPE} but is not a ZIP ({exc})", reason="bad-attachment") from exc
+        raise SchemaViolation(
+            f"attachment {name!r}: declared {ZIP_TYPE} but is not a ZIP ({exc})", reason="bad-attachment"
+        ) from exc
 
 
 @dataclass
@@ -351,7 +374,10 @@ def parse_tree(root: etree._Element, limits: Limits | None = None) -> Message:
     sig = signature_element(root)
     signature = "absent" if sig is None else ("present" if sig.tag == f"{{{DSIG_NS}}}Signature" else "placeholder")
     sender = _read(Organ, _child(mh, "From"), _ORGAN_FIELDS)
-    traces = [TraceHeader(_text(t, "OrganId"), _text(t, "Timestamp")) for t in _nested(header, "TraceHeaderList", "TraceHeader")]
+    traces = [
+        TraceHeader(_text(t, "OrganId"), _text(t, "Timestamp"))
+        for t in _nested(header, "TraceHeaderList", "TraceHeader")
+    ]
     if _child(mh, "StatusCode") is not None:
         return Status(
             sender=sender,
@@ -367,7 +393,15 @@ def parse_tree(root: etree._Element, limits: Limits | None = None) -> Message:
     prom = _child(mh, "PromulgationInfo")
     dtype = _child(mh, "DocumentType")
     other = _child(mh, "OtherInfo")
-    modelled = {"Priority", "SphereOfPromulgation", "TyperNotation", "PromulgationAmount", "PageAmount", "Direction", "Appendixes"}
+    modelled = {
+        "Priority",
+        "SphereOfPromulgation",
+        "TyperNotation",
+        "PromulgationAmount",
+        "PageAmount",
+        "Direction",
+        "Appendixes",
+    }
     extra = {}
     for c in other if other is not None else ():
         if isinstance(c.tag, str) and etree.QName(c).localname not in modelled:
@@ -383,7 +417,9 @@ def parse_tree(root: etree._Element, limits: Limits | None = None) -> Message:
             document_id=_text(bus_el, "DocumentId"),
             staff=_read(StaffInfo, staff_el, _STAFF_FIELDS) if staff_el is not None else None,
             replacements=[
-                ReplacementInfo(_text(r, "DocumentId"), [(o.text or "").strip() for o in _nested(r, "OrganIdList", "OrganId")])
+                ReplacementInfo(
+                    _text(r, "DocumentId"), [(o.text or "").strip() for o in _nested(r, "OrganIdList", "OrganId")]
+                )
                 for r in _nested(bus_el, "ReplacementInfoList", "ReplacementInfo")
             ],
         )
@@ -457,7 +493,11 @@ def check_manifest(root: etree._Element) -> None:
     if set(listed) != set(carried):
         missing = sorted(set(listed) - set(carried))
         unlisted = sorted(set(carried) - set(listed))
-        detail = f"manifest lists {missing} with no attachment" if missing else f"attachments {unlisted} are not in the manifest"
+        detail = (
+            f"manifest lists {missing} with no attachment"
+            if missing
+            else f"attachments {unlisted} are not in the manifest"
+        )
         raise SchemaViolation(f"manifest and attachments differ: {detail}", reason="manifest-mismatch")
 
 
@@ -471,7 +511,9 @@ def _sub(parent: etree._Element, name: str, text: str | None = None, **kw: Any) 
     return el
 
 
-def _write(parent: etree._Element, obj: Any, fields: tuple[tuple[str, str], ...], *, keep: tuple[str, ...] = ()) -> None:
+def _write(
+    parent: etree._Element, obj: Any, fields: tuple[tuple[str, str], ...], *, keep: tuple[str, ...] = ()
+) -> None:
     for attr, tag in fields:
         value = getattr(obj, attr)
         if value or tag in keep:
@@ -620,7 +662,9 @@ def summary(msg: Message) -> dict[str, Any]:
         "kind": msg.kind,
         "document_id": msg.document_id,
         "from": {"organ_id": msg.sender.organ_id, "name": msg.sender.name},
-        "signature": "present" if msg.signature == "present" else ("placeholder" if msg.signature == "placeholder" else "absent"),
+        "signature": "present"
+        if msg.signature == "present"
+        else ("placeholder" if msg.signature == "placeholder" else "absent"),
         "traces": [{"organ_id": t.organ_id, "timestamp": t.timestamp} for t in msg.traces],
     }
     if isinstance(msg, Status):
@@ -629,7 +673,11 @@ def summary(msg: Message) -> dict[str, Any]:
             status_name=STATUS_CODES.get(msg.status_code, ""),
             description=msg.description,
             timestamp=msg.timestamp,
-            response_for={"organ_id": msg.response_for.organ_id, "document_id": msg.response_for.document_id, "code": msg.response_for.code},
+            response_for={
+                "organ_id": msg.response_for.organ_id,
+                "document_id": msg.response_for.document_id,
+                "code": msg.response_for.code,
+            },
             to=[{"organ_id": msg.response_for.organ_id, "name": ""}],
             code=None,
             subject=None,
@@ -646,10 +694,21 @@ def summary(msg: Message) -> dict[str, Any]:
         status_code=None,
         document_type={"type": msg.doc_type, "detail": msg.type_detail, "name": msg.type_name},
         promulgation={"place": msg.promulgation_place, "date": msg.promulgation_date},
-        business={"doc_type": msg.business.doc_type, "name": BUSINESS_DOC_TYPES.get(msg.business.doc_type, ""), "reason": msg.business.reason},
+        business={
+            "doc_type": msg.business.doc_type,
+            "name": BUSINESS_DOC_TYPES.get(msg.business.doc_type, ""),
+            "reason": msg.business.reason,
+        },
         response_for=[{"organ_id": r.organ_id, "document_id": r.document_id} for r in msg.response_for],
         attachments=[
-            {"content_id": a.content_id, "name": a.name, "content_type": a.content_type, "zipped": a.zipped, "size": len(a.data), "sha256": a.sha256}
+            {
+                "content_id": a.content_id,
+                "name": a.name,
+                "content_type": a.content_type,
+                "zipped": a.zipped,
+                "size": len(a.data),
+                "sha256": a.sha256,
+            }
             for a in msg.attachments
         ],
     )

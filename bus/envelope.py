@@ -86,13 +86,16 @@ def open_envelope(data: bytes, trust: Trust, *, at: dt.datetime | None = None, f
     if root.tag != edxml.q("edXML"):
         edxml.parse_tree(root)  # raises not-edxml with a clear message
     hub_traces = strip_hub_traces(root, trust.hub_organ_id) if from_hub else []
-    schema.validate(root, "strict")
-    edxml.check_manifest(root)
     sig = edxml.signature_element(root)
     if sig is None:
         raise SignatureRejected("the envelope is not signed", reason="signature-absent")
     if sig.tag != f"{{{edxml.DSIG_NS}}}Signature":
-        raise SignatureRejected("the Signature is a placeholder, not XMLDSig: not verifiable", reason="signature-unverifiable")
+        raise SignatureRejected(
+            "the Signature is a placeholder outside the XMLDSig namespace: not verifiable",
+            reason="signature-unverifiable",
+        )
+    schema.validate(root, "strict")
+    edxml.check_manifest(root)
     cert = xmldsig.embedded_certificate(root)
     signer = trust.ca.check(cert, at=at, revoked_serials=trust.revoked_serials)
     signed = xmldsig.verify(root, cert)

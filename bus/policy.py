@@ -31,10 +31,13 @@ def fold(text: str) -> str:
 def check_edoc(edoc: Edoc, known: Container[str]) -> None:
     level = fold(edoc.secrecy)
     if level in SECRET_LEVELS:
-        raise PolicyRefusal(f"document is marked {edoc.secrecy!r}: secret documents never travel on the bus", reason="secret-document")
+        raise PolicyRefusal(
+            f"document is marked {edoc.secrecy!r}: secret documents never travel on the bus", reason="secret-document"
+        )
     if not edoc.attachments and edoc.priority < 1 and edoc.business.paper != 1:
         raise PolicyRefusal(
-            "document has no electronic file (attach it, mark it urgent, or declare it paper-only)", reason="no-electronic-file"
+            "document has no electronic file (attach it, mark it urgent, or declare it paper-only)",
+            reason="no-electronic-file",
         )
     ids = [r.organ_id for r in edoc.recipients]
     if not ids:
@@ -49,7 +52,9 @@ def check_edoc(edoc: Edoc, known: Container[str]) -> None:
 
 def check_status(status: Status, edoc_recipients: Container[str] | None, edoc_sender: str | None) -> None:
     if edoc_recipients is None or edoc_sender is None:
-        raise PolicyRefusal(f"status {status.status_code} answers unknown document {status.document_id!r}", reason="unknown-document")
+        raise PolicyRefusal(
+            f"status {status.status_code} answers unknown document {status.document_id!r}", reason="unknown-document"
+        )
     who = status.sender.organ_id
     if status.status_code == "13":
         if who != edoc_sender:

@@ -32,11 +32,17 @@ class Province:
 def init(settings: Settings, archive: Archive, transport: Transport | None) -> tuple[Province, bool]:
     """Create (or load) the CA and the hub identity, and apply the topology. Returns (province, created)."""
     created = not CertificateAuthority.exists(settings.home)
-    ca = CertificateAuthority.create(settings.home) if created else CertificateAuthority.load(settings.home)
+    ca = (
+        CertificateAuthority.create(settings.home)
+        if created
+        else CertificateAuthority.load(settings.home, need_key=False)
+    )
     hub_dir = settings.home / "hub"
     if (hub_dir / "key.pem").exists():
         hub = Identity.load(settings.hub_organ_id, hub_dir)
     else:
+        if ca.key is None:
+            ca = CertificateAuthority.load(settings.home)
         hub = Identity.issue(ca, settings.hub_organ_id, settings.hub_name, hub_dir)
     if transport is not None:
         apply_topology(settings, archive, transport)
@@ -52,7 +58,14 @@ def apply_topology(settings: Settings, archive: Archive, transport: Transport) -
     return full
 
 
-def add_agency(settings: Settings, archive: Archive, transport: Transport | None, organ_id: str, name: str, parent: str | None = None) -> tuple[Agency, bool]:
+def add_agency(
+    settings: Settings,
+    archive: Archive,
+    transport: Transport | None,
+    organ_id: str,
+    name: str,
+    parent: str | None = None,
+) -> tuple[Agency, bool]:
     """Register an agency, issue its key and certificate, declare its inbox. Returns (agency, created)."""
     if not QCVN_ORGAN_ID.match(organ_id):
         raise ConfigError(f"{organ_id!r} is not a QCVN 102:2016 OrganId (like 000.00.00.H61)")
@@ -60,14 +73,12 @@ def add_agency(settings: Settings, archive: Archive, transport: Transport | None
         raise ConfigError(f"{organ_id} is the data centre's own OrganId")
     if parent is not None:
         archive.agency(parent)  # raises NotFound with a clear message
-    ca = CertificateAuthority.load(settings.home)
     folder = settings.agency_home(organ_id)
-    existing = Agency.get_or_none(Agency.organ_id == organ_id)
-    if existing is not None and (folder / "key.pem").exists():
+    if (folder / "key.pem").exists():
         ident = Identity.load(organ_id, folder)
         created = False
     else:
-        ident = Identity.issue(ca, organ_id, name, folder)
+        ident = Identity.issue(CertificateAuthority.load(settings.home), organ_id, name, folder)
         created = True
     cert = load_cert(ident.cert_pem)
     agency = archive.add_agency(organ_id, name, ident.cert_pem.decode(), format(cert.serial_number, "x"), parent)

@@ -44,7 +44,16 @@ class Outcome:
 
 
 class Router:
-    def __init__(self, settings: Settings, transport: Transport, archive: Archive, trust: Trust, hub: Identity, *, dev_users: frozenset[str] = frozenset({"guest"})) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        archive: Archive,
+        trust: Trust,
+        hub: Identity,
+        *,
+        dev_users: frozenset[str] = frozenset({"guest"}),
+    ) -> None:
         self.settings = settings
         self.names = Names(settings.namespace)
         self.transport = transport
@@ -74,8 +83,12 @@ class Router:
             delivery.ack()
             self.processed += 1
 
-    def run(self, *, idle_timeout: float | None = None, stop: Callable[[], bool] | None = None, prefetch: int = 20) -> None:
-        self.transport.consume(self.names.router_queue, self.handle, prefetch=prefetch, idle_timeout=idle_timeout, stop=stop)
+    def run(
+        self, *, idle_timeout: float | None = None, stop: Callable[[], bool] | None = None, prefetch: int = 20
+    ) -> None:
+        self.transport.consume(
+            self.names.router_queue, self.handle, prefetch=prefetch, idle_timeout=idle_timeout, stop=stop
+        )
 
     # -- the work
     def process(self, body: bytes, *, routing_key: str, user_id: str | None = None) -> Outcome:
@@ -91,9 +104,16 @@ class Router:
             msg = opened.message
             if isinstance(msg, Edoc):
                 check_edoc(msg, self.archive.known_agencies())
-                record, _ = self.archive.record(body, fields=self._fields(msg, user_id), recipients=[r.organ_id for r in msg.recipients])
+                record, _ = self.archive.record(
+                    body, fields=self._fields(msg, user_id), recipients=[r.organ_id for r in msg.recipients]
+                )
             else:
-                edoc = Message.get_or_none((Message.document_id == msg.document_id) & (Message.kind == "edoc") & (Message.state == "accepted") & (Message.sender == msg.response_for.organ_id))
+                edoc = Message.get_or_none(
+                    (Message.document_id == msg.document_id)
+                    & (Message.kind == "edoc")
+                    & (Message.state == "accepted")
+                    & (Message.sender == msg.response_for.organ_id)
+                )
                 recips = {r.organ_id for r in Recipient.select().where(Recipient.message == edoc)} if edoc else None
                 check_status(msg, recips, edoc.sender if edoc else None)
                 record, _ = self.archive.record(
@@ -112,18 +132,30 @@ class Router:
         """The three proofs agree: broker user, routing key (topic permission), certificate."""
         signer = opened.signer
         if claimed != signer:
-            raise SignatureRejected(f"routing key names {claimed or 'nobody'} but the envelope is signed by {signer}", reason="sender-mismatch")
+            raise SignatureRejected(
+                f"routing key names {claimed or 'nobody'} but the envelope is signed by {signer}",
+                reason="sender-mismatch",
+            )
         if user_id and user_id not in self.dev_users and user_id != signer:
             raise SignatureRejected(f"broker user {user_id} may not submit for {signer}", reason="sender-mismatch")
         agency = self.archive.known_agencies().get(signer)
         if agency is None:
             raise PolicyRefusal(f"{signer} is not a registered, enabled agency", reason="unknown-sender")
         if agency.cert_serial != format(opened.certificate.serial_number, "x"):
-            raise SignatureRejected(f"certificate {opened.certificate.serial_number:x} is not the one registered for {signer}", reason="cert-not-registered")
+            raise SignatureRejected(
+                f"certificate {opened.certificate.serial_number:x} is not the one registered for {signer}",
+                reason="cert-not-registered",
+            )
 
     @staticmethod
     def _fields(msg: edxml.Message, user_id: str | None) -> dict[str, object]:
-        base = {"kind": msg.kind, "state": "accepted", "user_id": user_id, "sender": msg.sender.organ_id, "document_id": msg.document_id[:500]}
+        base = {
+            "kind": msg.kind,
+            "state": "accepted",
+            "user_id": user_id,
+            "sender": msg.sender.organ_id,
+            "document_id": msg.document_id[:500],
+        }
         if isinstance(msg, Edoc):
             base.update(
                 code_number=msg.code_number,
@@ -136,7 +168,9 @@ class Router:
                 business_doc_type=msg.business.doc_type,
             )
         else:
-            base.update(status_code=msg.status_code, response_for_organ=msg.response_for.organ_id, subject=msg.description)
+            base.update(
+                status_code=msg.status_code, response_for_organ=msg.response_for.organ_id, subject=msg.description
+            )
         return base
 
     @staticmethod
@@ -155,7 +189,12 @@ class Router:
         if not pending:
             return
         out = append_hub_trace(body, self.hub.organ_id)
-        headers = {"x-docbus-kind": record.kind, "x-docbus-sender": record.sender, "x-docbus-document-id": record.document_id, "x-docbus-priority": record.priority}
+        headers = {
+            "x-docbus-kind": record.kind,
+            "x-docbus-sender": record.sender,
+            "x-docbus-document-id": record.document_id,
+            "x-docbus-priority": record.priority,
+        }
         for organ_id in pending:
             self.transport.publish(self.names.deliver, organ_id, out, message_id=record.digest, headers=headers)
             self.archive.mark_delivered(record, [organ_id])
@@ -166,7 +205,15 @@ class Router:
         log.warning("refused %s from %s: %s (%s)", document_id, claimed or user_id, exc.reason, exc.message)
         self.archive.record(
             body,
-            fields={"kind": _peek_kind(body), "state": "quarantined", "reason": exc.reason, "reason_detail": exc.message, "user_id": user_id, "sender": claimed or (user_id or ""), "document_id": document_id[:500]},
+            fields={
+                "kind": _peek_kind(body),
+                "state": "quarantined",
+                "reason": exc.reason,
+                "reason_detail": exc.message,
+                "user_id": user_id,
+                "sender": claimed or (user_id or ""),
+                "document_id": document_id[:500],
+            },
         )
         if claimed not in self.archive.known_agencies():
             return  # nobody to answer: the claimed sender is unknown; the refusal stays in quarantine
@@ -178,7 +225,12 @@ class Router:
             description=f"[{exc.reason}] {exc.message}"[:2000],
         )
         raw = compose.sign(status, self.hub)
-        record, _ = self.archive.record(raw, fields=self._fields(status, None) | {"reason": exc.reason}, recipients=[claimed], status=self._status_event(status))
+        record, _ = self.archive.record(
+            raw,
+            fields=self._fields(status, None) | {"reason": exc.reason},
+            recipients=[claimed],
+            status=self._status_event(status),
+        )
         self._deliver(record, raw)
 
 
@@ -203,7 +255,11 @@ def _peek_kind(body: bytes) -> str:
 def load_trust(settings: Settings, archive: Archive | None = None) -> Trust:
     from signing.ca import CertificateAuthority
 
-    return Trust(ca=CertificateAuthority.load(settings.home, need_key=False), hub_organ_id=settings.hub_organ_id, limits=settings.limits)
+    return Trust(
+        ca=CertificateAuthority.load(settings.home, need_key=False),
+        hub_organ_id=settings.hub_organ_id,
+        limits=settings.limits,
+    )
 
 
 def utc_now() -> dt.datetime:

@@ -58,7 +58,9 @@ def parse(data: bytes, limits: Limits | None = None) -> etree._Element:
         raise MalformedEnvelope("a DOCTYPE (DTD or entity declaration) is not allowed", reason="dtd-forbidden")
     encoding = (docinfo.encoding or "UTF-8").upper()
     if encoding not in ("UTF-8", "UTF8"):
-        raise MalformedEnvelope(f"encoding {encoding} is not allowed; edXML on this bus is UTF-8", reason="bad-encoding")
+        raise MalformedEnvelope(
+            f"encoding {encoding} is not allowed; edXML on this bus is UTF-8", reason="bad-encoding"
+        )
     if root.xpath("boolean(/*" + "/*" * limits.max_depth + ")"):
         raise MalformedEnvelope(f"document is nested deeper than {limits.max_depth} levels", reason="too-deep")
     return root

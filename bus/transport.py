@@ -53,9 +53,26 @@ class Delivery:
 
 class Transport(Protocol):
     def apply(self, topology: Topology) -> None: ...
-    def publish(self, exchange: str, routing_key: str, body: bytes, *, message_id: str = "", headers: dict[str, Any] | None = None, user_id: str | None = None) -> None: ...
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str = "",
+        headers: dict[str, Any] | None = None,
+        user_id: str | None = None,
+    ) -> None: ...
     def get(self, queue: str) -> Delivery | None: ...
-    def consume(self, queue: str, handler: Callable[[Delivery], None], *, prefetch: int = 10, idle_timeout: float | None = None, stop: Callable[[], bool] | None = None) -> None: ...
+    def consume(
+        self,
+        queue: str,
+        handler: Callable[[Delivery], None],
+        *,
+        prefetch: int = 10,
+        idle_timeout: float | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> None: ...
     def delete(self, topology: Topology) -> None: ...
     def close(self) -> None: ...
 
@@ -125,7 +142,16 @@ class AmqpTransport:
             raise _unavailable(self.url, exc) from exc
 
     # -- messages
-    def publish(self, exchange: str, routing_key: str, body: bytes, *, message_id: str = "", headers: dict[str, Any] | None = None, user_id: str | None = None) -> None:
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str = "",
+        headers: dict[str, Any] | None = None,
+        user_id: str | None = None,
+    ) -> None:
         props = pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent,
             content_type="application/xml",
@@ -137,11 +163,17 @@ class AmqpTransport:
         try:
             self._ch.basic_publish(exchange, routing_key, body, properties=props, mandatory=True)
         except pex.UnroutableError as exc:
-            raise DeliveryFailed(f"no queue takes {exchange}/{routing_key}: the recipient has no inbox", reason="unroutable") from exc
+            raise DeliveryFailed(
+                f"no queue takes {exchange}/{routing_key}: the recipient has no inbox", reason="unroutable"
+            ) from exc
         except pex.NackError as exc:
-            raise DeliveryFailed(f"the broker refused the message for {exchange}/{routing_key}", reason="nacked") from exc
+            raise DeliveryFailed(
+                f"the broker refused the message for {exchange}/{routing_key}", reason="nacked"
+            ) from exc
         except pex.ChannelClosedByBroker as exc:
-            raise DeliveryFailed(f"the broker closed the channel: {exc.reply_code} {exc.reply_text}", reason="refused-by-broker") from exc
+            raise DeliveryFailed(
+                f"the broker closed the channel: {exc.reply_code} {exc.reply_text}", reason="refused-by-broker"
+            ) from exc
         except (pex.AMQPError, OSError) as exc:
             raise _unavailable(self.url, exc) from exc
 
@@ -169,7 +201,15 @@ class AmqpTransport:
             return None
         return self._delivery(method, props, body)
 
-    def consume(self, queue: str, handler: Callable[[Delivery], None], *, prefetch: int = 10, idle_timeout: float | None = None, stop: Callable[[], bool] | None = None) -> None:
+    def consume(
+        self,
+        queue: str,
+        handler: Callable[[Delivery], None],
+        *,
+        prefetch: int = 10,
+        idle_timeout: float | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> None:
         """Feed deliveries to ``handler`` until ``stop()`` is true or nothing came for ``idle_timeout`` s."""
         try:
             self._ch.basic_qos(prefetch_count=prefetch)
@@ -228,17 +268,33 @@ class MemoryTransport:
         regex = r"\.".join(words).replace(r".*\.", r"(?:.*\.)?").replace(r"\..*", r"(?:\..*)?")
         return re.fullmatch(regex, key) is not None
 
-    def publish(self, exchange: str, routing_key: str, body: bytes, *, message_id: str = "", headers: dict[str, Any] | None = None, user_id: str | None = None) -> None:
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str = "",
+        headers: dict[str, Any] | None = None,
+        user_id: str | None = None,
+    ) -> None:
         kind = self.exchanges.get(exchange)
         if kind is None:
             raise DeliveryFailed(f"no exchange {exchange}", reason="refused-by-broker")
         targets = [
             q
             for ex, q, key in self.bindings
-            if ex == exchange and (kind == "fanout" or (kind == "direct" and key == routing_key) or (kind == "topic" and self._topic_match(key, routing_key)))
+            if ex == exchange
+            and (
+                kind == "fanout"
+                or (kind == "direct" and key == routing_key)
+                or (kind == "topic" and self._topic_match(key, routing_key))
+            )
         ]
         if not targets:
-            raise DeliveryFailed(f"no queue takes {exchange}/{routing_key}: the recipient has no inbox", reason="unroutable")
+            raise DeliveryFailed(
+                f"no queue takes {exchange}/{routing_key}: the recipient has no inbox", reason="unroutable"
+            )
         for q in dict.fromkeys(targets):
             self.queues[q].append(Delivery(bytes(body), routing_key, message_id, dict(headers or {}), user_id))
 
@@ -257,7 +313,15 @@ class MemoryTransport:
         d._reject = reject
         return d
 
-    def consume(self, queue: str, handler: Callable[[Delivery], None], *, prefetch: int = 10, idle_timeout: float | None = None, stop: Callable[[], bool] | None = None) -> None:
+    def consume(
+        self,
+        queue: str,
+        handler: Callable[[Delivery], None],
+        *,
+        prefetch: int = 10,
+        idle_timeout: float | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> None:
         while not (stop is not None and stop()):
             d = self.get(queue)
             if d is None:

@@ -45,7 +45,9 @@ def new_key(policy: IssuePolicy = IssuePolicy()) -> PrivateKey:
 
 
 def key_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -88,9 +90,13 @@ class CertificateAuthority:
         return home / "ca" / "ca.pem", home / "ca" / "ca.key"
 
     @classmethod
-    def create(cls, home: Path, name: str = "Vĩnh Long Provincial CA", policy: IssuePolicy = IssuePolicy()) -> CertificateAuthority:
+    def create(
+        cls, home: Path, name: str = "Vĩnh Long Provincial CA", policy: IssuePolicy = IssuePolicy()
+    ) -> CertificateAuthority:
         key = new_key(IssuePolicy(key_type=policy.key_type, rsa_bits=max(policy.rsa_bits, 3072)))
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name), x509.NameAttribute(NameOID.COUNTRY_NAME, "VN")])
+        subject = x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, name), x509.NameAttribute(NameOID.COUNTRY_NAME, "VN")]
+        )
         now = _now()
         cert = (
             x509.CertificateBuilder()
@@ -101,9 +107,7 @@ class CertificateAuthority:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=policy.ca_validity_days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-            )
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -127,7 +131,9 @@ class CertificateAuthority:
         if need_key:
             if not key_path.exists():
                 raise ConfigError(f"the CA key {key_path} is missing; this machine cannot issue certificates")
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            key = serialization.load_pem_private_key(
+                key_path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True
+            )
         return cls(load_cert(cert_path.read_bytes()), key)  # type: ignore[arg-type]
 
     @classmethod
@@ -135,7 +141,15 @@ class CertificateAuthority:
         return cls.paths(home)[0].exists()
 
     # -- issuing
-    def issue(self, organ_id: str, name: str, public_key: object, *, days: int | None = None, not_before: dt.datetime | None = None) -> x509.Certificate:
+    def issue(
+        self,
+        organ_id: str,
+        name: str,
+        public_key: object,
+        *,
+        days: int | None = None,
+        not_before: dt.datetime | None = None,
+    ) -> x509.Certificate:
         if self.key is None:
             raise ConfigError("this CA was loaded without its key and cannot issue certificates")
         start = not_before or (_now() - dt.timedelta(minutes=5))
@@ -166,7 +180,9 @@ class CertificateAuthority:
         )
 
     # -- checking
-    def check(self, cert: x509.Certificate, *, at: dt.datetime | None = None, revoked_serials: frozenset[int] = frozenset()) -> str:
+    def check(
+        self, cert: x509.Certificate, *, at: dt.datetime | None = None, revoked_serials: frozenset[int] = frozenset()
+    ) -> str:
         """Check that ``cert`` is an agency certificate issued by this CA and valid at ``at``.
 
         Returns the OrganId inside it.  Raises :class:`SignatureRejected` with a specific reason.
@@ -177,7 +193,9 @@ class CertificateAuthority:
         try:
             pub = self.cert.public_key()
             if isinstance(pub, rsa.RSAPublicKey):
-                pub.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm)  # type: ignore[arg-type]
+                pub.verify(
+                    cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm
+                )  # type: ignore[arg-type]
             elif isinstance(pub, ec.EllipticCurvePublicKey):
                 pub.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))  # type: ignore[arg-type]
             else:  # pragma: no cover - the CA is created RSA or EC
@@ -185,11 +203,18 @@ class CertificateAuthority:
         except Exception as exc:
             if isinstance(exc, SignatureRejected):
                 raise
-            raise SignatureRejected("certificate signature does not verify against the provincial CA", reason="cert-untrusted") from exc
+            raise SignatureRejected(
+                "certificate signature does not verify against the provincial CA", reason="cert-untrusted"
+            ) from exc
         if at < cert.not_valid_before_utc:
-            raise SignatureRejected(f"certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}", reason="cert-not-yet-valid")
+            raise SignatureRejected(
+                f"certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}",
+                reason="cert-not-yet-valid",
+            )
         if at > cert.not_valid_after_utc:
-            raise SignatureRejected(f"certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M}", reason="cert-expired")
+            raise SignatureRejected(
+                f"certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M}", reason="cert-expired"
+            )
         if cert.serial_number in revoked_serials:
             raise SignatureRejected(f"certificate {cert.serial_number:x} is revoked", reason="cert-revoked")
         organ_id = organ_id_of(cert)

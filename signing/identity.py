@@ -7,7 +7,10 @@ Each agency's lives in ``$DOCBUS_HOME/agencies/<OrganId>/``; the router's (the h
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from bus.errors import ConfigError
 from signing.ca import CertificateAuthority, IssuePolicy, _write_private, cert_pem, key_pem, new_key
@@ -20,8 +23,15 @@ class Identity:
     key_pem: bytes
     cert_pem: bytes
 
+    @cached_property
+    def private_key(self) -> object:
+        """The parsed key, loaded once: parsing an RSA key costs more than a signature."""
+        return load_pem_private_key(self.key_pem, password=None, unsafe_skip_rsa_key_validation=True)
+
     @classmethod
-    def issue(cls, ca: CertificateAuthority, organ_id: str, name: str, folder: Path, policy: IssuePolicy = IssuePolicy()) -> Identity:
+    def issue(
+        cls, ca: CertificateAuthority, organ_id: str, name: str, folder: Path, policy: IssuePolicy = IssuePolicy()
+    ) -> Identity:
         key = new_key(policy)
         cert = ca.issue(organ_id, name, key.public_key())
         ident = cls(organ_id, name, key_pem(key), cert_pem(cert))
@@ -41,4 +51,6 @@ class Identity:
                 (folder / "cert.pem").read_bytes(),
             )
         except FileNotFoundError as exc:
-            raise ConfigError(f"no key and certificate for {organ_id} under {folder}: run 'docbus agency add' first") from exc
+            raise ConfigError(
+                f"no key and certificate for {organ_id} under {folder}: run 'docbus agency add' first"
+            ) from exc

@@ -37,7 +37,7 @@ _CONFIG = SignatureConfiguration(
 )
 
 
-def sign(root: etree._Element, key_pem: bytes, cert_pem: bytes, *, ecdsa: bool = False) -> bytes:
+def sign(root: etree._Element, key: bytes | object, cert_pem: bytes, *, ecdsa: bool = False) -> bytes:
     """Sign ``root`` (which holds a ``ds:Signature Id="placeholder"`` slot) and return its bytes."""
     signer = XMLSigner(
         signature_algorithm=SignatureMethod.ECDSA_SHA256 if ecdsa else SignatureMethod.RSA_SHA256,
@@ -45,7 +45,7 @@ def sign(root: etree._Element, key_pem: bytes, cert_pem: bytes, *, ecdsa: bool =
         c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
     )
     etree.indent(root, space="  ")
-    signed = signer.sign(root, key=key_pem, cert=cert_pem.decode())
+    signed = signer.sign(root, key=key, cert=cert_pem.decode())
     return serialize(signed)
 
 
@@ -58,7 +58,9 @@ def embedded_certificate(root: etree._Element) -> x509.Certificate:
         raise SignatureRejected(f"expected one XMLDSig Signature, found {len(sigs)}", reason="signature-invalid")
     certs = sigs[0].findall(f"{{{DSIG_NS}}}KeyInfo/{{{DSIG_NS}}}X509Data/{{{DSIG_NS}}}X509Certificate")
     if len(certs) != 1:
-        raise SignatureRejected(f"expected one X509Certificate in KeyInfo, found {len(certs)}", reason="signature-invalid")
+        raise SignatureRejected(
+            f"expected one X509Certificate in KeyInfo, found {len(certs)}", reason="signature-invalid"
+        )
     text = "".join((certs[0].text or "").split())
     try:
         import base64
@@ -76,7 +78,9 @@ def verify(root: etree._Element, cert: x509.Certificate) -> etree._Element:
         raise SignatureRejected(f"expected one XMLDSig Signature, found {len(sigs)}", reason="signature-invalid")
     refs = sigs[0].findall(f"{{{DSIG_NS}}}SignedInfo/{{{DSIG_NS}}}Reference")
     if len(refs) != 1 or refs[0].get("URI") != "":
-        raise SignatureRejected('the signature must have one Reference with URI="" (the whole envelope)', reason="signature-scope")
+        raise SignatureRejected(
+            'the signature must have one Reference with URI="" (the whole envelope)', reason="signature-scope"
+        )
     try:
         result = XMLVerifier().verify(root, x509_cert=cert, expect_config=_CONFIG)
     except InvalidSignature as exc:

@@ -1,0 +1,39 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+from bus import compose
+from bus.config import Settings
+from bus.edxml import Attachment, Organ
+from signing.identity import Identity
+
+PDF = b"%PDF-1.4\n% docbus test\n%%EOF\n"
+
+
+def identity(settings: Settings, organ_id: str) -> Identity:
+    return Identity.load(organ_id, settings.agency_home(organ_id))
+
+
+def edoc(
+    sender: str,
+    recipients: list[str],
+    *,
+    subject: str = "Công văn V/v kết nối",
+    number: str = "12",
+    files: bool = True,
+    **kw,
+):
+    atts = [Attachment.from_bytes("cong-van.pdf", PDF, "application/pdf")] if files else []
+    return compose.new_edoc(
+        Organ(sender, "Sở"),
+        [Organ(r) for r in recipients],
+        subject=subject,
+        number=number,
+        notation="SNV-VP",
+        attachments=atts,
+        **kw,
+    )
+
+
+def signed_edoc(settings: Settings, sender: str, recipients: list[str], *, signer: str | None = None, **kw) -> bytes:
+    return compose.sign(edoc(sender, recipients, **kw), identity(settings, signer or sender))

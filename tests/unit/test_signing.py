@@ -1,0 +1,160 @@
+"""XMLDSig over whole envelopes, certificates from the provincial CA, and what must fail."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from bus import edxml, safexml
+from bus.envelope import Trust, append_hub_trace, open_envelope
+from bus.errors import SignatureRejected
+from bus.router import load_trust
+from signing.ca import CertificateAuthority, key_pem, new_key
+from signing.identity import Identity
+from tests.conftest import interop_files
+from tests.helpers import edoc, signed_edoc
+
+SENDER, RECIPIENT = "000.00.01.H61", "000.00.00.H61"
+
+
+def refused(data: bytes, trust: Trust, **kw) -> str:
+    with pytest.raises(SignatureRejected) as info:
+        open_envelope(data, trust, **kw)
+    return info.value.reason
+
+
+def test_signed_edoc_verifies_and_reads_only_the_signed_tree(memory_province) -> None:
+    s = memory_province.settings
+    data = signed_edoc(s, SENDER, [RECIPIENT])
+    opened = open_envelope(data, load_trust(s))
+    assert opened.signer == SENDER
+    assert opened.message.subject == "Công văn V/v kết nối"
+    assert opened.message.attachments[0].data.startswith(b"%PDF")
+    assert b"rsa-sha256" in data and b"xml-exc-c14n" in data
+
+
+def test_hub_trace_is_appended_and_still_verifies(memory_province) -> None:
+    s = memory_province.settings
+    data = append_hub_trace(signed_edoc(s, SENDER, [RECIPIENT]), s.hub_organ_id)
+    trust = load_trust(s)
+    assert refused(data, trust) == "signature-invalid"  # as submitted to the router: no hub trace allowed
+    opened = open_envelope(data, trust, from_hub=True)
+    assert [t.organ_id for t in opened.message.traces] == [SENDER, s.hub_organ_id]
+
+
+def test_tampered_header_fails(memory_province) -> None:
+    s = memory_province.settings
+    data = signed_edoc(s, SENDER, [RECIPIENT])
+    bad = data.replace("V/v kết nối".encode(), "V/v kết lối".encode())
+    assert refused(bad, load_trust(s)) == "signature-invalid"
+
+
+def test_tampered_attachment_fails(memory_province) -> None:
+    s = memory_province.settings
+    data = signed_edoc(s, SENDER, [RECIPIENT])
+    root = safexml.parse(data)
+    body = root.find(f".//{{{edxml.NS}}}ContentTransferEncoded")
+    body.text = "JVBERi0xLjQKJSBldmlsCg=="
+    assert refused(edxml.serialize(root), load_trust(s)) == "signature-invalid"
+
+
+def test_signature_by_another_agency_fails(memory_province) -> None:
+    s = memory_province.settings
+    data = signed_edoc(s, SENDER, [RECIPIENT], signer="000.00.02.H61")
+    assert refused(data, load_trust(s)) == "sender-mismatch"
+
+
+def test_certificate_from_another_ca_fails(memory_province, tmp_path) -> None:
+    s = memory_province.settings
+    rogue = CertificateAuthority.create(tmp_path / "rogue")
+    Identity.issue(rogue, SENDER, "Giả mạo", tmp_path / "rogue-id")
+    from bus import compose
+
+    data = compose.sign(edoc(SENDER, [RECIPIENT]), Identity.load(SENDER, tmp_path / "rogue-id"))
+    assert refused(data, load_trust(s)) == "cert-untrusted"
+
+
+@pytest.mark.parametrize(("start", "days", "reason"), [(-800, 30, "cert-expired"), (30, 365, "cert-not-yet-valid")])
+def test_certificate_outside_its_validity_fails(memory_province, tmp_path, start, days, reason) -> None:
+    s = memory_province.settings
+    ca = CertificateAuthority.load(s.home)
+    key = new_key()
+    cert = ca.issue(
+        SENDER, "Sở Nội vụ", key.public_key(), days=days, not_before=dt.datetime.now(dt.UTC) + dt.timedelta(days=start)
+    )
+    from bus import compose
+    from signing.ca import cert_pem
+
+    data = compose.sign(edoc(SENDER, [RECIPIENT]), Identity(SENDER, "x", key_pem(key), cert_pem(cert)))
+    assert refused(data, load_trust(s)) == reason
+
+
+def test_revoked_certificate_fails(memory_province) -> None:
+    s = memory_province.settings
+    data = signed_edoc(s, SENDER, [RECIPIENT])
+    serial = open_envelope(data, load_trust(s)).certificate.serial_number
+    trust = load_trust(s)
+    revoked = Trust(trust.ca, trust.hub_organ_id, frozenset({serial}))
+    assert refused(data, revoked) == "cert-revoked"
+
+
+def test_unsigned_and_placeholder_signatures_are_reported_not_verifiable(memory_province) -> None:
+    trust = load_trust(memory_province.settings)
+    assert refused(edxml.build(edoc(SENDER, [RECIPIENT])), trust) == "signature-absent"
+    seen = set()
+    for path in interop_files():
+        if path.name == "vnpt-example__resources-edoc.edxml":
+            continue
+        reason = refused(path.read_bytes(), trust)
+        expected = (
+            "signature-absent"
+            if edxml.signature_element(safexml.parse(path.read_bytes())) is None
+            else "signature-unverifiable"
+        )
+        assert reason == expected, path.name
+        seen.add(reason)
+    assert seen == {"signature-absent", "signature-unverifiable"}
+
+
+def test_second_signature_or_partial_reference_is_refused(memory_province) -> None:
+    s = memory_province.settings
+    trust = load_trust(s)
+    data = signed_edoc(s, SENDER, [RECIPIENT])
+    root = safexml.parse(data)
+    ref = root.find(".//{http://www.w3.org/2000/09/xmldsig#}Reference")
+    ref.set("URI", "#header")
+    assert refused(edxml.serialize(root), trust) == "signature-scope"
+
+
+def test_wrapped_signed_document_inside_a_forged_one_is_refused(memory_province) -> None:
+    """Signature wrapping: the genuine signed envelope hidden inside a forged one."""
+    s = memory_province.settings
+    trust = load_trust(s)
+    genuine = safexml.parse(signed_edoc(s, SENDER, [RECIPIENT]))
+    forged = safexml.parse(signed_edoc(s, SENDER, [RECIPIENT], subject="Quyết định giả"))
+    # put the genuine Signature into the forged envelope, replacing its own
+    forged_sig = forged.find(".//{http://www.w3.org/2000/09/xmldsig#}Signature")
+    genuine_sig = genuine.find(".//{http://www.w3.org/2000/09/xmldsig#}Signature")
+    forged_sig.getparent().replace(forged_sig, genuine_sig)
+    assert refused(edxml.serialize(forged), trust) == "signature-invalid"
+
+
+def test_sha1_signature_is_refused(memory_province) -> None:
+    from signxml import DigestAlgorithm, SignatureMethod, XMLSigner
+
+    s = memory_province.settings
+    ident = Identity.load(SENDER, s.agency_home(SENDER))
+    tree = edxml.build_tree(edoc(SENDER, [RECIPIENT]))
+
+    class LegacySigner(XMLSigner):
+        def check_deprecated_methods(self) -> None:  # what an old implementation would still send
+            pass
+
+    signer = LegacySigner(
+        signature_algorithm=SignatureMethod.RSA_SHA1,
+        digest_algorithm=DigestAlgorithm.SHA1,
+        c14n_algorithm="http://www.w3.org/2001/10/xml-exc-c14n#",
+    )
+    data = edxml.serialize(signer.sign(tree, key=ident.key_pem, cert=ident.cert_pem.decode()))
+    assert refused(data, load_trust(s)) in {"signature-invalid", "signature-algorithm"}
