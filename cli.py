@@ -130,6 +130,8 @@ def main(verbose: bool) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:  # pika logs its own tracebacks; docbus reports broker errors in one line
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 @main.command()

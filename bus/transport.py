@@ -86,8 +86,18 @@ def redact(url: str) -> str:
     return url
 
 
+def _describe(exc: BaseException) -> str:
+    """The innermost cause pika wraps (e.g. 'Connection refused'), not its wrapper's name."""
+    seen = 0
+    while exc.args and isinstance(exc.args[0], BaseException) and seen < 5:
+        exc, seen = exc.args[0], seen + 1
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 def _unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
-    detail = str(exc) or type(exc).__name__
+    detail = _describe(exc)
     return BrokerUnavailable(
         f"RabbitMQ is not reachable at {redact(url)} ({detail}); start it with 'rabbitmq-server -detached' "
         "or set DOCBUS_AMQP_URL"

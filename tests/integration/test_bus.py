@@ -1,0 +1,115 @@
+"""The whole path through the real RabbitMQ and a real SQLite archive file."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+
+from adapters import Adapter
+from bus.archive import Message
+from bus.demo import RouterThread
+from bus.errors import DocbusError
+from bus.transport import AmqpTransport
+
+pytestmark = pytest.mark.broker
+PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
+
+
+def receive_until(adapter: Adapter, count: int, timeout: float = 20.0):
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += adapter.receive(idle_timeout=0.3)
+    return got
+
+
+def test_document_with_attachment_travels_and_statuses_come_back(broker_province, tmp_path) -> None:
+    p = broker_province
+    pdf = tmp_path / "Công văn số 125.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n")
+    with (
+        RouterThread(p.settings, p.archive, p.hub) as rt,
+        Adapter(p.settings, DEPT) as dept,
+        Adapter(p.settings, PC) as pc,
+    ):
+        sent = dept.send([PC], subject="Công văn V/v kết nối", number="125", notation="SNV-VP", files=[pdf])
+        assert sent.published
+        got = receive_until(pc, 1)
+        assert [(g.kind, g.document_id) for g in got] == [("edoc", sent.document_id)]
+        doc = pc.document(sent.document_id)
+        assert doc.attachments[0].name == "Công văn số 125.pdf"
+        assert hashlib.sha256(doc.attachments[0].data).hexdigest() == hashlib.sha256(pdf.read_bytes()).hexdigest()
+        saved = pc.save_attachments(sent.document_id, tmp_path / "out")
+        assert saved[0].read_bytes() == pdf.read_bytes()
+        pc.send_status(sent.document_id, DEPT, "03", "Đã vào sổ")
+        statuses = receive_until(dept, 2)
+        assert rt.error is None
+    assert [(s.status_code, s.sender) for s in statuses] == [("01", PC), ("03", PC)]
+    trace = p.archive.trace(sent.document_id)
+    recipient = trace["submissions"][0]["recipients"][0]
+    assert recipient["organ_id"] == PC and recipient["delivered_at"]
+    assert [s["code"] for s in recipient["statuses"]] == ["01", "03"]
+
+
+def test_distribution_to_many_agencies(broker_province, tmp_path) -> None:
+    p = broker_province
+    f = tmp_path / "qd.pdf"
+    f.write_bytes(b"%PDF-1.4 decision")
+    with RouterThread(p.settings, p.archive, p.hub), Adapter(p.settings, PC) as pc:
+        sent = pc.send([DEPT, FIN], subject="Quyết định sao lục", number="7", notation="QĐ-UBND", files=[f])
+        for code in (DEPT, FIN):
+            with Adapter(p.settings, code) as a:
+                assert [g.document_id for g in receive_until(a, 1)] == [sent.document_id]
+        assert {(s.sender, s.status_code) for s in receive_until(pc, 2)} == {(DEPT, "01"), (FIN, "01")}
+
+
+def test_refused_document_is_quarantined_answered_and_not_delivered(broker_province) -> None:
+    p = broker_province
+    with RouterThread(p.settings, p.archive, p.hub), Adapter(p.settings, DEPT) as dept, Adapter(p.settings, PC) as pc:
+        sent = dept.send([PC], subject="Không có tệp", number="9", notation="SNV-VP")  # no electronic file
+        answers = receive_until(dept, 1)
+        assert pc.receive(idle_timeout=0.5) == []
+    assert [(a.status_code, a.sender) for a in answers] == [("02", p.settings.hub_organ_id)]
+    assert "[no-electronic-file]" in answers[0].subject
+    rec = Message.get((Message.document_id == sent.document_id) & (Message.kind == "edoc"))
+    assert rec.state == "quarantined" and rec.reason == "no-electronic-file"
+
+
+def test_garbage_on_the_bus_does_not_stop_the_router(broker_province, tmp_path) -> None:
+    p = broker_province
+    f = tmp_path / "a.pdf"
+    f.write_bytes(b"%PDF")
+    raw = AmqpTransport(p.settings.amqp_url)
+    try:
+        raw.publish(
+            f"{p.settings.namespace}.submit",
+            f"edoc.{DEPT}",
+            b"<!DOCTYPE x [<!ENTITY a 'b'>]><x>&a;</x>",
+            user_id="guest",
+        )
+        raw.publish(f"{p.settings.namespace}.submit", f"edoc.{DEPT}", b"<x>\xff\xfe</x>", user_id="guest")
+    finally:
+        raw.close()
+    with (
+        RouterThread(p.settings, p.archive, p.hub) as rt,
+        Adapter(p.settings, DEPT) as dept,
+        Adapter(p.settings, PC) as pc,
+    ):
+        refusals = receive_until(dept, 2)
+        sent = dept.send([PC], subject="Sau rác", number="10", notation="SNV-VP", files=[f])
+        assert [g.document_id for g in receive_until(pc, 1)] == [sent.document_id]
+        assert rt.error is None
+    assert sorted(r.subject.split("]")[0] + "]" for r in refusals) == ["[bad-encoding]", "[dtd-forbidden]"]
+
+
+def test_broker_user_cannot_forge_user_id(broker_province) -> None:
+    """RabbitMQ itself refuses a user_id that is not the connection's user."""
+    p = broker_province
+    t = AmqpTransport(p.settings.amqp_url)
+    try:
+        with pytest.raises(DocbusError):
+            t.publish(f"{p.settings.namespace}.submit", f"edoc.{DEPT}", b"<x/>", user_id=DEPT)
+    finally:
+        t.close()

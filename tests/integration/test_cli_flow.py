@@ -1,0 +1,129 @@
+"""The operator's and clerk's commands, as separate processes, against the real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bus import topology
+from bus.topology import Names
+from bus.transport import AmqpTransport
+
+pytestmark = pytest.mark.broker
+ROOT = Path(__file__).resolve().parents[2]
+PC, DEPT = "000.00.00.H61", "000.00.01.H61"
+
+
+@pytest.fixture
+def env(tmp_path, broker_url, namespace):
+    e = dict(os.environ, DOCBUS_HOME=str(tmp_path / "home"), DOCBUS_NAMESPACE=namespace, DOCBUS_AMQP_URL=broker_url)
+    e.pop("DOCBUS_DB_URL", None)
+    yield e
+    names = Names(namespace)
+    t = AmqpTransport(broker_url)
+    t.delete(topology.core(names) + topology.agency(names, PC) + topology.agency(names, DEPT))
+    t.close()
+
+
+def docbus(env, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docbus {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def test_send_route_receive_answer_trace(env, tmp_path) -> None:
+    docbus(env, "init")
+    docbus(env, "agency", "add", PC, "UBND tỉnh Vĩnh Long")
+    docbus(env, "agency", "add", DEPT, "Sở Nội vụ", "--parent", PC)
+    agencies = json.loads(docbus(env, "agency", "list", "--json").stdout)
+    assert [(a["organ_id"], a["parent"]) for a in agencies] == [(PC, None), (DEPT, PC)]
+    assert "Sở Nội vụ" in docbus(env, "agency", "list").stdout
+
+    pdf = tmp_path / "to-trinh.pdf"
+    pdf.write_bytes(b"%PDF-1.4 to trinh")
+    sent = docbus(
+        env,
+        "send",
+        "--from",
+        DEPT,
+        "--to",
+        PC,
+        "--subject",
+        "Tờ trình V/v kết nối",
+        "--number",
+        "45",
+        "--notation",
+        "TTr-SNV",
+        "--type",
+        "Tờ trình",
+        "--priority",
+        "1",
+        str(pdf),
+    )
+    document_id = sent.stdout.strip()
+    assert document_id.startswith(f"{DEPT},") and document_id.endswith("45/TTr-SNV")
+
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    inbox = json.loads(docbus(env, "inbox", "--agency", PC, "--json").stdout)
+    assert [(i["kind"], i["document_id"], i["subject"]) for i in inbox] == [
+        ("edoc", document_id, "Tờ trình V/v kết nối")
+    ]
+    saved = docbus(env, "inbox", "save", "--agency", PC, document_id, str(tmp_path / "out"))
+    assert Path(saved.stdout.strip()).read_bytes() == pdf.read_bytes()
+    docbus(env, "status", "send", "--agency", PC, "--code", "03", document_id)
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+
+    statuses = json.loads(docbus(env, "inbox", "--agency", DEPT, "--json").stdout)
+    assert [(s["status_code"], s["sender"]) for s in statuses] == [("01", PC), ("03", PC)]
+    trace = json.loads(docbus(env, "trace", "--json", document_id).stdout)
+    assert [s["code"] for s in trace["submissions"][0]["recipients"][0]["statuses"]] == ["01", "03"]
+    table = docbus(env, "trace", document_id).stdout
+    assert "Tờ trình V/v kết nối" in table and "03 Đã tiếp nhận" in table
+
+    missing = docbus(env, "trace", "000.00.01.H61,2020/01/01,1/X", check=False)
+    assert missing.returncode == 3 and "no document" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_refused_send_reaches_the_sender_as_02(env, tmp_path) -> None:
+    docbus(env, "init")
+    docbus(env, "agency", "add", PC, "UBND tỉnh Vĩnh Long")
+    docbus(env, "agency", "add", DEPT, "Sở Nội vụ")
+    unknown = docbus(
+        env,
+        "send",
+        "--from",
+        DEPT,
+        "--to",
+        "000.00.55.H61",
+        "--subject",
+        "Gửi nhầm",
+        "--number",
+        "1",
+        "--notation",
+        "X",
+        str(_file(tmp_path)),
+    )
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    inbox = json.loads(docbus(env, "inbox", "--agency", DEPT, "--json").stdout)
+    assert [(i["status_code"], i["document_id"]) for i in inbox] == [("02", unknown.stdout.strip())]
+    assert "unknown-recipient" in inbox[0]["subject"] and "000.00.55.H61" in inbox[0]["subject"]
+
+
+def test_demo_runs_end_to_end(env) -> None:
+    proc = docbus(env, "demo")
+    assert "demo OK" in proc.stdout
+    assert "Quyết định ban hành Đề án 112" in proc.stdout
+
+
+def _file(tmp_path: Path) -> Path:
+    f = tmp_path / "x.pdf"
+    f.write_bytes(b"%PDF")
+    return f

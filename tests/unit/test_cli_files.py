@@ -1,0 +1,98 @@
+"""docbus inspect / verify on files, and one-line errors with meaningful exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cli import main
+from tests.conftest import interop_files
+from tests.helpers import signed_edoc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(args: list[str], env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+
+
+def sample(name: str) -> Path:
+    return next(f for f in interop_files() if name in f.name)
+
+
+def test_inspect_json_has_the_header_fields() -> None:
+    res = run(["inspect", "--json", str(sample("xml-dc0bdef0"))])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["kind"] == "edoc"
+    assert data["document_id"] == "000.00.00.G22,2015/09/30,7816/VPCP-TTĐT"
+    assert data["from"] == {"organ_id": "000.00.00.G22", "name": "Văn phòng Chính phủ"}
+    assert [t["organ_id"] for t in data["to"]] == ["000.00.00.H41", "000.00.00.H14", "000.00.00.G17"]
+    assert data["code"] == {"number": "7816", "notation": "VPCP-TTĐT"}
+    assert data["priority"] == 0 and data["status_code"] is None
+    assert data["signature"] in {"present", "placeholder"}
+    att = data["attachments"][0]
+    assert set(att) >= {"content_id", "name", "content_type", "size", "sha256"} and len(att["sha256"]) == 64
+
+
+def test_inspect_status_json() -> None:
+    data = json.loads(run(["inspect", "--json", str(sample("status_acceptance_03"))]).output)
+    assert data["kind"] == "status" and data["status_code"] == "03" and data["signature"] == "absent"
+
+
+def test_inspect_table_keeps_diacritics() -> None:
+    res = run(["inspect", str(sample("vnpt-example__resources-edoc_new"))])
+    assert res.exit_code == 0
+    assert "V/v kết nối, liên thông phần mềm quản lý văn bản" in res.output
+
+
+def test_inspect_malformed_file_is_one_line_and_nonzero() -> None:
+    res = CliRunner().invoke(main, ["inspect", str(sample("vnpt-example__resources-edoc.edxml"))])
+    assert res.exit_code == 1
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "malformed" in lines[0] and "line" in lines[0]
+
+
+def test_verify_signed_file_and_refuse_tampered(memory_province, tmp_path) -> None:
+    s = memory_province.settings
+    good = tmp_path / "good.edxml"
+    good.write_bytes(signed_edoc(s, "000.00.01.H61", ["000.00.00.H61"]))
+    bad = tmp_path / "bad.edxml"
+    bad.write_bytes(good.read_bytes().replace("kết nối".encode(), "kết lối".encode()))
+    env = {"DOCBUS_HOME": str(s.home)}
+    ok = run(["verify", str(good)], env)
+    assert ok.exit_code == 0 and ok.output.startswith("OK")
+    both = CliRunner().invoke(main, ["verify", str(good), str(bad)], env=env)
+    assert both.exit_code == 1
+    assert both.output.splitlines()[1].startswith("FAIL") and "[signature-invalid]" in both.output
+
+
+def test_verify_reports_samples_as_not_verifiable(memory_province) -> None:
+    env = {"DOCBUS_HOME": str(memory_province.settings.home)}
+    res = CliRunner().invoke(
+        main, ["verify", str(sample("resources-edoc_new")), str(sample("status_inbox_01"))], env=env
+    )
+    assert res.exit_code == 1
+    assert "[signature-unverifiable]" in res.output and "[signature-absent]" in res.output
+
+
+def test_unreachable_broker_is_one_clear_line_without_traceback(tmp_path) -> None:
+    env = dict(os.environ, DOCBUS_AMQP_URL="amqp://guest:secret@127.0.0.1:1/%2F", DOCBUS_HOME=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "init"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 4
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "amqp://guest:***@127.0.0.1:1/%2F" in lines[0] and "rabbitmq-server" in lines[0] and "secret" not in lines[0]
+
+
+def test_not_set_up_is_exit_3(tmp_path) -> None:
+    res = CliRunner().invoke(main, ["verify", str(sample("status_inbox_01"))], env={"DOCBUS_HOME": str(tmp_path)})
+    assert res.exit_code == 3 and "docbus init" in res.output

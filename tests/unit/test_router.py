@@ -1,0 +1,171 @@
+"""The router's decisions, on the in-memory transport (the same code runs on RabbitMQ)."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters import Adapter
+from bus.archive import Message, Recipient, StatusEvent
+from bus.policy import fold
+from bus.router import Router, load_trust
+from bus.topology import Names
+from tests.helpers import signed_edoc
+
+PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
+
+
+@pytest.fixture
+def router(memory_province) -> Router:
+    p = memory_province
+    return Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+
+
+def submit(p, data: bytes, sender: str, kind: str = "edoc") -> None:
+    p.transport.publish(Names(p.settings.namespace).submit, f"{kind}.{sender}", data, user_id="guest")
+
+
+def inbox(p, organ: str) -> list[bytes]:
+    q = p.transport.queues[Names(p.settings.namespace).inbox(organ)]
+    return [d.body for d in q]
+
+
+def test_accepted_edoc_is_archived_and_delivered_to_every_recipient(memory_province, router) -> None:
+    p = memory_province
+    data = signed_edoc(p.settings, PC, [DEPT, FIN], subject="Quyết định ban hành Đề án 112")
+    out = router.process(data, routing_key=f"edoc.{PC}")
+    assert out.state == "accepted"
+    rec = Message.get(Message.digest == out.digest)
+    assert rec.subject == "Quyết định ban hành Đề án 112" and rec.state == "accepted"
+    assert p.archive.raw(rec) == data  # byte-exact
+    assert {r.organ_id for r in Recipient.select() if r.delivered_at} == {DEPT, FIN}
+    assert len(inbox(p, DEPT)) == 1 and len(inbox(p, FIN)) == 1
+    assert inbox(p, PC) == []
+
+
+def test_same_bytes_twice_are_not_delivered_twice(memory_province, router) -> None:
+    p = memory_province
+    data = signed_edoc(p.settings, PC, [DEPT])
+    router.process(data, routing_key=f"edoc.{PC}")
+    again = router.process(data, routing_key=f"edoc.{PC}")
+    assert again.state == "duplicate"
+    assert len(inbox(p, DEPT)) == 1
+    assert Message.select().count() == 1
+
+
+def test_redelivery_finishes_what_a_dead_router_left_undone(memory_province, router) -> None:
+    p = memory_province
+    data = signed_edoc(p.settings, PC, [DEPT, FIN])
+    first = router.process(data, routing_key=f"edoc.{PC}")
+    # as if the router died after archiving and delivering to DEPT only
+    Recipient.update(delivered_at=None).where(Recipient.organ_id == FIN).execute()
+    p.transport.queues[Names(p.settings.namespace).inbox(FIN)].clear()
+    router.process(data, routing_key=f"edoc.{PC}")
+    assert len(inbox(p, FIN)) == 1 and len(inbox(p, DEPT)) == 1
+    assert Recipient.select().where(Recipient.delivered_at.is_null()).count() == 0
+    assert first.state == "accepted"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"files": False}, "no-electronic-file"),
+        ({"security_level": "Tối mật"}, "secret-document"),
+        ({"recipients": [DEPT, "000.00.77.H61"]}, "unknown-recipient"),
+        ({"recipients": [DEPT, DEPT]}, "duplicate-recipient"),
+        ({"signer": FIN}, "sender-mismatch"),
+    ],
+)
+def test_refused_documents_are_quarantined_answered_02_and_never_delivered(memory_province, router, kwargs, reason):
+    p = memory_province
+    recipients = kwargs.pop("recipients", [DEPT])
+    data = signed_edoc(p.settings, PC, recipients, **kwargs)
+    out = router.process(data, routing_key=f"edoc.{PC}")
+    assert (out.state, out.reason) == ("quarantined", reason)
+    rec = Message.get(Message.digest == out.digest)
+    assert rec.state == "quarantined" and rec.reason == reason and p.archive.raw(rec) == data
+    assert inbox(p, DEPT) == []
+    answers = inbox(p, PC)
+    assert len(answers) == 1 and b"<edXML:StatusCode>02</edXML:StatusCode>" in answers[0]
+    assert f"[{reason}]".encode() in answers[0]
+    with Adapter(p.settings, PC, transport=p.transport) as sender:
+        got = sender.receive()
+    assert [(i.kind, i.status_code, i.sender) for i in got] == [("status", "02", p.settings.hub_organ_id)]
+
+
+def test_urgent_or_paper_only_documents_may_travel_without_a_file(memory_province, router) -> None:
+    p = memory_province
+    assert (
+        router.process(signed_edoc(p.settings, PC, [DEPT], files=False, priority=3), routing_key=f"edoc.{PC}").state
+        == "accepted"
+    )
+    paper = signed_edoc(p.settings, PC, [DEPT], files=False, paper_only=True, number="13")
+    assert router.process(paper, routing_key=f"edoc.{PC}").state == "accepted"
+
+
+def test_routing_key_of_another_agency_is_refused(memory_province, router) -> None:
+    p = memory_province
+    out = router.process(signed_edoc(p.settings, PC, [DEPT]), routing_key=f"edoc.{FIN}")
+    assert (out.state, out.reason) == ("quarantined", "sender-mismatch")
+
+
+def test_garbage_is_quarantined_and_the_router_goes_on(memory_province, router) -> None:
+    p = memory_province
+    for junk, reason in [
+        (b"not xml at all", "malformed"),
+        (b"<html/>", "not-edxml"),
+        (b"<!DOCTYPE x []><x/>", "dtd-forbidden"),
+    ]:
+        out = router.process(junk, routing_key=f"edoc.{DEPT}")
+        assert (out.state, out.reason) == ("quarantined", reason)
+    assert router.process(signed_edoc(p.settings, PC, [DEPT]), routing_key=f"edoc.{PC}").state == "accepted"
+
+
+def test_status_goes_back_to_the_sender_and_into_the_history(memory_province, router) -> None:
+    p = memory_province
+    with Adapter(p.settings, PC, transport=p.transport) as pc, Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        sent = pc.send([DEPT], subject="Công văn", number="1", notation="UBND-VP", files=[_pdf(p)])
+        router.run()
+        got = dept.receive()  # verifies, stores, answers 01
+        assert [i.document_id for i in got] == [sent.document_id]
+        dept.send_status(sent.document_id, PC, "03")
+        router.run()
+        statuses = pc.receive()
+    assert [(s.status_code, s.sender) for s in statuses] == [("01", DEPT), ("03", DEPT)]
+    history = [(e.organ_id, e.status_code) for e in StatusEvent.select().order_by(StatusEvent.id)]
+    assert history == [(DEPT, "01"), (DEPT, "03")]
+    trace = p.archive.trace(sent.document_id)
+    assert [s["code"] for s in trace["submissions"][0]["recipients"][0]["statuses"]] == ["01", "03"]
+
+
+def test_status_from_a_non_recipient_is_refused(memory_province, router) -> None:
+    p = memory_province
+    with Adapter(p.settings, PC, transport=p.transport) as pc, Adapter(p.settings, FIN, transport=p.transport) as fin:
+        sent = pc.send([DEPT], subject="Công văn", number="1", notation="UBND-VP", files=[_pdf(p)])
+        router.run()
+        fin.send_status(sent.document_id, PC, "03")
+        router.run()
+        answers = fin.receive()
+    assert [(a.status_code, a.sender) for a in answers] == [("02", p.settings.hub_organ_id)]
+    assert "not-recipient" in answers[0].subject
+
+
+def test_recipient_dedupes_a_redelivered_message(memory_province, router) -> None:
+    p = memory_province
+    router.process(signed_edoc(p.settings, PC, [DEPT]), routing_key=f"edoc.{PC}")
+    q = p.transport.queues[Names(p.settings.namespace).inbox(DEPT)]
+    q.append(q[0])  # the broker delivers the same message again
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        assert len(dept.receive()) == 1
+        assert len(dept.inbox()) == 1
+
+
+def test_fold_matches_vietnamese_without_diacritics() -> None:
+    assert fold("Tối Mật") == "toi mat"
+    assert fold("Công văn V/v kết nối") == "cong van v/v ket noi"
+    assert fold("Đề án") == "de an"
+
+
+def _pdf(p):
+    path = p.settings.home / "cv.pdf"
+    path.write_bytes(b"%PDF-1.4\n%%EOF\n")
+    return path
