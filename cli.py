@@ -328,6 +328,7 @@ def inbox(ctx: click.Context, code: str | None, as_json: bool, no_fetch: bool) -
     else:
         rows = [
             [
+                i.received_at,
                 i.kind,
                 i.status_code or "",
                 i.sender,
@@ -337,7 +338,7 @@ def inbox(ctx: click.Context, code: str | None, as_json: bool, no_fetch: bool) -
             ]
             for i in items
         ]
-        click.echo(table(rows, ["Kind", "Status", "From", "DocumentId", "Subject", "State"]))
+        click.echo(table(rows, ["Received (UTC)", "Kind", "Status", "From", "DocumentId", "Subject", "State"]))
     if note:
         click.echo(note, err=True)
 
@@ -502,6 +503,9 @@ def inspect(file: Path, as_json: bool) -> None:
     root = safexml.parse(file.read_bytes(), limits)
     msg = edxml.parse_tree(root, limits)
     data = edxml.summary(msg)
+    from bus import schema
+
+    data["schema"] = {p: schema.explain(root, p) or "valid" for p in ("lenient", "strict")}
     if as_json:
         emit_json(data)
         return
@@ -520,7 +524,8 @@ def inspect(file: Path, as_json: bool) -> None:
         click.echo(
             f"status   {data['status_code']} {data['status_name']}: {data['description']}  at {data['timestamp']}"
         )
-    click.echo(f"signature {data['signature']}")
+    click.echo(f"signature {data['signature']}" + ("" if data["signature"] == "present" else " (not verifiable)"))
+    click.echo(f"schema   lenient: {data['schema']['lenient']}; strict: {data['schema']['strict']}")
     if data["attachments"]:
         click.echo(
             table(
@@ -558,7 +563,10 @@ def verify(files: tuple[Path, ...], as_json: bool) -> None:
                 }
             )
         except Refused as exc:
-            results.append({"file": str(f), "ok": False, "reason": exc.reason, "detail": exc.message})
+            detail = exc.message
+            if exc.reason == "schema-invalid":
+                detail = f"{detail} (at {_schema_path(f.read_bytes())})"
+            results.append({"file": str(f), "ok": False, "reason": exc.reason, "detail": detail})
     if as_json:
         emit_json(results)
     else:
@@ -569,6 +577,17 @@ def verify(files: tuple[Path, ...], as_json: bool) -> None:
                 click.echo(f"FAIL  {r['file']}: [{r['reason']}] {r['detail']}")
     if not all(r["ok"] for r in results):
         sys.exit(EXIT_REFUSED)
+
+
+def _schema_path(data: bytes) -> str:
+    from bus import schema
+    from bus.config import Limits
+
+    try:
+        root = safexml.parse(data, Limits(max_envelope_bytes=256 * 1024 * 1024))
+    except DocbusError as exc:
+        return exc.message
+    return schema.explain(root, "strict") or "?"
 
 
 # --------------------------------------------------------------------------- demo

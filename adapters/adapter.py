@@ -55,6 +55,7 @@ class InboxItem:
     subject: str
     status_code: str | None
     reason: str | None = None
+    received_at: str = ""
 
 
 class Adapter:

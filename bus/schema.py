@@ -26,6 +26,25 @@ def _compiled(profile: Profile) -> etree.XMLSchema:
     return etree.XMLSchema(etree.parse(str(path), parser))
 
 
+@cache
+def _readable(profile: Profile) -> object:
+    import xmlschema
+
+    return xmlschema.XMLSchema(str(STRICT if profile == "strict" else LENIENT))
+
+
+def explain(root: etree._Element, profile: Profile = "strict") -> str | None:
+    """The first violation as 'path: reason' (xmlschema), or None when ``root`` is valid.
+
+    Slower than :func:`validate` (the schema is compiled by xmlschema on first use): for people
+    reading a report, not for the router.
+    """
+    error = next(_readable(profile).iter_errors(root), None)  # type: ignore[attr-defined]
+    if error is None:
+        return None
+    return f"{error.path}: {error.reason}"
+
+
 def validate(root: etree._Element, profile: Profile = "strict") -> None:
     """Raise :class:`SchemaViolation` naming the first error and its line."""
     schema = _compiled(profile)

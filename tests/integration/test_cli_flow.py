@@ -117,6 +117,36 @@ def test_refused_send_reaches_the_sender_as_02(env, tmp_path) -> None:
     assert "unknown-recipient" in inbox[0]["subject"] and "000.00.55.H61" in inbox[0]["subject"]
 
 
+def test_adapter_run_hands_documents_to_a_drop_folder(env, tmp_path) -> None:
+    docbus(env, "init")
+    docbus(env, "agency", "add", PC, "UBND tỉnh Vĩnh Long")
+    docbus(env, "agency", "add", DEPT, "Sở Nội vụ")
+    sent = docbus(
+        env,
+        "send",
+        "--from",
+        DEPT,
+        "--to",
+        PC,
+        "--subject",
+        "Báo cáo tháng",
+        "--number",
+        "2",
+        "--notation",
+        "BC-SNV",
+        str(_file(tmp_path)),
+    ).stdout.strip()
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    drop = tmp_path / "drop"
+    run = docbus(env, "adapter", "run", "--agency", PC, "--idle-exit", "1", "--drop", str(drop))
+    assert f"edoc from {DEPT}: {sent} Báo cáo tháng" in run.stdout
+    files = list(drop.glob("*.edxml"))
+    assert len(files) == 1 and "Báo cáo tháng".encode() in files[0].read_bytes()
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    back = docbus(env, "adapter", "run", "--agency", DEPT, "--idle-exit", "1")
+    assert f"status 01 from {PC}: {sent}" in back.stdout
+
+
 def test_demo_runs_end_to_end(env) -> None:
     proc = docbus(env, "demo")
     assert "demo OK" in proc.stdout

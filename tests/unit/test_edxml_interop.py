@@ -103,3 +103,10 @@ def test_built_messages_lay_out_like_the_samples() -> None:
     assert b'<edXML:edXMLEnvelope xmlns:edXML="http://www.mic.gov.vn/TBT/QCVN_102_2016">' in out
     assert b"\n  <AttachmentEncoded>" in out
     assert "<edXML:Subject>V/v kết nối".encode() in out
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_xmlschema_agrees_and_names_the_path(path) -> None:
+    root = load(path)
+    assert schema.explain(root, "lenient") is None
+    assert schema.explain(root, "strict").startswith("/edXML/")
