@@ -19,23 +19,31 @@ sends it later.  Every incoming one is verified, stored durably, then acked.
 
 from __future__ import annotations
 
+import json
+import logging
 import mimetypes
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import unquote, urlsplit
 
 from adapters.store import open_store, utcnow
 from bus import compose, edxml
 from bus.archive import sha256
+from bus.brokeradmin import agency_url
 from bus.config import Settings
 from bus.edxml import Attachment, Edoc, Organ
 from bus.envelope import open_envelope
 from bus.errors import BrokerUnavailable, NotFound, Refused
+from bus.province import CRL_KIND
 from bus.router import load_trust
 from bus.topology import Names
 from bus.transport import AmqpTransport, Delivery, Transport
+from signing import crl
 from signing.identity import Identity
+
+log = logging.getLogger("docbus.adapter")
 
 
 @dataclass
@@ -73,8 +81,11 @@ class Adapter:
         self.names = Names(settings.namespace)
         self.identity = Identity.load(organ_id, settings.agency_home(organ_id))
         self.me = Organ(organ_id, self.identity.name)
-        self.store = open_store(settings.agency_home(organ_id) / "store.db")
-        self.trust = load_trust(settings)
+        self.home = settings.agency_home(organ_id)
+        self.store = open_store(self.home / "store.db")
+        self.crl_path = self.home / "crl.pem"
+        self.trust = load_trust(settings, self.crl_path if self.crl_path.exists() else None)
+        self.amqp_url = self._amqp_url()
         self._transport = transport
         self.on_receive = on_receive
         self.auto_arrived = auto_arrived
@@ -94,7 +105,7 @@ class Adapter:
     @property
     def transport(self) -> Transport:
         if self._transport is None:
-            self._transport = AmqpTransport(self.settings.amqp_url)
+            self._transport = AmqpTransport(self.amqp_url)
         return self._transport
 
     # -- sending
@@ -175,11 +186,17 @@ class Adapter:
         ).execute()  # type: ignore[attr-defined]
         return True
 
-    def _user_id(self) -> str | None:
-        """The broker user of this connection, which RabbitMQ checks against ``user_id``."""
-        from urllib.parse import unquote, urlsplit
+    def _amqp_url(self) -> str:
+        """This agency's own broker user when it has one (``broker.json``), else DOCBUS_AMQP_URL."""
+        creds_path = self.home / "broker.json"
+        if not creds_path.exists():
+            return self.settings.amqp_url
+        creds = json.loads(creds_path.read_text())
+        return agency_url(self.settings.amqp_url, creds["user"], creds["password"])
 
-        user = urlsplit(self.settings.amqp_url).username
+    def _user_id(self) -> str:
+        """The broker user of this connection, which RabbitMQ checks against ``user_id``."""
+        user = urlsplit(self.amqp_url).username
         return unquote(user) if user else "guest"
 
     def flush(self) -> int:
@@ -202,6 +219,10 @@ class Adapter:
         got: list[InboxItem] = []
 
         def handle(d: Delivery) -> None:
+            if d.headers.get("x-docbus-kind") == CRL_KIND:
+                self.accept_crl(d.body)
+                d.ack()
+                return
             item = self.accept(d.body, d.message_id)
             d.ack()  # only after the local store committed
             if item is not None:
@@ -214,6 +235,18 @@ class Adapter:
             stop=(lambda: limit is not None and len(got) >= limit),
         )
         return got
+
+    def accept_crl(self, data: bytes) -> int:
+        """Take a revocation list from the bus if the CA signed it; returns how many serials it revokes."""
+        try:
+            revoked = crl.load_verified(data, self.trust.ca.cert)
+        except Refused as exc:
+            log.warning("ignored a revocation list: %s", exc.message)
+            return 0
+        serials = crl.serials(revoked)
+        self.crl_path.write_bytes(data)
+        self.trust = replace(self.trust, revoked_serials=self.trust.revoked_serials | serials)
+        return len(serials)
 
     def accept(self, body: bytes, message_id: str = "") -> InboxItem | None:
         """Verify and store one delivered message; None when it was already stored."""

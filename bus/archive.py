@@ -56,9 +56,24 @@ class Agency(Base):
     name = CharField(max_length=500)
     parent = CharField(max_length=64, null=True, index=True)
     cert_pem = TextField()
-    cert_serial = CharField(max_length=64)
+    cert_serial = CharField(max_length=64)  # the current signing certificate
     enabled = BooleanField(default=True)
+    broker_user = CharField(max_length=64, null=True)  # its own RabbitMQ user, when provisioned
     created_at = DateTimeField(default=utcnow)
+
+
+class Certificate(Base):
+    """Every certificate the CA issued to an agency: active, retiring (rotation overlap) or revoked."""
+
+    serial = CharField(primary_key=True, max_length=64)  # hex
+    organ_id = CharField(max_length=64, index=True)
+    pem = TextField()
+    not_after = DateTimeField()
+    state = CharField(max_length=16, default="active")  # active | retiring | revoked
+    retire_after = DateTimeField(null=True)
+    revoked_at = DateTimeField(null=True)
+    revoked_reason = TextField(null=True)
+    issued_at = DateTimeField(default=utcnow)
 
 
 class Blob(Base):
@@ -72,6 +87,8 @@ class Message(Base):
 
     id = AutoField()
     digest = CharField(max_length=64, unique=True)  # sha256 of the bytes as received
+    content_digest = CharField(max_length=100, null=True, index=True)  # the signed DigestValue
+    size = IntegerField(default=0)  # bytes received (the blob may keep only the head of an oversized refusal)
     kind = CharField(max_length=16)  # edoc | status | unknown
     state = CharField(max_length=16, index=True)  # accepted | quarantined
     reason = CharField(max_length=64, null=True)
@@ -121,7 +138,7 @@ class Meta(Base):
     value = TextField()
 
 
-MODELS = [Agency, Blob, Message, Recipient, StatusEvent, Meta]
+MODELS = [Agency, Certificate, Blob, Message, Recipient, StatusEvent, Meta]
 
 
 def open_database(url: str) -> Any:
@@ -161,7 +178,9 @@ class Archive:
             self.database.close()
 
     # -- registry
-    def add_agency(self, organ_id: str, name: str, cert_pem: str, serial: str, parent: str | None = None) -> Agency:
+    def add_agency(
+        self, organ_id: str, name: str, cert_pem: str, serial: str, not_after: dt.datetime, parent: str | None = None
+    ) -> Agency:
         with self.database.atomic():
             Agency.insert(
                 organ_id=organ_id, name=name, parent=parent, cert_pem=cert_pem, cert_serial=serial, enabled=True
@@ -172,9 +191,11 @@ class Archive:
                     Agency.parent: parent,
                     Agency.cert_pem: cert_pem,
                     Agency.cert_serial: serial,
-                    Agency.enabled: True,
                 },
             ).execute()
+            Certificate.insert(
+                serial=serial, organ_id=organ_id, pem=cert_pem, not_after=not_after
+            ).on_conflict_ignore().execute()
         return Agency.get_by_id(organ_id)
 
     def agency(self, organ_id: str) -> Agency:
@@ -186,9 +207,6 @@ class Archive:
     def agencies(self) -> list[Agency]:
         return list(Agency.select().order_by(Agency.organ_id))
 
-    def known_agencies(self) -> dict[str, Agency]:
-        return {a.organ_id: a for a in Agency.select().where(Agency.enabled == True)}  # noqa: E712
-
     # -- messages
     def record(
         self,
@@ -197,16 +215,22 @@ class Archive:
         fields: dict[str, Any],
         recipients: Iterable[str] = (),
         status: dict[str, Any] | None = None,
+        keep: int | None = None,
     ) -> tuple[Message, bool]:
-        """Archive ``raw`` with its metadata; return (record, created).  Idempotent by digest."""
+        """Archive ``raw`` with its metadata; return (record, created).  Idempotent by digest.
+
+        ``keep``: store only the first ``keep`` bytes (an oversized refusal must not fill the disk);
+        ``Message.size`` still says how many arrived.
+        """
         digest = sha256(raw)
         existing = Message.get_or_none(Message.digest == digest)
         if existing is not None:
             return existing, False
         try:
             with self.database.atomic():
-                Blob.insert(sha256=digest, size=len(raw), data=raw).on_conflict_ignore().execute()
-                msg = Message.create(digest=digest, **fields)
+                kept = raw if keep is None else raw[:keep]
+                Blob.insert(sha256=digest, size=len(kept), data=kept).on_conflict_ignore().execute()
+                msg = Message.create(digest=digest, size=len(raw), **fields)
                 rows = [{"message": msg.id, "organ_id": r} for r in dict.fromkeys(recipients)]
                 if rows:
                     Recipient.insert_many(rows).execute()

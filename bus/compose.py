@@ -36,7 +36,7 @@ def new_edoc(
     security_level: str = "",
     now: dt.datetime | None = None,
 ) -> Edoc:
-    now = now or dt.datetime.now()
+    now = now or edxml.now_vn()
     extra = {"SecurityLevel": security_level} if security_level else {}
     return Edoc(
         sender=sender,
@@ -74,7 +74,7 @@ def new_status(
     staff: StaffInfo | None = None,
     now: dt.datetime | None = None,
 ) -> Status:
-    now = now or dt.datetime.now()
+    now = now or edxml.now_vn()
     return Status(
         sender=sender,
         response_for=ResponseFor(organ_id=edoc_sender, document_id=document_id),

@@ -27,6 +27,8 @@ class Limits:
     max_depth: int = 32
     max_attachment_bytes: int = 64 * 1024 * 1024  # decoded (and unzipped) size of one file
     max_recipients: int = 500
+    max_age_hours: float = 168.0  # a signed message older than this is refused (replay window)
+    max_clock_skew_minutes: float = 10.0  # ... and one signed further in the future than this
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Settings:
     db_url: str = ""
     home: Path = Path("var")
     namespace: str = "docbus"
+    mgmt_url: str = ""
     hub_organ_id: str = "000.00.99.H61"
     hub_name: str = "Trung tâm Tích hợp dữ liệu tỉnh Vĩnh Long"
     limits: Limits = field(default_factory=Limits)
@@ -57,5 +60,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         db_url=env.get("DOCBUS_DB_URL", ""),
         home=Path(env.get("DOCBUS_HOME") or "var"),
         namespace=env.get("DOCBUS_NAMESPACE") or "docbus",
+        mgmt_url=env.get("DOCBUS_MGMT_URL", ""),
+        limits=Limits(max_age_hours=float(env.get("DOCBUS_MAX_AGE_HOURS") or Limits.max_age_hours)),
         hub_organ_id=env.get("DOCBUS_HUB_ID") or Settings.hub_organ_id,
     )

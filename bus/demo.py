@@ -143,6 +143,7 @@ def run_demo(
         a.close()
     if not keep:
         setup.delete(full)
+        province.remove_broker_users(settings, archive)
     setup.close()
     echo("demo OK: every delivery and status arrived" if ok else "demo FAILED")
     return ok

@@ -16,7 +16,7 @@ import hashlib
 import io
 import zipfile
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from lxml import etree
@@ -43,6 +43,8 @@ STATUS_CODES = {
 }
 BUSINESS_DOC_TYPES = {0: "Văn bản mới", 1: "Thu hồi", 2: "Cập nhật", 3: "Thay thế"}
 ZIP_TYPE = "application/zip"
+# edXML timestamps carry no zone; on this bus they are Vietnam time (UTC+7, no daylight saving).
+VN_TZ = timezone(timedelta(hours=7), "ICT")
 
 
 def q(name: str) -> str:
@@ -55,7 +57,21 @@ def fmt_date(value: date) -> str:
 
 
 def fmt_timestamp(value: datetime) -> str:
+    if value.tzinfo is not None:
+        value = value.astimezone(VN_TZ)
     return value.strftime(TIMESTAMP_FORMAT)
+
+
+def now_vn() -> datetime:
+    return datetime.now(VN_TZ)
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    """An edXML timestamp as an aware datetime (Vietnam time), or None if it is not one."""
+    try:
+        return datetime.strptime(text.strip(), TIMESTAMP_FORMAT).replace(tzinfo=VN_TZ)
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------- model

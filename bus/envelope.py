@@ -45,6 +45,7 @@ class Opened:
     signer: str  # OrganId from the certificate
     certificate: x509.Certificate
     digest: str  # sha256 of the bytes as received
+    signature_digest: str = ""  # the signed DigestValue (identifies the signed content)
 
 
 def strip_hub_traces(root: etree._Element, hub_organ_id: str) -> list[edxml.TraceHeader]:
@@ -71,7 +72,7 @@ def append_hub_trace(raw: bytes, hub_organ_id: str, at: dt.datetime | None = Non
         return raw
     th = etree.SubElement(thl, edxml.q("TraceHeader"))
     etree.SubElement(th, edxml.q("OrganId")).text = hub_organ_id
-    etree.SubElement(th, edxml.q("Timestamp")).text = edxml.fmt_timestamp(at or dt.datetime.now())
+    etree.SubElement(th, edxml.q("Timestamp")).text = edxml.fmt_timestamp(at or edxml.now_vn())
     return edxml.serialize(root)
 
 
@@ -96,6 +97,9 @@ def open_envelope(data: bytes, trust: Trust, *, at: dt.datetime | None = None, f
         )
     schema.validate(root, "strict")
     edxml.check_manifest(root)
+    digest_value = (
+        sig.findtext(f"{{{edxml.DSIG_NS}}}SignedInfo/{{{edxml.DSIG_NS}}}Reference/{{{edxml.DSIG_NS}}}DigestValue") or ""
+    ).strip()
     cert = xmldsig.embedded_certificate(root)
     signer = trust.ca.check(cert, at=at, revoked_serials=trust.revoked_serials)
     signed = xmldsig.verify(root, cert)
@@ -105,4 +109,6 @@ def open_envelope(data: bytes, trust: Trust, *, at: dt.datetime | None = None, f
             f"From/OrganId {message.sender.organ_id} is not the signer's OrganId {signer}", reason="sender-mismatch"
         )
     message.traces.extend(hub_traces)
-    return Opened(root=signed, message=message, signer=signer, certificate=cert, digest=digest)
+    return Opened(
+        root=signed, message=message, signer=signer, certificate=cert, digest=digest, signature_digest=digest_value
+    )

@@ -1,25 +1,38 @@
-"""Setting up a province: the CA, the hub's identity, the topology, the agency registry.
+"""Running a province: the CA, the hub's identity, the topology, agencies and their certificates.
 
-Every function here is idempotent: ``docbus init`` twice changes nothing, and adding an
-agency that exists re-declares its inbox and keeps its certificate.
+Every function here is idempotent where that makes sense: ``docbus init`` twice changes
+nothing, and adding an agency that exists re-declares its inbox and keeps its certificate.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import logging
 import re
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from bus import topology
-from bus.archive import Agency, Archive
+from bus.archive import Agency, Archive, Certificate, utcnow
+from bus.brokeradmin import BrokerAdmin, agency_permissions, new_password, vhost_of
 from bus.config import Settings
-from bus.errors import ConfigError
+from bus.errors import BrokerUnavailable, ConfigError, DocbusError, NotFound
 from bus.topology import Names
 from bus.transport import Transport
+from signing import crl
 from signing.ca import CertificateAuthority, load_cert
 from signing.identity import Identity
 
+log = logging.getLogger("docbus.province")
+
 # QCVN 102:2016 OrganId: V1V2V3.Z1Z2.Y1Y2.MX1X2
 QCVN_ORGAN_ID = re.compile(r"^\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2}$")
+CRL_KIND = "crl"
 
 
 @dataclass
@@ -49,6 +62,31 @@ def init(settings: Settings, archive: Archive, transport: Transport | None) -> t
     return Province(settings, ca, hub), created
 
 
+def import_ca(settings: Settings, cert_path: Path, key_path: Path) -> CertificateAuthority:
+    """Adopt an existing CA (certificate and key) as the provincial CA."""
+    if CertificateAuthority.exists(settings.home):
+        raise ConfigError(f"a provincial CA already exists in {settings.home / 'ca'}; move it away first")
+    cert = load_cert(cert_path.read_bytes())
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key_path} is not an unencrypted PEM private key: {exc}") from exc
+    try:
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        basic = None
+    if basic is None or not basic.ca:
+        raise ConfigError(f"{cert_path} is not a CA certificate (BasicConstraints CA:TRUE is missing)")
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(serialization.Encoding.DER, pub) != cert.public_key().public_bytes(
+        serialization.Encoding.DER, pub
+    ):
+        raise ConfigError(f"{key_path} is not the key of {cert_path}")
+    ca = CertificateAuthority(cert, key)  # type: ignore[arg-type]
+    ca.save(settings.home)
+    return ca
+
+
 def apply_topology(settings: Settings, archive: Archive, transport: Transport) -> topology.Topology:
     names = Names(settings.namespace)
     full = topology.core(names)
@@ -58,6 +96,12 @@ def apply_topology(settings: Settings, archive: Archive, transport: Transport) -
     return full
 
 
+def _admin(settings: Settings) -> BrokerAdmin | None:
+    """The management API client, or None when it is not reachable (development brokers)."""
+    admin = BrokerAdmin(settings.amqp_url, settings.mgmt_url or None)
+    return admin if admin.available() else None
+
+
 def add_agency(
     settings: Settings,
     archive: Archive,
@@ -65,8 +109,14 @@ def add_agency(
     organ_id: str,
     name: str,
     parent: str | None = None,
+    *,
+    broker_user: bool = True,
 ) -> tuple[Agency, bool]:
-    """Register an agency, issue its key and certificate, declare its inbox. Returns (agency, created)."""
+    """Register an agency, issue its key and certificate, declare its inbox, create its broker user.
+
+    Returns (agency, created).  Without the management API the agency is registered without a
+    broker user of its own (a warning is logged): fine for development, not for production.
+    """
     if not QCVN_ORGAN_ID.match(organ_id):
         raise ConfigError(f"{organ_id!r} is not a QCVN 102:2016 OrganId (like 000.00.00.H61)")
     if organ_id == settings.hub_organ_id:
@@ -81,7 +131,126 @@ def add_agency(
         ident = Identity.issue(CertificateAuthority.load(settings.home), organ_id, name, folder)
         created = True
     cert = load_cert(ident.cert_pem)
-    agency = archive.add_agency(organ_id, name, ident.cert_pem.decode(), format(cert.serial_number, "x"), parent)
+    agency = archive.add_agency(
+        organ_id,
+        name,
+        ident.cert_pem.decode(),
+        format(cert.serial_number, "x"),
+        cert.not_valid_after_utc.replace(tzinfo=None),
+        parent,
+    )
     if transport is not None:
         transport.apply(topology.agency(Names(settings.namespace), organ_id))
-    return agency, created
+        if broker_user:
+            provision_broker_user(settings, agency)
+    return Agency.get_by_id(organ_id), created
+
+
+def provision_broker_user(settings: Settings, agency: Agency) -> bool:
+    """Create the agency's broker user with its permissions; its credentials go to its home."""
+    admin = _admin(settings)
+    if admin is None:
+        log.warning("management API unreachable: %s has no broker user of its own", agency.organ_id)
+        return False
+    creds_path = settings.agency_home(agency.organ_id) / "broker.json"
+    perms = agency_permissions(Names(settings.namespace), agency.organ_id, vhost_of(settings.amqp_url))
+    if creds_path.exists():
+        password = json.loads(creds_path.read_text())["password"]
+    else:
+        password = new_password()
+    admin.ensure_user(perms.user, password)
+    admin.apply(perms)
+    creds_path.write_text(json.dumps({"user": perms.user, "password": password}))
+    creds_path.chmod(0o600)
+    Agency.update(broker_user=perms.user).where(Agency.organ_id == agency.organ_id).execute()
+    return True
+
+
+def remove_broker_users(settings: Settings, archive: Archive) -> int:
+    """Delete the broker users of every registered agency (tearing down a test or demo province)."""
+    admin = _admin(settings)
+    if admin is None:
+        return 0
+    users = [a.broker_user for a in archive.agencies() if a.broker_user]
+    for user in users:
+        admin.close_connections(user)
+        admin.delete_user(user)
+    return len(users)
+
+
+def set_enabled(settings: Settings, archive: Archive, organ_id: str, enabled: bool) -> Agency:
+    """Disable: the agency loses broker access at once (connections closed); its queued mail stays."""
+    agency = archive.agency(organ_id)
+    Agency.update(enabled=enabled).where(Agency.organ_id == organ_id).execute()
+    if agency.broker_user:
+        admin = _admin(settings)
+        if admin is None:
+            raise BrokerUnavailable("the RabbitMQ management API is needed to change an agency's broker access")
+        if enabled:
+            admin.apply(agency_permissions(Names(settings.namespace), organ_id, vhost_of(settings.amqp_url)))
+        else:
+            admin.revoke(agency.broker_user, vhost_of(settings.amqp_url))
+    return Agency.get_by_id(organ_id)
+
+
+def rotate(
+    settings: Settings, archive: Archive, organ_id: str, overlap: dt.timedelta
+) -> tuple[Certificate, Certificate]:
+    """Issue a new certificate; the old one stays valid for ``overlap``. Returns (old, new)."""
+    agency = archive.agency(organ_id)
+    old = Certificate.get_by_id(agency.cert_serial)
+    folder = settings.agency_home(organ_id)
+    for name in ("key.pem", "cert.pem"):
+        if (folder / name).exists():
+            shutil.copy2(folder / name, folder / f"{name[:-4]}-{old.serial}.pem")
+    ident = Identity.issue(CertificateAuthority.load(settings.home), organ_id, agency.name, folder)
+    cert = load_cert(ident.cert_pem)
+    serial = format(cert.serial_number, "x")
+    with archive.database.atomic():
+        Certificate.update(state="retiring", retire_after=utcnow() + overlap).where(
+            Certificate.serial == old.serial
+        ).execute()
+        Certificate.create(
+            serial=serial,
+            organ_id=organ_id,
+            pem=ident.cert_pem.decode(),
+            not_after=cert.not_valid_after_utc.replace(tzinfo=None),
+        )
+        Agency.update(cert_pem=ident.cert_pem.decode(), cert_serial=serial).where(Agency.organ_id == organ_id).execute()
+    return Certificate.get_by_id(old.serial), Certificate.get_by_id(serial)
+
+
+def revoke(
+    settings: Settings, archive: Archive, target: str, reason: str, transport: Transport | None
+) -> list[Certificate]:
+    """Revoke an agency's certificates (by OrganId: all of them) or one serial; publish the CRL."""
+    if QCVN_ORGAN_ID.match(target):
+        archive.agency(target)
+        query = Certificate.select().where((Certificate.organ_id == target) & (Certificate.state != "revoked"))
+    else:
+        query = Certificate.select().where(Certificate.serial == target.lower().removeprefix("0x"))
+    found = list(query)
+    if not found:
+        raise NotFound(f"no unrevoked certificate matches {target!r} (see 'docbus cert list')")
+    now = utcnow()
+    Certificate.update(state="revoked", revoked_at=now, revoked_reason=reason).where(
+        Certificate.serial.in_([c.serial for c in found])
+    ).execute()
+    publish_crl(settings, archive, transport)
+    return [Certificate.get_by_id(c.serial) for c in found]
+
+
+def publish_crl(settings: Settings, archive: Archive, transport: Transport | None) -> bytes:
+    """Write the CRL to $DOCBUS_HOME/ca/crl.pem and send it to every agency's inbox."""
+    ca = CertificateAuthority.load(settings.home)
+    revoked = [(int(c.serial, 16), c.revoked_at) for c in Certificate.select().where(Certificate.state == "revoked")]
+    pem = crl.to_pem(crl.build(ca, revoked))
+    (settings.home / "ca" / "crl.pem").write_bytes(pem)
+    if transport is not None:
+        names = Names(settings.namespace)
+        for a in archive.agencies():
+            try:
+                transport.publish(names.deliver, a.organ_id, pem, headers={"x-docbus-kind": CRL_KIND})
+            except DocbusError as exc:  # an agency without an inbox yet gets it at its next start
+                log.warning("CRL not delivered to %s: %s", a.organ_id, exc.message)
+    return pem

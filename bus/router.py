@@ -19,7 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from bus import compose, edxml
 from bus.archive import Archive, Message, Recipient, sha256
@@ -28,11 +29,14 @@ from bus.edxml import Edoc, Organ, Status
 from bus.envelope import Opened, Trust, append_hub_trace, open_envelope
 from bus.errors import BrokerUnavailable, PolicyRefusal, Refused, SignatureRejected
 from bus.policy import check_edoc, check_status
+from bus.registry import Registry
 from bus.topology import Names
 from bus.transport import Delivery, DeliveryFailed, Transport
 from signing.identity import Identity
 
 log = logging.getLogger("docbus.router")
+DEV_USER = "guest"  # RabbitMQ's local development user; never an agency
+QUARANTINE_HEAD = 64 * 1024  # bytes kept of a refusal over the size limit
 
 
 @dataclass
@@ -44,31 +48,25 @@ class Outcome:
 
 
 class Router:
-    def __init__(
-        self,
-        settings: Settings,
-        transport: Transport,
-        archive: Archive,
-        trust: Trust,
-        hub: Identity,
-        *,
-        dev_users: frozenset[str] = frozenset({"guest"}),
-    ) -> None:
+    def __init__(self, settings: Settings, transport: Transport, archive: Archive, trust: Trust, hub: Identity) -> None:
         self.settings = settings
         self.names = Names(settings.namespace)
         self.transport = transport
         self.archive = archive
         self.trust = trust
         self.hub = hub
-        # Broker users that are not agencies (the local development user): their messages are
-        # bound by routing key and certificate only.  Production brokers have no such user.
-        self.dev_users = dev_users
+        self.registry = Registry()
         self.processed = 0
 
     # -- the AMQP side
     def handle(self, delivery: Delivery) -> None:
         try:
-            self.process(delivery.body, routing_key=delivery.routing_key, user_id=delivery.user_id)
+            self.process(
+                delivery.body,
+                routing_key=delivery.routing_key,
+                user_id=delivery.user_id,
+                redelivered=delivery.redelivered,
+            )
         except BrokerUnavailable:
             raise
         except DeliveryFailed as exc:
@@ -90,62 +88,109 @@ class Router:
             self.names.router_queue, self.handle, prefetch=prefetch, idle_timeout=idle_timeout, stop=stop
         )
 
+    # -- the checks
+    def check(
+        self, body: bytes, *, claimed: str | None, user_id: str | None = None, at: dt.datetime | None = None
+    ) -> Opened:
+        """Everything that decides acceptance, without side effects; raises Refused.
+
+        ``claimed``: the OrganId in the routing key (None for a file checked by ``docbus verify``).
+        """
+        snapshot = self.registry.snapshot()
+        trust = replace(self.trust, revoked_serials=self.trust.revoked_serials | snapshot.revoked)
+        opened = open_envelope(body, trust, at=at)
+        signer = opened.signer
+        # one identity, three proofs: routing key (topic permission), broker user, certificate
+        if claimed is not None and claimed != signer:
+            raise SignatureRejected(
+                f"routing key names {claimed or 'nobody'} but the envelope is signed by {signer}",
+                reason="sender-mismatch",
+            )
+        if claimed is not None:
+            own_user = snapshot.broker_users.get(signer)
+            # an agency with its own broker user must use it; others only the development user
+            allowed = {own_user} if own_user else {None, DEV_USER, signer}
+            if user_id not in allowed:
+                raise SignatureRejected(f"broker user {user_id} may not submit for {signer}", reason="sender-mismatch")
+        snapshot.check_sender(signer, opened.certificate)
+        self._check_fresh(opened.message, at)
+        msg = opened.message
+        if isinstance(msg, Edoc):
+            check_edoc(msg, snapshot.enabled)
+        else:
+            edoc = self._edoc_of(msg)
+            recips = {r.organ_id for r in Recipient.select().where(Recipient.message == edoc)} if edoc else None
+            check_status(msg, recips, edoc.sender if edoc else None)
+        return opened
+
+    def _check_fresh(self, msg: edxml.Message, at: dt.datetime | None) -> None:
+        """Refuse a message signed too long ago (replay window) or in the future (clock skew)."""
+        limits = self.settings.limits
+        signed_at = edxml.parse_timestamp(msg.traces[0].timestamp) if msg.traces else None
+        if signed_at is None:
+            raise PolicyRefusal("the sender's TraceHeader has no valid Timestamp", reason="no-timestamp")
+        now = at or dt.datetime.now(dt.UTC)
+        if now - signed_at > dt.timedelta(hours=limits.max_age_hours):
+            raise PolicyRefusal(
+                f"signed at {msg.traces[0].timestamp}, older than the {limits.max_age_hours:g} h window", reason="stale"
+            )
+        if signed_at - now > dt.timedelta(minutes=limits.max_clock_skew_minutes):
+            raise PolicyRefusal(f"signed at {msg.traces[0].timestamp}, in the future", reason="clock-skew")
+
+    @staticmethod
+    def _edoc_of(status: Status) -> Message | None:
+        return Message.get_or_none(
+            (Message.document_id == status.document_id)
+            & (Message.kind == "edoc")
+            & (Message.state == "accepted")
+            & (Message.sender == status.response_for.organ_id)
+        )
+
     # -- the work
-    def process(self, body: bytes, *, routing_key: str, user_id: str | None = None) -> Outcome:
+    def process(
+        self, body: bytes, *, routing_key: str, user_id: str | None = None, redelivered: bool = True
+    ) -> Outcome:
+        """Check, archive, deliver.  ``redelivered``: the broker's flag; a fresh copy of bytes
+        already archived is a replay, a redelivered one is a router that died mid-way."""
         digest = sha256(body)
+        claimed = routing_key.split(".", 1)[1] if "." in routing_key else ""
         existing = Message.get_or_none(Message.digest == digest)
         if existing is not None:
-            self._deliver(existing, body)
+            if redelivered or self.archive.undelivered(existing):
+                self._deliver(existing, body)
+                return Outcome("duplicate", digest, existing.reason)
+            if existing.state == "accepted":
+                self._answer_refusal(
+                    claimed,
+                    existing.document_id,
+                    "replay",
+                    f"already accepted on {existing.received_at:%Y-%m-%d %H:%M:%S} UTC; not delivered again",
+                )
+                return Outcome("quarantined", digest, "replay", "identical bytes already accepted")
             return Outcome("duplicate", digest, existing.reason)
-        claimed = routing_key.split(".", 1)[1] if "." in routing_key else ""
         try:
-            opened = open_envelope(body, self.trust)
-            self._bind_identity(opened, claimed, user_id)
+            opened = self.check(body, claimed=claimed, user_id=user_id)
             msg = opened.message
+            content = _content_digest(opened)
+            if content and Message.get_or_none(
+                (Message.content_digest == content)
+                & (Message.sender == msg.sender.organ_id)
+                & (Message.state == "accepted")
+                & (Message.document_id == msg.document_id[:500])
+            ):
+                raise PolicyRefusal(f"{msg.document_id} with this signed content was already accepted", reason="replay")
+            fields = self._fields(msg, user_id) | {"content_digest": content}
             if isinstance(msg, Edoc):
-                check_edoc(msg, self.archive.known_agencies())
-                record, _ = self.archive.record(
-                    body, fields=self._fields(msg, user_id), recipients=[r.organ_id for r in msg.recipients]
-                )
+                record, _ = self.archive.record(body, fields=fields, recipients=[r.organ_id for r in msg.recipients])
             else:
-                edoc = Message.get_or_none(
-                    (Message.document_id == msg.document_id)
-                    & (Message.kind == "edoc")
-                    & (Message.state == "accepted")
-                    & (Message.sender == msg.response_for.organ_id)
-                )
-                recips = {r.organ_id for r in Recipient.select().where(Recipient.message == edoc)} if edoc else None
-                check_status(msg, recips, edoc.sender if edoc else None)
                 record, _ = self.archive.record(
-                    body,
-                    fields=self._fields(msg, user_id),
-                    recipients=[msg.response_for.organ_id],
-                    status=self._status_event(msg),
+                    body, fields=fields, recipients=[msg.response_for.organ_id], status=self._status_event(msg)
                 )
         except Refused as exc:
             self._quarantine(body, exc, claimed, user_id)
             return Outcome("quarantined", digest, exc.reason, exc.message)
         self._deliver(record, body)
         return Outcome("accepted", digest)
-
-    def _bind_identity(self, opened: Opened, claimed: str, user_id: str | None) -> None:
-        """The three proofs agree: broker user, routing key (topic permission), certificate."""
-        signer = opened.signer
-        if claimed != signer:
-            raise SignatureRejected(
-                f"routing key names {claimed or 'nobody'} but the envelope is signed by {signer}",
-                reason="sender-mismatch",
-            )
-        if user_id and user_id not in self.dev_users and user_id != signer:
-            raise SignatureRejected(f"broker user {user_id} may not submit for {signer}", reason="sender-mismatch")
-        agency = self.archive.known_agencies().get(signer)
-        if agency is None:
-            raise PolicyRefusal(f"{signer} is not a registered, enabled agency", reason="unknown-sender")
-        if agency.cert_serial != format(opened.certificate.serial_number, "x"):
-            raise SignatureRejected(
-                f"certificate {opened.certificate.serial_number:x} is not the one registered for {signer}",
-                reason="cert-not-registered",
-            )
 
     @staticmethod
     def _fields(msg: edxml.Message, user_id: str | None) -> dict[str, object]:
@@ -203,6 +248,7 @@ class Router:
         """Keep the refused bytes with the reason and tell the sender with a status 02."""
         document_id = _peek_document_id(body) or f"sha256:{sha256(body)}"
         log.warning("refused %s from %s: %s (%s)", document_id, claimed or user_id, exc.reason, exc.message)
+        oversized = len(body) > self.settings.limits.max_envelope_bytes
         self.archive.record(
             body,
             fields={
@@ -214,24 +260,34 @@ class Router:
                 "sender": claimed or (user_id or ""),
                 "document_id": document_id[:500],
             },
+            keep=QUARANTINE_HEAD if oversized else None,
         )
-        if claimed not in self.archive.known_agencies():
+        self._answer_refusal(claimed, document_id, exc.reason, exc.message)
+
+    def _answer_refusal(self, claimed: str, document_id: str, reason: str, detail: str) -> None:
+        if claimed not in self.registry.snapshot().enabled:
             return  # nobody to answer: the claimed sender is unknown; the refusal stays in quarantine
         status = compose.new_status(
             Organ(self.hub.organ_id, self.hub.name),
             edoc_sender=claimed,
             document_id=document_id,
             code="02",
-            description=f"[{exc.reason}] {exc.message}"[:2000],
+            description=f"[{reason}] {detail}"[:2000],
         )
         raw = compose.sign(status, self.hub)
         record, _ = self.archive.record(
             raw,
-            fields=self._fields(status, None) | {"reason": exc.reason},
+            fields=self._fields(status, None) | {"reason": reason},
             recipients=[claimed],
             status=self._status_event(status),
         )
         self._deliver(record, raw)
+
+
+def _content_digest(opened: Opened) -> str:
+    """The signed DigestValue: equal for every byte-level variant of the same signed content."""
+    value = opened.signature_digest
+    return value[:100] if value else ""
 
 
 def _peek_document_id(body: bytes) -> str:
@@ -252,15 +308,11 @@ def _peek_kind(body: bytes) -> str:
     return "status" if b"StatusCode>" in body[:1_000_000] else ("edoc" if b"edXML" in body[:4096] else "unknown")
 
 
-def load_trust(settings: Settings, archive: Archive | None = None) -> Trust:
+def load_trust(settings: Settings, crl_path: Path | None = None) -> Trust:
+    """The CA and revocations this process trusts (``crl_path``: a CRL file, default the CA's)."""
+    from signing import crl
     from signing.ca import CertificateAuthority
 
-    return Trust(
-        ca=CertificateAuthority.load(settings.home, need_key=False),
-        hub_organ_id=settings.hub_organ_id,
-        limits=settings.limits,
-    )
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    ca = CertificateAuthority.load(settings.home, need_key=False)
+    revoked = crl.read(crl_path or settings.home / "ca" / "crl.pem", ca.cert)
+    return Trust(ca=ca, hub_organ_id=settings.hub_organ_id, revoked_serials=revoked, limits=settings.limits)

@@ -59,15 +59,16 @@ def keys_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-def _make(tmp_path: Path, transport: Transport, namespace: str, template: Path, db_url: str = "") -> Province:
+def _make(
+    tmp_path: Path, transport: Transport, namespace: str, template: Path, db_url: str = "", broker_users: bool = False
+) -> Province:
     settings = from_env().with_(home=tmp_path / "home", namespace=namespace, db_url=db_url)
     shutil.copytree(template, settings.home)
     archive = Archive(settings.archive_url)
     prov, _ = province.init(settings, archive, transport)
     for code, name in AGENCIES:
-        province.add_agency(
-            settings, archive, transport, code, name, None if code == AGENCIES[0][0] else AGENCIES[0][0]
-        )
+        parent = None if code == AGENCIES[0][0] else AGENCIES[0][0]
+        province.add_agency(settings, archive, transport, code, name, parent, broker_user=broker_users)
     return Province(settings, archive, transport, prov.hub)
 
 
@@ -109,8 +110,9 @@ def broker_province(tmp_path: Path, broker_url: str, namespace: str, keys_templa
     from bus.transport import AmqpTransport
 
     transport = AmqpTransport(broker_url)
-    p = _make(tmp_path, transport, namespace, keys_template)
+    p = _make(tmp_path, transport, namespace, keys_template, broker_users=True)
     yield p
+    province.remove_broker_users(p.settings, p.archive)
     names = Names(namespace)
     full = topology.core(names)
     for code, _ in AGENCIES:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bus import topology
+from bus.brokeradmin import BrokerAdmin, user_name
 from bus.topology import Names
 from bus.transport import AmqpTransport
 
@@ -24,6 +25,10 @@ def env(tmp_path, broker_url, namespace):
     e = dict(os.environ, DOCBUS_HOME=str(tmp_path / "home"), DOCBUS_NAMESPACE=namespace, DOCBUS_AMQP_URL=broker_url)
     e.pop("DOCBUS_DB_URL", None)
     yield e
+    admin = BrokerAdmin(broker_url)
+    for user in (user_name(Names(namespace), PC), user_name(Names(namespace), DEPT)):
+        admin.close_connections(user)
+        admin.delete_user(user)
     names = Names(namespace)
     t = AmqpTransport(broker_url)
     t.delete(topology.core(names) + topology.agency(names, PC) + topology.agency(names, DEPT))
