@@ -10,6 +10,7 @@ Exit codes: 0 success; 1 a message was refused or did not verify; 2 wrong usage;
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sys
@@ -223,6 +224,152 @@ def agency_list(as_json: bool) -> None:
             ["OrganId", "Name", "Parent", "Enabled", "Cert expires"],
         )
     )
+
+
+@agency.command("disable")
+@click.argument("code")
+@guarded
+def agency_disable(code: str) -> None:
+    """Cut CODE off the bus at once: its broker access and connections go; its queued mail stays."""
+    from bus import province
+
+    a = province.set_enabled(settings(), open_archive(settings()), code, False)
+    click.echo(f"disabled {a.organ_id} {a.name}: it can neither send nor read; its inbox keeps its mail")
+
+
+@agency.command("enable")
+@click.argument("code")
+@guarded
+def agency_enable(code: str) -> None:
+    """Give CODE its broker access back."""
+    from bus import province
+
+    a = province.set_enabled(settings(), open_archive(settings()), code, True)
+    click.echo(f"enabled {a.organ_id} {a.name}")
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+@main.group()
+def ca() -> None:
+    """The provincial certificate authority."""
+
+
+@ca.command("init")
+@guarded
+def ca_init() -> None:
+    """Create a new provincial CA (idempotent: an existing one is kept)."""
+    from signing.ca import CertificateAuthority
+
+    s = settings()
+    if CertificateAuthority.exists(s.home):
+        ca_ = CertificateAuthority.load(s.home, need_key=False)
+        click.echo(f"kept the provincial CA {ca_.cert.subject.rfc4514_string()} in {s.home / 'ca'}")
+        return
+    ca_ = CertificateAuthority.create(s.home)
+    click.echo(f"created the provincial CA {ca_.cert.subject.rfc4514_string()} in {s.home / 'ca'}")
+
+
+@ca.command("import")
+@click.argument("cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@guarded
+def ca_import(cert: Path, key: Path) -> None:
+    """Adopt an existing CA: CERT (PEM, CA:TRUE) and its unencrypted KEY (PEM)."""
+    from bus import province
+
+    ca_ = province.import_ca(settings(), cert, key)
+    click.echo(f"imported the CA {ca_.cert.subject.rfc4514_string()}")
+
+
+@main.group()
+def cert() -> None:
+    """Agency certificates: list, rotate, revoke."""
+
+
+@cert.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@guarded
+def cert_list(as_json: bool) -> None:
+    """Every certificate issued to an agency, with its state and expiry; flags those expiring within 30 days."""
+    from bus.archive import Certificate, utcnow
+
+    open_archive(settings())
+    now = utcnow()
+    rows = []
+    for c in Certificate.select().order_by(Certificate.organ_id, Certificate.issued_at):
+        days = (c.not_after - now).days
+        rows.append(
+            {
+                "organ_id": c.organ_id,
+                "serial": c.serial,
+                "state": c.state,
+                "not_after": c.not_after.isoformat(sep=" ", timespec="minutes"),
+                "days_left": days,
+                "expiring": c.state != "revoked" and days < 30,
+                "retire_after": c.retire_after.isoformat(sep=" ", timespec="minutes") if c.retire_after else None,
+                "revoked_reason": c.revoked_reason,
+            }
+        )
+    if as_json:
+        emit_json(rows)
+        return
+    table_rows = [
+        [
+            r["organ_id"],
+            r["serial"][:16] + "…",
+            r["state"] + (f" until {r['retire_after']}" if r["retire_after"] and r["state"] == "retiring" else ""),
+            r["not_after"],
+            f"{r['days_left']}" + ("  EXPIRES SOON" if r["expiring"] else ""),
+        ]
+        for r in rows
+    ]
+    click.echo(table(table_rows, ["OrganId", "Serial", "State", "Expires (UTC)", "Days left"]))
+
+
+@cert.command("rotate")
+@click.argument("code")
+@click.option(
+    "--overlap-days", type=float, default=7, show_default=True, help="How long the old certificate stays valid."
+)
+@guarded
+def cert_rotate(code: str, overlap_days: float) -> None:
+    """Issue CODE a new key and certificate; the old one stays valid for the overlap window."""
+    from bus import province
+
+    old, new = province.rotate(settings(), open_archive(settings()), code, dt.timedelta(days=overlap_days))
+    click.echo(
+        f"{code}: new certificate {new.serial[:16]}…; "
+        f"{old.serial[:16]}… valid until {old.retire_after:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+@cert.command("revoke")
+@click.argument("target")
+@click.option("--reason", required=True, help="Why (kept in the registry and the report).")
+@guarded
+def cert_revoke(target: str, reason: str) -> None:
+    """Revoke TARGET: an agency's OrganId (all its certificates) or one certificate serial.
+
+    The revocation list is published to every agency's inbox; routers honour it within a second.
+    """
+    from bus import province
+
+    s = settings()
+    archive = open_archive(s)
+    try:
+        transport = amqp(s)
+    except BrokerUnavailable as exc:
+        transport = None
+        click.echo(f"the revocation list is written but not published: {exc.message}", err=True)
+    try:
+        revoked = province.revoke(s, archive, target, reason, transport)
+    finally:
+        if transport is not None:
+            transport.close()
+    for c in revoked:
+        click.echo(f"revoked {c.organ_id} {c.serial}: {reason}")
 
 
 # --------------------------------------------------------------------------- documents
@@ -464,7 +611,7 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
     s = settings()
     received = 0
 
-    def hand_off(item: Any, msg: edxml.Message) -> None:
+    def hand_off(item: Any, msg: edxml.Message, raw: bytes) -> None:
         nonlocal received
         received += 1
         click.echo(
@@ -474,7 +621,7 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
         )
         if drop is not None:
             drop.mkdir(parents=True, exist_ok=True)
-            (drop / f"{item.digest[:16]}.edxml").write_bytes(edxml.build(msg))
+            (drop / f"{item.digest[:16]}.edxml").write_bytes(raw)
 
     with _adapter(s, code) as a:
         a.on_receive = hand_off
@@ -541,18 +688,37 @@ def inspect(file: Path, as_json: bool) -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--at",
+    type=click.DateTime(["%Y-%m-%d %H:%M", "%Y-%m-%d"]),
+    help="Check certificates as of this Vietnam time (an archived document signed years ago).",
+)
 @guarded
-def verify(files: tuple[Path, ...], as_json: bool) -> None:
-    """Check schema, signature and certificate of each FILE; exit 0 only if all verify."""
+def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> None:
+    """Check each FILE as the router would; exit 0 only if all verify.
+
+    Schema, signature over the whole envelope, certificate (provincial CA, validity, revocation)
+    and, where this machine has the archive, the registry and the directive's policy: a file
+    is refused with the same reason the router gives.  The replay window does not apply.
+    """
     from bus.envelope import open_envelope
+    from bus.gate import Gate
     from bus.router import load_trust
 
     s = settings()
     trust = load_trust(s)
+    gate = Gate(s, trust) if s.db_url or (s.home / "archive.db").exists() else None
+    if gate is not None:
+        open_archive(s)
+    when = at.replace(tzinfo=edxml.VN_TZ) if at is not None else None
     results = []
     for f in files:
+        data = f.read_bytes()
         try:
-            opened = open_envelope(f.read_bytes(), trust, from_hub=True)
+            if gate is not None:
+                opened = gate.check(data, claimed=None, at=when, from_hub=True, fresh=False)
+            else:
+                opened = open_envelope(data, trust, at=when, from_hub=True)
             results.append(
                 {
                     "file": str(f),
@@ -565,7 +731,7 @@ def verify(files: tuple[Path, ...], as_json: bool) -> None:
         except Refused as exc:
             detail = exc.message
             if exc.reason == "schema-invalid":
-                detail = f"{detail} (at {_schema_path(f.read_bytes())})"
+                detail = f"{detail} (at {_schema_path(data)})"
             results.append({"file": str(f), "ok": False, "reason": exc.reason, "detail": detail})
     if as_json:
         emit_json(results)

@@ -73,7 +73,7 @@ class Adapter:
         organ_id: str,
         *,
         transport: Transport | None = None,
-        on_receive: Callable[[InboxItem, edxml.Message], None] | None = None,
+        on_receive: Callable[[InboxItem, edxml.Message, bytes], None] | None = None,
         auto_arrived: bool = True,
     ) -> None:
         self.settings = settings
@@ -289,7 +289,7 @@ class Adapter:
         if not inserted:
             return None
         if self.on_receive is not None:
-            self.on_receive(item, msg)
+            self.on_receive(item, msg, body)
         if isinstance(msg, Edoc) and self.auto_arrived and msg.business.doc_type == 0:
             self.send_status(msg.document_id, msg.sender.organ_id, "01")
         return item

@@ -16,26 +16,23 @@ Routers are stateless; run as many as needed on the same queue.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from bus import compose, edxml
-from bus.archive import Archive, Message, Recipient, sha256
+from bus.archive import Archive, Message, sha256
 from bus.config import Settings
 from bus.edxml import Edoc, Organ, Status
-from bus.envelope import Opened, Trust, append_hub_trace, open_envelope
-from bus.errors import BrokerUnavailable, PolicyRefusal, Refused, SignatureRejected
-from bus.policy import check_edoc, check_status
-from bus.registry import Registry
+from bus.envelope import Opened, Trust, append_hub_trace
+from bus.errors import BrokerUnavailable, PolicyRefusal, Refused
+from bus.gate import Gate
 from bus.topology import Names
 from bus.transport import Delivery, DeliveryFailed, Transport
 from signing.identity import Identity
 
 log = logging.getLogger("docbus.router")
-DEV_USER = "guest"  # RabbitMQ's local development user; never an agency
 QUARANTINE_HEAD = 64 * 1024  # bytes kept of a refusal over the size limit
 
 
@@ -55,7 +52,8 @@ class Router:
         self.archive = archive
         self.trust = trust
         self.hub = hub
-        self.registry = Registry()
+        self.gate = Gate(settings, trust)
+        self.registry = self.gate.registry
         self.processed = 0
 
     # -- the AMQP side
@@ -88,64 +86,6 @@ class Router:
             self.names.router_queue, self.handle, prefetch=prefetch, idle_timeout=idle_timeout, stop=stop
         )
 
-    # -- the checks
-    def check(
-        self, body: bytes, *, claimed: str | None, user_id: str | None = None, at: dt.datetime | None = None
-    ) -> Opened:
-        """Everything that decides acceptance, without side effects; raises Refused.
-
-        ``claimed``: the OrganId in the routing key (None for a file checked by ``docbus verify``).
-        """
-        snapshot = self.registry.snapshot()
-        trust = replace(self.trust, revoked_serials=self.trust.revoked_serials | snapshot.revoked)
-        opened = open_envelope(body, trust, at=at)
-        signer = opened.signer
-        # one identity, three proofs: routing key (topic permission), broker user, certificate
-        if claimed is not None and claimed != signer:
-            raise SignatureRejected(
-                f"routing key names {claimed or 'nobody'} but the envelope is signed by {signer}",
-                reason="sender-mismatch",
-            )
-        if claimed is not None:
-            own_user = snapshot.broker_users.get(signer)
-            # an agency with its own broker user must use it; others only the development user
-            allowed = {own_user} if own_user else {None, DEV_USER, signer}
-            if user_id not in allowed:
-                raise SignatureRejected(f"broker user {user_id} may not submit for {signer}", reason="sender-mismatch")
-        snapshot.check_sender(signer, opened.certificate)
-        self._check_fresh(opened.message, at)
-        msg = opened.message
-        if isinstance(msg, Edoc):
-            check_edoc(msg, snapshot.enabled)
-        else:
-            edoc = self._edoc_of(msg)
-            recips = {r.organ_id for r in Recipient.select().where(Recipient.message == edoc)} if edoc else None
-            check_status(msg, recips, edoc.sender if edoc else None)
-        return opened
-
-    def _check_fresh(self, msg: edxml.Message, at: dt.datetime | None) -> None:
-        """Refuse a message signed too long ago (replay window) or in the future (clock skew)."""
-        limits = self.settings.limits
-        signed_at = edxml.parse_timestamp(msg.traces[0].timestamp) if msg.traces else None
-        if signed_at is None:
-            raise PolicyRefusal("the sender's TraceHeader has no valid Timestamp", reason="no-timestamp")
-        now = at or dt.datetime.now(dt.UTC)
-        if now - signed_at > dt.timedelta(hours=limits.max_age_hours):
-            raise PolicyRefusal(
-                f"signed at {msg.traces[0].timestamp}, older than the {limits.max_age_hours:g} h window", reason="stale"
-            )
-        if signed_at - now > dt.timedelta(minutes=limits.max_clock_skew_minutes):
-            raise PolicyRefusal(f"signed at {msg.traces[0].timestamp}, in the future", reason="clock-skew")
-
-    @staticmethod
-    def _edoc_of(status: Status) -> Message | None:
-        return Message.get_or_none(
-            (Message.document_id == status.document_id)
-            & (Message.kind == "edoc")
-            & (Message.state == "accepted")
-            & (Message.sender == status.response_for.organ_id)
-        )
-
     # -- the work
     def process(
         self, body: bytes, *, routing_key: str, user_id: str | None = None, redelivered: bool = True
@@ -169,7 +109,7 @@ class Router:
                 return Outcome("quarantined", digest, "replay", "identical bytes already accepted")
             return Outcome("duplicate", digest, existing.reason)
         try:
-            opened = self.check(body, claimed=claimed, user_id=user_id)
+            opened = self.gate.check(body, claimed=claimed, user_id=user_id)
             msg = opened.message
             content = _content_digest(opened)
             if content and Message.get_or_none(

@@ -1,0 +1,100 @@
+"""The gate: every check that decides whether a submission is accepted, without side effects.
+
+The router runs it on each submission; ``docbus verify`` runs the same checks on files, so
+both refuse with the same reason.  In order: :func:`bus.envelope.open_envelope` (parse,
+signature present, strict XSD, manifest, CA, XMLDSig, From = certificate), the three
+proofs of identity, the registry (enabled agency, current certificate, revocations),
+freshness (replay window, clock skew) and the directive's policy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+
+from bus import edxml
+from bus.archive import Message, Recipient
+from bus.config import Settings
+from bus.edxml import Edoc, Status
+from bus.envelope import Opened, Trust, open_envelope
+from bus.errors import PolicyRefusal, SignatureRejected
+from bus.policy import check_edoc, check_status
+from bus.registry import Registry
+
+DEV_USER = "guest"  # RabbitMQ's local development user; never an agency
+
+
+class Gate:
+    def __init__(self, settings: Settings, trust: Trust, registry: Registry | None = None) -> None:
+        self.settings = settings
+        self.trust = trust
+        self.registry = registry or Registry()
+
+    def check(
+        self,
+        body: bytes,
+        *,
+        claimed: str | None,
+        user_id: str | None = None,
+        at: dt.datetime | None = None,
+        from_hub: bool = False,
+        fresh: bool = True,
+    ) -> Opened:
+        """Verify ``body`` completely or raise :class:`bus.errors.Refused`.
+
+        ``claimed``: the OrganId in the routing key (None for a file, which has none);
+        ``at``: the time certificates must be valid at (now by default);
+        ``fresh``: apply the replay window (off when checking an archived file years later).
+        """
+        snapshot = self.registry.snapshot()
+        trust = replace(self.trust, revoked_serials=self.trust.revoked_serials | snapshot.revoked)
+        opened = open_envelope(body, trust, at=at, from_hub=from_hub)
+        signer = opened.signer
+        if claimed is not None:
+            # one identity, three proofs: routing key (topic permission), broker user, certificate
+            if claimed != signer:
+                raise SignatureRejected(
+                    f"routing key names {claimed or 'nobody'} but the envelope is signed by {signer}",
+                    reason="sender-mismatch",
+                )
+            own_user = snapshot.broker_users.get(signer)
+            # an agency with its own broker user must use it; others only the development user
+            allowed = {own_user} if own_user else {None, DEV_USER, signer}
+            if user_id not in allowed:
+                raise SignatureRejected(f"broker user {user_id} may not submit for {signer}", reason="sender-mismatch")
+        if signer != self.settings.hub_organ_id:
+            snapshot.check_sender(signer, opened.certificate)
+        if fresh:
+            self._check_fresh(opened.message, at)
+        msg = opened.message
+        if isinstance(msg, Edoc):
+            check_edoc(msg, snapshot.enabled)
+        elif signer != self.settings.hub_organ_id:
+            edoc = edoc_of(msg)
+            recips = {r.organ_id for r in Recipient.select().where(Recipient.message == edoc)} if edoc else None
+            check_status(msg, recips, edoc.sender if edoc else None)
+        return opened
+
+    def _check_fresh(self, msg: edxml.Message, at: dt.datetime | None) -> None:
+        """Refuse a message signed too long ago (replay window) or in the future (clock skew)."""
+        limits = self.settings.limits
+        signed_at = edxml.parse_timestamp(msg.traces[0].timestamp) if msg.traces else None
+        if signed_at is None:
+            raise PolicyRefusal("the sender's TraceHeader has no valid Timestamp", reason="no-timestamp")
+        now = at or dt.datetime.now(dt.UTC)
+        if now - signed_at > dt.timedelta(hours=limits.max_age_hours):
+            raise PolicyRefusal(
+                f"signed at {msg.traces[0].timestamp}, older than the {limits.max_age_hours:g} h window", reason="stale"
+            )
+        if signed_at - now > dt.timedelta(minutes=limits.max_clock_skew_minutes):
+            raise PolicyRefusal(f"signed at {msg.traces[0].timestamp}, in the future", reason="clock-skew")
+
+
+def edoc_of(status: Status) -> Message | None:
+    """The accepted edoc a status answers, if the archive holds it."""
+    return Message.get_or_none(
+        (Message.document_id == status.document_id)
+        & (Message.kind == "edoc")
+        & (Message.state == "accepted")
+        & (Message.sender == status.response_for.organ_id)
+    )
