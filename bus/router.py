@@ -105,6 +105,7 @@ class Router:
                     existing.document_id,
                     "replay",
                     f"already accepted on {existing.received_at:%Y-%m-%d %H:%M:%S} UTC; not delivered again",
+                    digest,
                 )
                 return Outcome("quarantined", digest, "replay", "identical bytes already accepted")
             return Outcome("duplicate", digest, existing.reason)
@@ -202,9 +203,10 @@ class Router:
             },
             keep=QUARANTINE_HEAD if oversized else None,
         )
-        self._answer_refusal(claimed, document_id, exc.reason, exc.message)
+        self._answer_refusal(claimed, document_id, exc.reason, exc.message, sha256(body))
 
-    def _answer_refusal(self, claimed: str, document_id: str, reason: str, detail: str) -> None:
+    def _answer_refusal(self, claimed: str, document_id: str, reason: str, detail: str, digest: str) -> None:
+        """Status 02 from the hub; it names the refused submission's digest so each refusal has its answer."""
         if claimed not in self.registry.snapshot().enabled:
             return  # nobody to answer: the claimed sender is unknown; the refusal stays in quarantine
         status = compose.new_status(
@@ -212,7 +214,7 @@ class Router:
             edoc_sender=claimed,
             document_id=document_id,
             code="02",
-            description=f"[{reason}] {detail}"[:2000],
+            description=f"[{reason}] {detail}"[:1900] + f" (submission sha256:{digest})",
         )
         raw = compose.sign(status, self.hub)
         record, _ = self.archive.record(

@@ -123,6 +123,14 @@ class AmqpTransport:
             self._conn = pika.BlockingConnection(params)
             self._ch = self._conn.channel()
             self._ch.confirm_delivery()
+        except pex.ProbableAccessDeniedError as exc:
+            raise BrokerUnavailable(
+                f"RabbitMQ at {redact(url)} refused this user access to the vhost", reason="access-refused"
+            ) from exc
+        except pex.ProbableAuthenticationError as exc:
+            raise BrokerUnavailable(
+                f"RabbitMQ at {redact(url)} refused the credentials", reason="access-refused"
+            ) from exc
         except (pex.AMQPConnectionError, OSError) as exc:
             raise _unavailable(url, exc) from exc
         except pex.AMQPError as exc:
@@ -148,6 +156,8 @@ class AmqpTransport:
                 self._ch.queue_delete(q.name)
             for ex in topology.exchanges:
                 self._ch.exchange_delete(ex.name)
+        except pex.ChannelClosedByBroker as exc:
+            raise DocbusError(f"the broker refused to delete: {exc.reply_text}", reason="access-refused") from exc
         except pex.AMQPError as exc:
             raise _unavailable(self.url, exc) from exc
 

@@ -113,3 +113,52 @@ def test_broker_user_cannot_forge_user_id(broker_province) -> None:
             t.publish(f"{p.settings.namespace}.submit", f"edoc.{DEPT}", b"<x/>", user_id=DEPT)
     finally:
         t.close()
+
+
+def test_hostile_corpus_through_the_broker(broker_province) -> None:
+    """Every hostile case published as agency PC: 02 with its reason, quarantined, never delivered."""
+    import datetime as dt
+    import json
+
+    from bus import compose, province
+    from bus.brokeradmin import agency_url
+    from signing.identity import Identity
+    from tests.helpers import edoc, signed_edoc
+    from tests.hostile import hostile_corpus
+
+    p = broker_province
+    old, _ = province.rotate(p.settings, p.archive, PC, dt.timedelta(days=7))
+    home = p.settings.agency_home(PC)
+    revoked = compose.sign(
+        edoc(PC, [DEPT]),
+        Identity(
+            PC, "x", (home / f"key-{old.serial}.pem").read_bytes(), (home / f"cert-{old.serial}.pem").read_bytes()
+        ),
+    )
+    province.revoke(p.settings, p.archive, old.serial, "lộ khóa", None)
+    corpus = hostile_corpus(p.settings, revoked_cert=revoked)
+    creds = json.loads((home / "broker.json").read_text())
+    as_pc = AmqpTransport(agency_url(p.settings.amqp_url, creds["user"], creds["password"]))
+    try:
+        for case in corpus:
+            as_pc.publish(f"{p.settings.namespace}.submit", f"edoc.{PC}", case.data, user_id=creds["user"])
+        as_pc.publish(
+            f"{p.settings.namespace}.submit",
+            f"edoc.{PC}",
+            signed_edoc(p.settings, PC, [DEPT], number="500"),
+            user_id=creds["user"],
+        )
+    finally:
+        as_pc.close()
+    with (
+        RouterThread(p.settings, p.archive, p.hub) as rt,
+        Adapter(p.settings, PC) as pc,
+        Adapter(p.settings, DEPT) as dept,
+    ):
+        answers = receive_until(pc, len(corpus), timeout=60)
+        delivered = receive_until(dept, 1)
+        assert rt.error is None
+    reasons = sorted(a.subject.split("]")[0][1:] for a in answers if a.status_code == "02")
+    assert reasons == sorted(c.reason for c in corpus)
+    assert [d.document_id.endswith("500/SNV-VP") for d in delivered] == [True]
+    assert Message.select().where(Message.state == "quarantined").count() == len(corpus)

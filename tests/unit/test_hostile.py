@@ -1,0 +1,157 @@
+"""The hostile corpus against the router (in-memory transport) and `docbus verify`: same reasons."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from click.testing import CliRunner
+
+from bus import compose, province
+from bus.archive import Message
+from bus.router import Router, load_trust
+from bus.topology import Names
+from cli import main
+from signing.identity import Identity
+from tests.helpers import edoc, signed_edoc
+from tests.hostile import DEPT, PC, hostile_corpus, replay_variant
+
+
+@pytest.fixture
+def corpus_setup(memory_province):
+    p = memory_province
+    s = p.settings
+    old, _ = province.rotate(s, p.archive, PC, dt.timedelta(days=7))
+    home = s.agency_home(PC)
+    old_ident = Identity(
+        PC, "UBND", (home / f"key-{old.serial}.pem").read_bytes(), (home / f"cert-{old.serial}.pem").read_bytes()
+    )
+    revoked = compose.sign(edoc(PC, [DEPT]), old_ident)
+    province.revoke(s, p.archive, old.serial, "lộ khóa", None)
+    router = Router(s, p.transport, p.archive, load_trust(s), p.hub)
+    return p, router, hostile_corpus(s, revoked_cert=revoked)
+
+
+def inbox(p, organ):
+    return list(p.transport.queues[Names(p.settings.namespace).inbox(organ)])
+
+
+def test_every_hostile_case_is_refused_quarantined_answered_and_never_delivered(corpus_setup) -> None:
+    p, router, corpus = corpus_setup
+    assert len(corpus) >= 26
+    for case in corpus:
+        out = router.process(case.data, routing_key=f"edoc.{case.sender}", redelivered=False)
+        assert (case.name, out.state, out.reason) == (case.name, "quarantined", case.reason)
+        rec = Message.get(Message.digest == out.digest)
+        assert rec.state == "quarantined" and rec.reason == case.reason and rec.size == len(case.data)
+        answer = inbox(p, PC)[-1].body
+        assert b"<edXML:StatusCode>02</edXML:StatusCode>" in answer and f"[{case.reason}]".encode() in answer
+    assert inbox(p, DEPT) == []
+    # the oversized ones are kept as their head only
+    big = Message.get(Message.reason == "too-large")
+    assert len(p.archive.raw(big)) == 64 * 1024
+    # and the router goes on
+    good = router.process(signed_edoc(p.settings, PC, [DEPT], number="777"), routing_key=f"edoc.{PC}")
+    assert good.state == "accepted" and len(inbox(p, DEPT)) == 1
+
+
+def test_docbus_verify_refuses_each_case_with_the_same_reason(corpus_setup, tmp_path) -> None:
+    p, _, corpus = corpus_setup
+    env = {"DOCBUS_HOME": str(p.settings.home), "DOCBUS_NAMESPACE": p.settings.namespace}
+    for case in corpus:
+        path = tmp_path / f"{case.name}.edxml"
+        path.write_bytes(case.data)
+        res = CliRunner().invoke(main, ["verify", "--json", str(path)], env=env)
+        assert res.exit_code == 1, (case.name, res.output)
+        import json
+
+        (result,) = json.loads(res.output)
+        assert (case.name, result["reason"]) == (case.name, case.expected_by_verify)
+
+
+def test_exact_replay_and_a_byte_variant_are_refused_as_replays(memory_province) -> None:
+    p = memory_province
+    router = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+    data = signed_edoc(p.settings, PC, [DEPT])
+    assert router.process(data, routing_key=f"edoc.{PC}", redelivered=False).state == "accepted"
+    again = router.process(data, routing_key=f"edoc.{PC}", redelivered=False)
+    variant = router.process(replay_variant(data), routing_key=f"edoc.{PC}", redelivered=False)
+    assert (again.reason, variant.reason) == ("replay", "replay")
+    assert len(inbox(p, DEPT)) == 1
+    assert [b"[replay]" in d.body for d in inbox(p, PC)] == [True, True]
+    # a redelivery of the same bytes (a router died before its ack) is no replay: silently complete
+    assert router.process(data, routing_key=f"edoc.{PC}", redelivered=True).state == "duplicate"
+
+
+def test_stale_and_future_messages_are_refused(memory_province) -> None:
+    p = memory_province
+    router = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+    vn = dt.timezone(dt.timedelta(hours=7))
+    old = compose.sign(
+        edoc(PC, [DEPT], now=dt.datetime.now(vn) - dt.timedelta(days=30)), Identity.load(PC, p.settings.agency_home(PC))
+    )
+    future = compose.sign(
+        edoc(PC, [DEPT], now=dt.datetime.now(vn) + dt.timedelta(hours=2)), Identity.load(PC, p.settings.agency_home(PC))
+    )
+    assert router.process(old, routing_key=f"edoc.{PC}").reason == "stale"
+    assert router.process(future, routing_key=f"edoc.{PC}").reason == "clock-skew"
+
+
+def test_rotation_keeps_the_old_certificate_valid_for_the_overlap_only(memory_province) -> None:
+    p = memory_province
+    s = p.settings
+    before = signed_edoc(s, PC, [DEPT], number="1")
+    old, new = province.rotate(s, p.archive, PC, dt.timedelta(days=7))
+    router = Router(s, p.transport, p.archive, load_trust(s), p.hub)
+    after = signed_edoc(s, PC, [DEPT], number="2")
+    assert b"X509Certificate" in after and before != after
+    assert router.process(before, routing_key=f"edoc.{PC}").state == "accepted"  # old cert, inside the overlap
+    assert router.process(after, routing_key=f"edoc.{PC}").state == "accepted"  # new cert
+    from bus.archive import Certificate, utcnow
+
+    Certificate.update(retire_after=utcnow() - dt.timedelta(seconds=1)).where(
+        Certificate.serial == old.serial
+    ).execute()
+    router.registry.invalidate()
+    late = compose.sign(
+        edoc(PC, [DEPT], number="3"),
+        Identity(
+            PC,
+            "x",
+            (s.agency_home(PC) / f"key-{old.serial}.pem").read_bytes(),
+            (s.agency_home(PC) / f"cert-{old.serial}.pem").read_bytes(),
+        ),
+    )
+    assert router.process(late, routing_key=f"edoc.{PC}").reason == "cert-retired"
+    assert new.state == "active"
+
+
+def test_revocation_reaches_the_router_within_its_refresh(memory_province) -> None:
+    p = memory_province
+    router = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+    assert router.process(signed_edoc(p.settings, PC, [DEPT], number="1"), routing_key=f"edoc.{PC}").state == "accepted"
+    province.revoke(p.settings, p.archive, PC, "mất thiết bị ký", p.transport)
+    import time
+
+    time.sleep(router.registry.ttl + 0.05)
+    out = router.process(signed_edoc(p.settings, PC, [DEPT], number="2"), routing_key=f"edoc.{PC}")
+    assert out.reason == "cert-revoked"
+    # and every agency's inbox received the CA-signed revocation list
+    crl_msgs = [d for d in inbox(p, DEPT) if d.headers.get("x-docbus-kind") == "crl"]
+    assert len(crl_msgs) == 1
+
+
+def test_adapter_honours_a_revocation_list_from_the_bus(memory_province) -> None:
+    from adapters import Adapter
+
+    p = memory_province
+    router = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+    router.process(signed_edoc(p.settings, PC, [DEPT], number="1"), routing_key=f"edoc.{PC}")
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        assert dept.trust.revoked_serials == frozenset()
+        province.revoke(p.settings, p.archive, PC, "mất thiết bị ký", p.transport)  # the CRL queues behind the document
+        got = dept.receive()
+        assert [(i.kind, i.state) for i in got] == [("edoc", "new")]  # signed before the revocation
+        assert dept.crl_path.exists() and len(dept.trust.revoked_serials) == 1
+        late = dept.accept(signed_edoc(p.settings, PC, [DEPT], number="9"))
+    assert (late.state, late.reason) == ("invalid", "cert-revoked")
