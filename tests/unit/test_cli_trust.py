@@ -1,0 +1,78 @@
+"""docbus ca / cert commands on a province's files (the broker is not needed for these)."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from cli import main
+from signing.ca import CertificateAuthority, cert_pem, key_pem
+
+PC = "000.00.00.H61"
+
+
+def env_for(p) -> dict[str, str]:
+    return {
+        "DOCBUS_HOME": str(p.settings.home),
+        "DOCBUS_NAMESPACE": p.settings.namespace,
+        "DOCBUS_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F",
+    }
+
+
+def test_cert_list_rotate_revoke(memory_province) -> None:
+    env = env_for(memory_province)
+    runner = CliRunner()
+    listed = json.loads(runner.invoke(main, ["cert", "list", "--json"], env=env).output)
+    assert {c["organ_id"] for c in listed} == {"000.00.00.H61", "000.00.01.H61", "000.00.02.H61"}
+    assert all(c["state"] == "active" and c["days_left"] > 700 and not c["expiring"] for c in listed)
+
+    rotated = runner.invoke(main, ["cert", "rotate", PC, "--overlap-days", "3"], env=env)
+    assert rotated.exit_code == 0 and "valid until" in rotated.output
+    states = sorted(
+        c["state"]
+        for c in json.loads(runner.invoke(main, ["cert", "list", "--json"], env=env).output)
+        if c["organ_id"] == PC
+    )
+    assert states == ["active", "retiring"]
+
+    revoked = runner.invoke(main, ["cert", "revoke", PC, "--reason", "lộ khóa ký"], env=env)
+    assert revoked.exit_code == 0, revoked.output
+    assert revoked.output.count(f"revoked {PC}") == 2 and "not published" in revoked.output
+    assert (memory_province.settings.home / "ca" / "crl.pem").exists()
+    table = runner.invoke(main, ["cert", "list"], env=env).output
+    assert "revoked" in table and "Days left" in table
+
+    again = runner.invoke(main, ["cert", "revoke", PC, "--reason", "x"], env=env)
+    assert again.exit_code == 3 and "no unrevoked certificate" in again.output
+
+
+def test_cert_list_flags_certificates_expiring_within_30_days(memory_province) -> None:
+    import datetime as dt
+
+    from bus.archive import Certificate, utcnow
+
+    Certificate.update(not_after=utcnow() + dt.timedelta(days=12)).where(Certificate.organ_id == PC).execute()
+    out = CliRunner().invoke(main, ["cert", "list"], env=env_for(memory_province)).output
+    line = next(ln for ln in out.splitlines() if ln.startswith(PC))
+    assert "EXPIRES SOON" in line
+
+
+def test_ca_import_adopts_an_existing_ca_and_refuses_a_non_ca(tmp_path) -> None:
+    existing = CertificateAuthority.create(tmp_path / "old")
+    (tmp_path / "ca.pem").write_bytes(cert_pem(existing.cert))
+    (tmp_path / "ca.key").write_bytes(key_pem(existing.key))
+    env = {"DOCBUS_HOME": str(tmp_path / "home")}
+    ok = CliRunner().invoke(main, ["ca", "import", str(tmp_path / "ca.pem"), str(tmp_path / "ca.key")], env=env)
+    assert ok.exit_code == 0 and "imported" in ok.output
+    assert CertificateAuthority.load(tmp_path / "home").cert == existing.cert
+    twice = CliRunner().invoke(main, ["ca", "import", str(tmp_path / "ca.pem"), str(tmp_path / "ca.key")], env=env)
+    assert twice.exit_code == 3 and "already exists" in twice.output
+    other = CertificateAuthority.create(tmp_path / "other")
+    (tmp_path / "wrong.key").write_bytes(key_pem(other.key))
+    mismatch = CliRunner().invoke(
+        main,
+        ["ca", "import", str(tmp_path / "ca.pem"), str(tmp_path / "wrong.key")],
+        env={"DOCBUS_HOME": str(tmp_path / "h2")},
+    )
+    assert mismatch.exit_code == 3 and "is not the key of" in mismatch.output
