@@ -400,6 +400,15 @@ def _adapter(s: Settings, code: str):
 @click.option("--content", default="", help="Body text (defaults to the subject).")
 @click.option("--paper-only", is_flag=True, help="Declare a paper-only technical dossier (no electronic file).")
 @click.option("--zip", "zipped", is_flag=True, help="Zip each attachment as the national SDK does.")
+@click.option("--revoke", metavar="DOCUMENT_ID", help="Revoke (thu hồi) a document this agency sent.")
+@click.option("--update", metavar="DOCUMENT_ID", help="Update (cập nhật) a document this agency sent.")
+@click.option(
+    "--replace",
+    "replace_ids",
+    metavar="DOCUMENT_ID",
+    multiple=True,
+    help="Replace (thay thế) documents this agency sent.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @guarded
@@ -414,14 +423,22 @@ def send(
     content: str,
     paper_only: bool,
     zipped: bool,
+    revoke: str | None,
+    update: str | None,
+    replace_ids: tuple[str, ...],
     as_json: bool,
     files: tuple[Path, ...],
 ) -> None:
     """Sign and send a document with its FILES; prints its DocumentId.
 
     The document is kept in the sender's outbox first: if the broker is down it is queued
-    and 'docbus adapter run' sends it later.
+    and 'docbus adapter run' sends it later.  --revoke, --update and --replace send the
+    QCVN lifecycle messages (BussinessDocType 1, 2, 3) about a document already sent.
     """
+    chosen = [x for x in (revoke, update, replace_ids) if x]
+    if len(chosen) > 1:
+        raise click.UsageError("choose one of --revoke, --update, --replace")
+    doc_type = 1 if revoke else 2 if update else 3 if replace_ids else 0
     s = settings()
     with _adapter(s, sender) as a:
         res = a.send(
@@ -435,6 +452,9 @@ def send(
             content=content,
             paper_only=paper_only,
             zipped=zipped,
+            business_doc_type=doc_type,
+            about=revoke or update or "",
+            replaces=replace_ids,
         )
     if as_json:
         emit_json({"document_id": res.document_id, "digest": res.digest, "published": res.published})
@@ -528,7 +548,8 @@ def status_send(code: str, status_code: str, description: str, edoc_sender: str 
     s = settings()
     with _adapter(s, code) as a:
         if edoc_sender is None:
-            edoc_sender = a.document(document_id).sender.organ_id
+            # a recall request (13) is about the agency's own document; every other status answers a received one
+            edoc_sender = code if status_code == "13" else a.document(document_id).sender.organ_id
         res = a.send_status(document_id, edoc_sender, status_code, description)
     click.echo(f"status {status_code} for {document_id} {'sent' if res.published else 'queued (broker unreachable)'}")
 
@@ -573,22 +594,24 @@ def router() -> None:
 @click.option("--prefetch", type=int, default=20, show_default=True)
 @guarded
 def router_run(idle_exit: float | None, prefetch: int) -> None:
-    """Consume submissions: verify, archive, deliver, answer. Runs until interrupted."""
+    """Consume submissions (urgent first): verify, archive, deliver, answer. Runs until interrupted.
+
+    Survives broker restarts: it reconnects with backoff and finishes what was in flight.
+    Run several for more throughput; they share the queue and the archive.
+    """
     from bus.router import Router, load_trust
+    from bus.transport import AmqpTransport
     from signing.identity import Identity
 
     s = settings()
     archive = open_archive(s)
     hub = Identity.load(s.hub_organ_id, s.home / "hub")
-    transport = amqp(s)
-    r = Router(s, transport, archive, load_trust(s), hub)
-    click.echo(f"router consuming {r.names.router_queue} on {s.namespace}", err=True)
+    r = Router(s, amqp(s), archive, load_trust(s), hub)
+    click.echo(f"router consuming {r.names.router_urgent} and {r.names.router_queue}", err=True)
     try:
-        r.run(idle_timeout=idle_exit, prefetch=prefetch)
+        r.serve(lambda: AmqpTransport(s.amqp_url), idle_exit=idle_exit, prefetch=prefetch)
     except KeyboardInterrupt:
         pass
-    finally:
-        transport.close()
     click.echo(f"router stopped after {r.processed} message(s)", err=True)
 
 
@@ -601,13 +624,14 @@ def adapter() -> None:
 @click.option("--agency", "code", required=True)
 @click.option("--idle-exit", type=float, default=None, help="Stop after this many seconds without a delivery.")
 @click.option(
-    "--drop",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Write each received document's edXML here for the agency's system.",
+    "--drop", type=click.Path(file_okay=False, path_type=Path), help="Write each received message (signed edXML) here."
 )
 @guarded
 def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
-    """Send the outbox, then receive deliveries (verify, store, answer 01) until interrupted."""
+    """Send the outbox and receive deliveries (urgent first; verify, store, answer 01) until interrupted.
+
+    With the broker down it keeps the outbox and retries with backoff; it reconnects by itself.
+    """
     s = settings()
     received = 0
 
@@ -621,18 +645,129 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
         )
         if drop is not None:
             drop.mkdir(parents=True, exist_ok=True)
-            (drop / f"{item.digest[:16]}.edxml").write_bytes(raw)
+            target = drop / f"{item.digest[:16]}.edxml"
+            tmp = target.with_suffix(".part")
+            tmp.write_bytes(raw)
+            tmp.replace(target)  # the agency's system never sees half a file
 
     with _adapter(s, code) as a:
         a.on_receive = hand_off
-        sent = a.flush()
-        if sent:
-            click.echo(f"sent {sent} queued message(s) from the outbox", err=True)
         try:
-            a.receive(idle_timeout=idle_exit if idle_exit is not None else 1e12)
+            a.run(idle_exit=idle_exit)
         except KeyboardInterrupt:
             pass
     click.echo(f"adapter {code} stopped after {received} message(s)", err=True)
+
+
+@main.group()
+def dead() -> None:
+    """Poison messages the router gave up on (dead-lettered after the delivery limit)."""
+
+
+def _dead_context():
+    from bus.topology import Names
+
+    s = settings()
+    return s, open_archive(s), amqp(s), Names(s.namespace)
+
+
+@dead.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@guarded
+def dead_list(as_json: bool) -> None:
+    """Move the dead queue into the archive and list every dead letter with its reason."""
+    from bus import deadletter
+    from bus.archive import DeadLetter
+
+    _, archive, transport, names = _dead_context()
+    try:
+        moved = deadletter.collect(archive, transport, names)
+    finally:
+        transport.close()
+    rows = [
+        {
+            "id": d.id,
+            "dead_at": d.dead_at.isoformat(sep=" ", timespec="seconds"),
+            "routing_key": d.routing_key,
+            "user_id": d.user_id,
+            "bytes": len(bytes(d.body)),
+            "reason": d.reason,
+            "replayed_at": d.replayed_at.isoformat(sep=" ", timespec="seconds") if d.replayed_at else None,
+        }
+        for d in DeadLetter.select().order_by(DeadLetter.id)
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    if moved:
+        click.echo(f"moved {moved} message(s) from {names.dead} into the archive", err=True)
+    click.echo(
+        table(
+            [[r["id"], r["dead_at"], r["routing_key"], r["bytes"], r["reason"], r["replayed_at"] or ""] for r in rows],
+            ["Id", "Dead at (UTC)", "Routing key", "Bytes", "Reason", "Replayed"],
+        )
+    )
+
+
+@dead.command("show")
+@click.argument("letter_id", type=int)
+@guarded
+def dead_show(letter_id: int) -> None:
+    """One dead letter: where it came from, why, and the start of its bytes."""
+    from bus import deadletter
+
+    open_archive(settings())
+    d = deadletter.get(letter_id)
+    body = bytes(d.body)
+    click.echo(f"id          {d.id}\ndead at     {d.dead_at:%Y-%m-%d %H:%M:%S} UTC\nrouting key {d.routing_key}")
+    click.echo(
+        f"broker user {d.user_id or ''}\nreason      {d.reason}\nbytes       {len(body)}\nheaders     {d.headers}"
+    )
+    click.echo(body[:2000].decode("utf-8", errors="replace"))
+
+
+@dead.command("replay")
+@click.argument("letter_id", type=int, required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter not replayed yet.")
+@guarded
+def dead_replay(letter_id: int | None, replay_all: bool) -> None:
+    """Send dead letter(s) back to the router, with their original routing key and broker user."""
+    from bus import deadletter
+    from bus.archive import DeadLetter
+
+    if (letter_id is None) == (not replay_all):
+        raise click.UsageError("give one ID or --all")
+    _, _, transport, names = _dead_context()
+    try:
+        letters = (
+            [deadletter.get(letter_id)]
+            if letter_id is not None
+            else list(DeadLetter.select().where(DeadLetter.replayed_at.is_null()))
+        )
+        for d in letters:
+            deadletter.replay(d, transport, names)
+            click.echo(f"replayed #{d.id} ({d.routing_key})")
+    finally:
+        transport.close()
+
+
+@dead.command("purge")
+@click.argument("letter_id", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@guarded
+def dead_purge(letter_id: int, yes: bool) -> None:
+    """Delete dead letter ID for good (asks first)."""
+    from bus import deadletter
+
+    open_archive(settings())
+    d = deadletter.get(letter_id)
+    if not yes and not click.confirm(
+        f"Delete dead letter #{d.id} ({d.routing_key}, {len(bytes(d.body))} bytes) for good?"
+    ):
+        click.echo("kept")
+        sys.exit(EXIT_FAILED)
+    deadletter.purge(d)
+    click.echo(f"purged #{d.id}")
 
 
 # --------------------------------------------------------------------------- files

@@ -12,9 +12,17 @@ Example (after ``docbus init`` and ``docbus agency add`` for both agencies)::
         for item in receiver.receive(idle_timeout=2):   # verified, stored, status 01 sent
             print(item.document_id, item.subject)
 
-Every outgoing message is signed and stored in the local outbox before it is published;
-if the broker is down it stays there (``queued``) and ``flush`` or ``docbus adapter run``
-sends it later.  Every incoming one is verified, stored durably, then acked.
+Guarantees, and how:
+
+- sending: every message is signed and committed to the local outbox before it is
+  published (confirmed, mandatory); what the broker did not confirm stays there and is
+  retried with backoff by :meth:`run` (``docbus adapter run``), so a clerk can send while
+  the broker is down;
+- receiving: a delivery is verified, then stored together with its automatic status 01 in
+  one transaction, and acked only after that commit; the same message delivered again
+  (same message id) is acked and dropped;
+- handing over: each stored document is handed to the agency's system (``on_receive``)
+  once; an item whose hand-off did not finish (a crash) is handed again on the next start.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from adapters.store import open_store, utcnow
@@ -35,15 +45,17 @@ from bus.brokeradmin import agency_url
 from bus.config import Settings
 from bus.edxml import Attachment, Edoc, Organ
 from bus.envelope import open_envelope
-from bus.errors import BrokerUnavailable, NotFound, Refused
+from bus.errors import BrokerUnavailable, DocbusError, NotFound, Refused
+from bus.policy import REVOKE, UPDATE, related_document_ids
 from bus.province import CRL_KIND
 from bus.router import load_trust
-from bus.topology import Names
-from bus.transport import AmqpTransport, Delivery, Transport
+from bus.topology import URGENT_PRIORITY, Names
+from bus.transport import AmqpTransport, Delivery, DeliveryFailed, Transport
 from signing import crl
 from signing.identity import Identity
 
 log = logging.getLogger("docbus.adapter")
+SUPERSEDED = {REVOKE: "revoked", UPDATE: "updated", 3: "replaced"}
 
 
 @dataclass
@@ -57,13 +69,18 @@ class SendResult:
 class InboxItem:
     digest: str
     kind: str
-    state: str
+    state: str  # new (stored, not yet handed over) | handed | invalid
     sender: str
     document_id: str
     subject: str
     status_code: str | None
     reason: str | None = None
     received_at: str = ""
+    priority: int = 0
+    superseded: str | None = None  # revoked | updated | replaced, by a later message from its sender
+
+
+Handler = Callable[[InboxItem, edxml.Message, bytes], None]
 
 
 class Adapter:
@@ -73,7 +90,7 @@ class Adapter:
         organ_id: str,
         *,
         transport: Transport | None = None,
-        on_receive: Callable[[InboxItem, edxml.Message, bytes], None] | None = None,
+        on_receive: Handler | None = None,
         auto_arrived: bool = True,
     ) -> None:
         self.settings = settings
@@ -97,10 +114,13 @@ class Adapter:
         self.close()
 
     def close(self) -> None:
-        if self._transport is not None and isinstance(self._transport, AmqpTransport):
+        self._drop_connection()
+        self.store.close()
+
+    def _drop_connection(self) -> None:
+        if isinstance(self._transport, AmqpTransport):
             self._transport.close()
             self._transport = None
-        self.store.close()
 
     @property
     def transport(self) -> Transport:
@@ -121,12 +141,17 @@ class Adapter:
         priority: int = 0,
         content: str = "",
         business_doc_type: int = 0,
-        related: Sequence[edxml.ResponseFor] = (),
+        about: str = "",
+        replaces: Sequence[str] = (),
         paper_only: bool = False,
         security_level: str = "",
         zipped: bool = False,
     ) -> SendResult:
-        """Sign an edoc, keep it in the outbox, publish it; returns its DocumentId."""
+        """Sign an edoc, keep it in the outbox, publish it; returns its DocumentId.
+
+        ``business_doc_type`` 1 (revoke) or 2 (update) with ``about`` = the DocumentId
+        concerned (the message keeps that DocumentId); 3 (replace) with ``replaces``.
+        """
         attachments = [f if isinstance(f, Attachment) else _attachment(Path(f), zipped) for f in files]
         organs = [r if isinstance(r, Organ) else Organ(r) for r in recipients]
         edoc = compose.new_edoc(
@@ -140,50 +165,77 @@ class Adapter:
             attachments=attachments,
             content=content,
             business_doc_type=business_doc_type,
-            related=related,
             paper_only=paper_only,
             security_level=security_level,
         )
+        if business_doc_type in (REVOKE, UPDATE):
+            if not about:
+                raise DocbusError("a revocation or update names the document it is about", reason="usage")
+            edoc.document_id = about
+            edoc.business.document_id = about
+        elif business_doc_type == 3:
+            if not replaces:
+                raise DocbusError("a replacement names the documents it replaces", reason="usage")
+            edoc.business.replacements = [edxml.ReplacementInfo(d, [o.organ_id for o in organs]) for d in replaces]
         return self.submit(edoc)
 
     def send_status(self, document_id: str, edoc_sender: str, code: str, description: str = "") -> SendResult:
-        status = compose.new_status(
+        return self.submit(self._status(document_id, edoc_sender, code, description))
+
+    def recall(self, document_id: str, description: str = "Đề nghị thu hồi văn bản") -> SendResult:
+        """Ask every recipient of our own document to agree to its recall (status 13)."""
+        return self.send_status(document_id, self.organ_id, "13", description)
+
+    def _status(self, document_id: str, edoc_sender: str, code: str, description: str = "") -> edxml.Status:
+        return compose.new_status(
             self.me, edoc_sender=edoc_sender, document_id=document_id, code=code, description=description
         )
-        return self.submit(status)
 
     def submit(self, msg: edxml.Message) -> SendResult:
+        digest = self._to_outbox(msg)
+        return SendResult(
+            msg.document_id, digest, self._publish(self.store.Outbox.get(self.store.Outbox.digest == digest))
+        )
+
+    def _to_outbox(self, msg: edxml.Message) -> str:
+        """Sign ``msg`` and commit it to the outbox; returns its digest."""
         raw = compose.sign(msg, self.identity)
-        return self.submit_raw(raw, msg.kind, msg.document_id, [o.organ_id for o in getattr(msg, "recipients", [])])
-
-    def submit_raw(self, raw: bytes, kind: str, document_id: str, recipients: Sequence[str] = ()) -> SendResult:
-        """Store ``raw`` in the outbox (durably), then try to publish it."""
         digest = sha256(raw)
-        Outbox = self.store.Outbox
         with self.store.db.atomic():
-            Outbox.insert(
-                digest=digest, kind=kind, document_id=document_id[:500], recipients=",".join(recipients), raw=raw
-            ).on_conflict_ignore().execute()
-        item = Outbox.get(Outbox.digest == digest)
-        return SendResult(document_id, digest, self._publish(item))
+            self._outbox_row(msg, raw, digest)
+        return digest
 
-    def _publish(self, item: object) -> bool:
+    def _outbox_row(self, msg: edxml.Message, raw: bytes, digest: str) -> None:
+        self.store.Outbox.insert(
+            digest=digest,
+            kind=msg.kind,
+            document_id=msg.document_id[:500],
+            recipients=",".join(o.organ_id for o in getattr(msg, "recipients", [])),
+            urgent=isinstance(msg, Edoc) and msg.priority >= URGENT_PRIORITY,
+            raw=raw,
+        ).on_conflict_ignore().execute()
+
+    def _publish(self, item: Any) -> bool:
         Outbox = self.store.Outbox
         try:
             self.transport.publish(
                 self.names.submit,
-                Names.submit_key(item.kind, self.organ_id),  # type: ignore[attr-defined]
-                bytes(item.raw),  # type: ignore[attr-defined]
-                message_id=item.digest,  # type: ignore[attr-defined]
+                Names.submit_key(item.kind, self.organ_id, urgent=bool(item.urgent)),
+                bytes(item.raw),
+                message_id=item.digest,
                 user_id=self._user_id(),
             )
-        except BrokerUnavailable as exc:
-            self._transport = None
-            Outbox.update(attempts=Outbox.attempts + 1, last_error=exc.message).where(Outbox.id == item.id).execute()  # type: ignore[attr-defined]
+        except (BrokerUnavailable, DeliveryFailed) as exc:
+            if isinstance(exc, BrokerUnavailable):
+                self._transport = None
+            else:
+                self._drop_connection()  # a refused publish closes the channel
+            Outbox.update(attempts=Outbox.attempts + 1, last_error=exc.message).where(Outbox.id == item.id).execute()
+            log.warning("%s stays in the outbox: %s", item.document_id, exc.message)
             return False
         Outbox.update(published_at=utcnow(), attempts=Outbox.attempts + 1, last_error=None).where(
             Outbox.id == item.id
-        ).execute()  # type: ignore[attr-defined]
+        ).execute()
         return True
 
     def _amqp_url(self) -> str:
@@ -200,10 +252,10 @@ class Adapter:
         return unquote(user) if user else "guest"
 
     def flush(self) -> int:
-        """Publish what the outbox still holds; returns how many went out."""
+        """Publish what the outbox still holds, oldest first; returns how many went out."""
         Outbox = self.store.Outbox
         sent = 0
-        for item in Outbox.select().where(Outbox.published_at.is_null()).order_by(Outbox.id):
+        for item in Outbox.select().where(Outbox.published_at.is_null()).order_by(Outbox.urgent.desc(), Outbox.id):
             if not self._publish(item):
                 break
             sent += 1
@@ -214,8 +266,10 @@ class Adapter:
         return Outbox.select().where(Outbox.published_at.is_null()).count()
 
     # -- receiving
-    def receive(self, *, idle_timeout: float = 1.0, limit: int | None = None) -> list[InboxItem]:
-        """Take what the inbox queue holds (until idle), verify, store, answer 01."""
+    def receive(
+        self, *, idle_timeout: float = 1.0, limit: int | None = None, stop: Callable[[], bool] | None = None
+    ) -> list[InboxItem]:
+        """Take what the inbox queues hold (urgent first) until idle: verify, store, answer 01, hand over."""
         got: list[InboxItem] = []
 
         def handle(d: Delivery) -> None:
@@ -223,17 +277,16 @@ class Adapter:
                 self.accept_crl(d.body)
                 d.ack()
                 return
-            item = self.accept(d.body, d.message_id)
+            item = self.accept(d.body, d.message_id, hand=False)
             d.ack()  # only after the local store committed
             if item is not None:
-                got.append(item)
+                got.append(self._hand(item))
+                self.flush()  # the automatic 01
 
-        self.transport.consume(
-            self.names.inbox(self.organ_id),
-            handle,
-            idle_timeout=idle_timeout,
-            stop=(lambda: limit is not None and len(got) >= limit),
-        )
+        def done() -> bool:
+            return (limit is not None and len(got) >= limit) or (stop is not None and stop())
+
+        self.transport.consume(self.names.inboxes(self.organ_id), handle, idle_timeout=idle_timeout, stop=done)
         return got
 
     def accept_crl(self, data: bytes) -> int:
@@ -248,7 +301,7 @@ class Adapter:
         self.trust = replace(self.trust, revoked_serials=self.trust.revoked_serials | serials)
         return len(serials)
 
-    def accept(self, body: bytes, message_id: str = "") -> InboxItem | None:
+    def accept(self, body: bytes, message_id: str = "", *, hand: bool = True) -> InboxItem | None:
         """Verify and store one delivered message; None when it was already stored."""
         Inbox = self.store.Inbox
         digest = message_id or sha256(body)
@@ -267,9 +320,10 @@ class Adapter:
                     document_id="",
                     raw=body,
                 ).on_conflict_ignore().execute()
+            log.warning("refused a delivery: [%s] %s", exc.reason, exc.message)
             return InboxItem(digest, "unknown", "invalid", "", "", "", None, exc.reason)
         msg = opened.message
-        row = {
+        row: dict[str, Any] = {
             "digest": digest,
             "kind": msg.kind,
             "state": "new",
@@ -281,28 +335,93 @@ class Adapter:
             row.update(code=msg.code, subject=msg.subject, priority=msg.priority)
         else:
             row.update(status_code=msg.status_code, subject=msg.description, code=msg.response_for.code)
-        with self.store.db.atomic():
-            inserted = Inbox.insert(**row).on_conflict_ignore().execute()
-        item = InboxItem(
-            digest, msg.kind, "new", msg.sender.organ_id, msg.document_id, row["subject"], row.get("status_code")
-        )
-        if not inserted:
-            return None
-        if self.on_receive is not None:
-            self.on_receive(item, msg, body)
-        if isinstance(msg, Edoc) and self.auto_arrived and msg.business.doc_type == 0:
-            self.send_status(msg.document_id, msg.sender.organ_id, "01")
+        arrived = None
+        if isinstance(msg, Edoc) and self.auto_arrived:
+            arrived = self._status(msg.document_id, msg.sender.organ_id, "01")
+            arrived_raw = compose.sign(arrived, self.identity)
+        with self.store.db.atomic():  # the document and its 01 answer, or neither
+            if not Inbox.insert(**row).on_conflict_ignore().execute():
+                return None
+            if arrived is not None:
+                self._outbox_row(arrived, arrived_raw, sha256(arrived_raw))
+            if isinstance(msg, Edoc) and msg.business.doc_type in SUPERSEDED:
+                for doc in related_document_ids(msg):
+                    Inbox.update(superseded=SUPERSEDED[msg.business.doc_type]).where(
+                        (Inbox.document_id == doc) & (Inbox.sender == msg.sender.organ_id) & (Inbox.digest != digest)
+                    ).execute()
+        item = self._item(Inbox.get(Inbox.digest == digest))
+        if hand:
+            item = self._hand(item)
+            self.flush()
         return item
 
+    def _hand(self, item: InboxItem) -> InboxItem:
+        """Give a stored item to the agency's system, once; mark it handed."""
+        Inbox = self.store.Inbox
+        if self.on_receive is not None and item.state == "new":
+            row = Inbox.get(Inbox.digest == item.digest)
+            msg = open_envelope(bytes(row.raw), self.trust, from_hub=True).message
+            self.on_receive(item, msg, bytes(row.raw))
+        if item.state == "new":
+            Inbox.update(state="handed").where(Inbox.digest == item.digest).execute()
+            item.state = "handed"
+        return item
+
+    def hand_pending(self) -> int:
+        """Hand over what was stored but not handed (the process stopped in between)."""
+        Inbox = self.store.Inbox
+        rows = list(Inbox.select().where(Inbox.state == "new").order_by(Inbox.priority.desc(), Inbox.id))
+        for row in rows:
+            self._hand(self._item(row))
+        return len(rows)
+
+    # -- the long-running process
+    def run(
+        self, *, stop: Callable[[], bool] | None = None, idle_exit: float | None = None, max_backoff: float = 30.0
+    ) -> None:
+        """Send the outbox and receive, forever: reconnects with backoff when the broker goes away."""
+        stop = stop or (lambda: False)
+        self.hand_pending()
+        backoff = 0.5
+        idle_since = time.monotonic()
+        while not stop():
+            try:
+                self.flush()
+                got = self.receive(idle_timeout=0.5, stop=stop)
+                backoff = 0.5
+                if got:
+                    idle_since = time.monotonic()
+                elif idle_exit is not None and time.monotonic() - idle_since > idle_exit and not self.pending():
+                    return
+            except BrokerUnavailable as exc:
+                self._transport = None
+                log.warning("broker unavailable, retrying in %.1f s: %s", backoff, exc.message)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff)
+
+    # -- reading the store
     def inbox(self, kind: str | None = None) -> list[InboxItem]:
         Inbox = self.store.Inbox
         query = Inbox.select().order_by(Inbox.received_at, Inbox.id)
         if kind:
             query = query.where(Inbox.kind == kind)
-        return [
-            InboxItem(r.digest, r.kind, r.state, r.sender, r.document_id, r.subject, r.status_code, r.reason)
-            for r in query
-        ]
+        return [self._item(r) for r in query]
+
+    @staticmethod
+    def _item(r: Any) -> InboxItem:
+        return InboxItem(
+            r.digest,
+            r.kind,
+            r.state,
+            r.sender,
+            r.document_id,
+            r.subject,
+            r.status_code,
+            r.reason,
+            r.received_at.isoformat(sep=" ", timespec="seconds"),
+            r.priority,
+            r.superseded,
+        )
 
     def document(self, document_id: str) -> edxml.Edoc:
         Inbox = self.store.Inbox

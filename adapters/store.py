@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peewee import BlobField, CharField, DateTimeField, IntegerField, Model, SqliteDatabase, TextField
+from peewee import BlobField, BooleanField, CharField, DateTimeField, IntegerField, Model, SqliteDatabase, TextField
 
 
 def utcnow() -> dt.datetime:
@@ -44,6 +44,7 @@ def open_store(path: Path) -> Store:
         kind = CharField(max_length=16)
         document_id = CharField(max_length=500, index=True)
         recipients = TextField(default="")
+        urgent = BooleanField(default=False)
         raw = BlobField()
         created_at = DateTimeField(default=utcnow)
         published_at = DateTimeField(null=True, index=True)
@@ -55,7 +56,7 @@ def open_store(path: Path) -> Store:
 
         digest = CharField(max_length=64, unique=True)
         kind = CharField(max_length=16, index=True)
-        state = CharField(max_length=16, default="new")  # new | handed | invalid
+        state = CharField(max_length=16, default="new", index=True)  # new | handed | invalid
         reason = TextField(null=True)
         sender = CharField(max_length=64, index=True)
         document_id = CharField(max_length=500, index=True)
@@ -63,6 +64,7 @@ def open_store(path: Path) -> Store:
         subject = TextField(default="")
         priority = IntegerField(default=0)
         status_code = CharField(max_length=4, null=True)
+        superseded = CharField(max_length=16, null=True)
         raw = BlobField()
         received_at = DateTimeField(default=utcnow)
 

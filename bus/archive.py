@@ -104,6 +104,7 @@ class Message(Base):
     promulgation_date = CharField(max_length=20, default="")
     priority = IntegerField(default=0)
     business_doc_type = IntegerField(default=0)
+    related_document_id = CharField(max_length=500, null=True, index=True)  # what a revoke/update/replace is about
     status_code = CharField(max_length=4, null=True)
     response_for_organ = CharField(max_length=64, null=True)  # statuses: the edoc's sender
     received_at = DateTimeField(default=utcnow, index=True)
@@ -133,12 +134,37 @@ class StatusEvent(Base):
     message = ForeignKeyField(Message, backref="status_events", on_delete="CASCADE")
 
 
+class Failure(Base):
+    """The last unexpected error a router hit on a submission (why it was later dead-lettered)."""
+
+    digest = CharField(primary_key=True, max_length=64)
+    routing_key = CharField(max_length=300)
+    attempts = IntegerField(default=0)
+    last_error = TextField()
+    updated_at = DateTimeField(default=utcnow)
+
+
+class DeadLetter(Base):
+    """A message the broker dead-lettered (delivery limit), moved here by ``docbus dead list``."""
+
+    id = AutoField()
+    digest = CharField(max_length=64, index=True)
+    queue = CharField(max_length=300)
+    routing_key = CharField(max_length=300)
+    user_id = CharField(max_length=64, null=True)
+    reason = TextField(default="")
+    headers = TextField(default="{}")
+    body = BlobField()
+    dead_at = DateTimeField(default=utcnow)
+    replayed_at = DateTimeField(null=True)
+
+
 class Meta(Base):
     key = CharField(primary_key=True, max_length=64)
     value = TextField()
 
 
-MODELS = [Agency, Certificate, Blob, Message, Recipient, StatusEvent, Meta]
+MODELS = [Agency, Certificate, Blob, Message, Recipient, StatusEvent, Failure, DeadLetter, Meta]
 
 
 def open_database(url: str) -> Any:

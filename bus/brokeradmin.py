@@ -54,9 +54,9 @@ def agency_permissions(names: Names, organ_id: str, vhost: str) -> Permissions:
         vhost=vhost,
         configure="^$",
         write=f"^{re.escape(names.submit)}$",
-        read=f"^{re.escape(names.inbox(organ_id))}$",
+        read=f"^{re.escape(names.inbox(organ_id))}(\\.urgent)?$",
         topic_exchange=names.submit,
-        topic_write=f"^(edoc|status)\\.{key}$",
+        topic_write=f"^(urgent\\.)?(edoc|status)\\.{key}$",
         topic_read="^$",
     )
 

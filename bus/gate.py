@@ -15,10 +15,10 @@ from dataclasses import replace
 from bus import edxml
 from bus.archive import Message, Recipient
 from bus.config import Settings
-from bus.edxml import Edoc, Status
+from bus.edxml import Edoc
 from bus.envelope import Opened, Trust, open_envelope
 from bus.errors import PolicyRefusal, SignatureRejected
-from bus.policy import check_edoc, check_status
+from bus.policy import check_edoc, check_lifecycle, check_status
 from bus.registry import Registry
 
 DEV_USER = "guest"  # RabbitMQ's local development user; never an agency
@@ -69,10 +69,11 @@ class Gate:
         msg = opened.message
         if isinstance(msg, Edoc):
             check_edoc(msg, snapshot.enabled)
+            check_lifecycle(msg, lambda doc: recipients_of(doc, signer))
         elif signer != self.settings.hub_organ_id:
-            edoc = edoc_of(msg)
-            recips = {r.organ_id for r in Recipient.select().where(Recipient.message == edoc)} if edoc else None
-            check_status(msg, recips, edoc.sender if edoc else None)
+            edoc_sender = msg.response_for.organ_id
+            recips = recipients_of(msg.document_id, edoc_sender)
+            check_status(msg, recips, edoc_sender if recips is not None else None)
         return opened
 
     def _check_fresh(self, msg: edxml.Message, at: dt.datetime | None) -> None:
@@ -90,11 +91,16 @@ class Gate:
             raise PolicyRefusal(f"signed at {msg.traces[0].timestamp}, in the future", reason="clock-skew")
 
 
-def edoc_of(status: Status) -> Message | None:
-    """The accepted edoc a status answers, if the archive holds it."""
-    return Message.get_or_none(
-        (Message.document_id == status.document_id)
-        & (Message.kind == "edoc")
-        & (Message.state == "accepted")
-        & (Message.sender == status.response_for.organ_id)
+def recipients_of(document_id: str, sender: str) -> set[str] | None:
+    """Recipients of every accepted edoc ``document_id`` from ``sender`` (None if there is none)."""
+    edocs = list(
+        Message.select(Message.id).where(
+            (Message.document_id == document_id)
+            & (Message.kind == "edoc")
+            & (Message.state == "accepted")
+            & (Message.sender == sender)
+        )
     )
+    if not edocs:
+        return None
+    return {r.organ_id for r in Recipient.select(Recipient.organ_id).where(Recipient.message.in_(edocs))}

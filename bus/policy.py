@@ -7,13 +7,16 @@
   estimates);
 - every recipient must be a registered, enabled agency, named once;
 - a status must answer a document the archive holds, from one of its recipients (or its
-  sender, for the recall request 13).
+  sender, for the recall request 13);
+- a revocation (BussinessDocType 1) or update (2) names a document its sender already sent,
+  and goes only to that document's recipients; a replacement (3) names documents its sender
+  sent.  A revocation needs no electronic file.
 """
 
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Container
+from collections.abc import Callable, Container
 
 from bus.edxml import Edoc, Status
 from bus.errors import PolicyRefusal
@@ -28,13 +31,41 @@ def fold(text: str) -> str:
     return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).casefold().split())
 
 
+REVOKE, UPDATE, REPLACE = 1, 2, 3
+
+
+def related_document_ids(edoc: Edoc) -> list[str]:
+    """The documents a revocation, update or replacement is about."""
+    b = edoc.business
+    if b.doc_type == REPLACE:
+        return [r.document_id for r in b.replacements] or ([b.document_id] if b.document_id else [])
+    if b.doc_type in (REVOKE, UPDATE):
+        return [b.document_id or edoc.document_id]
+    return []
+
+
+def check_lifecycle(edoc: Edoc, original_recipients: Callable[[str], set[str] | None]) -> None:
+    """``original_recipients(document_id)``: recipients of that document from this sender, or None."""
+    for doc in related_document_ids(edoc):
+        recips = original_recipients(doc)
+        if recips is None:
+            raise PolicyRefusal(
+                f"{edoc.business.doc_type} refers to {doc!r}, which {edoc.sender.organ_id} never sent",
+                reason="unknown-document",
+            )
+        if edoc.business.doc_type in (REVOKE, UPDATE):
+            strangers = sorted({r.organ_id for r in edoc.recipients} - recips)
+            if strangers:
+                raise PolicyRefusal(f"{', '.join(strangers)} did not receive {doc!r}", reason="not-recipient")
+
+
 def check_edoc(edoc: Edoc, known: Container[str]) -> None:
     level = fold(edoc.secrecy)
     if level in SECRET_LEVELS:
         raise PolicyRefusal(
             f"document is marked {edoc.secrecy!r}: secret documents never travel on the bus", reason="secret-document"
         )
-    if not edoc.attachments and edoc.priority < 1 and edoc.business.paper != 1:
+    if not edoc.attachments and edoc.priority < 1 and edoc.business.paper != 1 and edoc.business.doc_type != REVOKE:
         raise PolicyRefusal(
             "document has no electronic file (attach it, mark it urgent, or declare it paper-only)",
             reason="no-electronic-file",

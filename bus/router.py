@@ -17,6 +17,7 @@ Routers are stateless; run as many as needed on the same queue.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +25,18 @@ from pathlib import Path
 from bus import compose, edxml
 from bus.archive import Archive, Message, sha256
 from bus.config import Settings
+from bus.deadletter import REPLAY_KEY, REPLAY_USER, record_failure
 from bus.edxml import Edoc, Organ, Status
 from bus.envelope import Opened, Trust, append_hub_trace
 from bus.errors import BrokerUnavailable, PolicyRefusal, Refused
-from bus.gate import Gate
-from bus.topology import Names
+from bus.gate import Gate, recipients_of
+from bus.policy import related_document_ids
+from bus.topology import URGENT_PRIORITY, Names
 from bus.transport import Delivery, DeliveryFailed, Transport
 from signing.identity import Identity
 
 log = logging.getLogger("docbus.router")
+RECALL_REQUEST = "13"
 QUARANTINE_HEAD = 64 * 1024  # bytes kept of a refusal over the size limit
 
 
@@ -58,22 +62,23 @@ class Router:
 
     # -- the AMQP side
     def handle(self, delivery: Delivery) -> None:
+        routing_key, user_id = delivery.routing_key, delivery.user_id
+        if routing_key in (self.names.router_queue, self.names.router_urgent):
+            # replayed by an operator through the default exchange, which no agency may write to
+            routing_key = str(delivery.headers.get(REPLAY_KEY, ""))
+            user_id = delivery.headers.get(REPLAY_USER) or None
         try:
-            self.process(
-                delivery.body,
-                routing_key=delivery.routing_key,
-                user_id=delivery.user_id,
-                redelivered=delivery.redelivered,
-            )
+            self.process(delivery.body, routing_key=routing_key, user_id=user_id, redelivered=delivery.redelivered)
         except BrokerUnavailable:
             raise
         except DeliveryFailed as exc:
             log.error("delivery failed, will retry: %s", exc)
             delivery.reject(requeue=True)
-        except Exception:
+        except Exception as exc:
             # An unexpected error: the quorum queue's delivery limit dead-letters the
             # message after a bounded number of attempts; the router goes on.
-            log.exception("router crashed on a submission (routing key %s)", delivery.routing_key)
+            log.exception("router failed on a submission (routing key %s)", delivery.routing_key)
+            record_failure(sha256(delivery.body), routing_key, f"{type(exc).__name__}: {exc}")
             delivery.reject(requeue=True)
         else:
             delivery.ack()
@@ -83,8 +88,43 @@ class Router:
         self, *, idle_timeout: float | None = None, stop: Callable[[], bool] | None = None, prefetch: int = 20
     ) -> None:
         self.transport.consume(
-            self.names.router_queue, self.handle, prefetch=prefetch, idle_timeout=idle_timeout, stop=stop
+            [self.names.router_urgent, self.names.router_queue],
+            self.handle,
+            prefetch=prefetch,
+            idle_timeout=idle_timeout,
+            stop=stop,
         )
+
+    def serve(
+        self,
+        connect: Callable[[], Transport],
+        *,
+        stop: Callable[[], bool] | None = None,
+        idle_exit: float | None = None,
+        prefetch: int = 20,
+        max_backoff: float = 30.0,
+    ) -> None:
+        """Run until ``stop()``, reconnecting with backoff whenever the broker goes away.
+
+        Whatever was in flight when the connection dropped is redelivered by the broker and
+        finished idempotently (archive and deliveries are keyed by digest).
+        """
+        backoff = 0.5
+        while not (stop is not None and stop()):
+            try:
+                self.transport = connect()
+                backoff = 0.5
+                self.run(idle_timeout=idle_exit, stop=stop, prefetch=prefetch)
+                if idle_exit is not None:
+                    return
+            except BrokerUnavailable as exc:
+                log.warning("broker unavailable, reconnecting in %.1f s: %s", backoff, exc.message)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff)
+            finally:
+                close = getattr(self.transport, "close", None)
+                if close is not None:
+                    close()
 
     # -- the work
     def process(
@@ -93,7 +133,7 @@ class Router:
         """Check, archive, deliver.  ``redelivered``: the broker's flag; a fresh copy of bytes
         already archived is a replay, a redelivered one is a router that died mid-way."""
         digest = sha256(body)
-        claimed = routing_key.split(".", 1)[1] if "." in routing_key else ""
+        claimed = Names.claimed_sender(routing_key)
         existing = Message.get_or_none(Message.digest == digest)
         if existing is not None:
             if redelivered or self.archive.undelivered(existing):
@@ -125,13 +165,20 @@ class Router:
                 record, _ = self.archive.record(body, fields=fields, recipients=[r.organ_id for r in msg.recipients])
             else:
                 record, _ = self.archive.record(
-                    body, fields=fields, recipients=[msg.response_for.organ_id], status=self._status_event(msg)
+                    body, fields=fields, recipients=self._status_recipients(msg), status=self._status_event(msg)
                 )
         except Refused as exc:
             self._quarantine(body, exc, claimed, user_id)
             return Outcome("quarantined", digest, exc.reason, exc.message)
         self._deliver(record, body)
         return Outcome("accepted", digest)
+
+    @staticmethod
+    def _status_recipients(msg: Status) -> list[str]:
+        """A recall request (13) goes to the document's recipients; every other status to its sender."""
+        if msg.status_code == RECALL_REQUEST:
+            return sorted(recipients_of(msg.document_id, msg.sender.organ_id) or ())
+        return [msg.response_for.organ_id]
 
     @staticmethod
     def _fields(msg: edxml.Message, user_id: str | None) -> dict[str, object]:
@@ -152,6 +199,7 @@ class Router:
                 promulgation_date=msg.promulgation_date,
                 priority=msg.priority,
                 business_doc_type=msg.business.doc_type,
+                related_document_id=(related_document_ids(msg) or [None])[0],
             )
         else:
             base.update(
@@ -181,8 +229,10 @@ class Router:
             "x-docbus-document-id": record.document_id,
             "x-docbus-priority": record.priority,
         }
+        urgent = record.kind == "edoc" and record.priority >= URGENT_PRIORITY
         for organ_id in pending:
-            self.transport.publish(self.names.deliver, organ_id, out, message_id=record.digest, headers=headers)
+            key = Names.deliver_key(organ_id, urgent=urgent)
+            self.transport.publish(self.names.deliver, key, out, message_id=record.digest, headers=headers)
             self.archive.mark_delivered(record, [organ_id])
 
     def _quarantine(self, body: bytes, exc: Refused, claimed: str, user_id: str | None) -> None:

@@ -2,10 +2,15 @@
 
 ::
 
-    agency adapter --(user_id, key edoc.<OrganId> | status.<OrganId>)--> <ns>.submit (topic)
-        <ns>.submit --#--> <ns>.router (quorum; delivery limit; dead-letters to <ns>.dead)
-    router --(key <OrganId>)--> <ns>.deliver (direct) --> <ns>.inbox.<OrganId> (quorum)
+    agency adapter --(user_id, key [urgent.]edoc.<OrganId> | status.<OrganId>)--> <ns>.submit (topic)
+        <ns>.submit --edoc.#, status.#--> <ns>.router        (quorum; delivery limit; DLX <ns>.dead)
+        <ns>.submit --urgent.#--------> <ns>.router.urgent (same, consumed first)
+    router --(key <OrganId>[.urgent])--> <ns>.deliver (direct)
+        --> <ns>.inbox.<OrganId> and <ns>.inbox.<OrganId>.urgent (quorum; the adapter reads urgent first)
     <ns>.dead (fanout) --> <ns>.dead (quorum): poison messages, never silently dropped
+
+Quorum queues in RabbitMQ 3.10 have no priorities, so hỏa tốc documents (priority 3-4) travel
+in queues of their own, and every consumer drains the urgent queue before the ordinary one.
 
 ``<ns>`` is ``docbus`` in production (``DOCBUS_NAMESPACE``); tests use their own so they
 can run beside a live bus on one vhost.  Re-applying a topology is a no-op; a queue that
@@ -67,15 +72,39 @@ class Names:
         return f"{self.namespace}.router"
 
     @property
+    def router_urgent(self) -> str:
+        return f"{self.namespace}.router.urgent"
+
+    @property
     def dead(self) -> str:
         return f"{self.namespace}.dead"
 
     def inbox(self, organ_id: str) -> str:
         return f"{self.namespace}.inbox.{organ_id}"
 
+    def inbox_urgent(self, organ_id: str) -> str:
+        return f"{self.namespace}.inbox.{organ_id}.urgent"
+
+    def inboxes(self, organ_id: str) -> list[str]:
+        """An agency's inbox queues, in the order they are read (urgent first)."""
+        return [self.inbox_urgent(organ_id), self.inbox(organ_id)]
+
     @staticmethod
-    def submit_key(kind: str, organ_id: str) -> str:
-        return f"{kind}.{organ_id}"
+    def submit_key(kind: str, organ_id: str, *, urgent: bool = False) -> str:
+        return f"{'urgent.' if urgent else ''}{kind}.{organ_id}"
+
+    @staticmethod
+    def claimed_sender(routing_key: str) -> str:
+        """The OrganId a submission's routing key names (``[urgent.]<kind>.<OrganId>``)."""
+        key = routing_key.removeprefix("urgent.")
+        return key.split(".", 1)[1] if "." in key else ""
+
+    @staticmethod
+    def deliver_key(organ_id: str, *, urgent: bool = False) -> str:
+        return f"{organ_id}.urgent" if urgent else organ_id
+
+
+URGENT_PRIORITY = 3  # hỏa tốc and hỏa tốc hẹn giờ
 
 
 def _quorum(dead_letter: str | None) -> dict[str, object]:
@@ -90,12 +119,27 @@ def core(names: Names) -> Topology:
     """Exchanges and queues of the bus itself (no agency yet)."""
     return Topology(
         exchanges=(Exchange(names.submit, "topic"), Exchange(names.deliver, "direct"), Exchange(names.dead, "fanout")),
-        queues=(Queue(names.router_queue, _quorum(names.dead)), Queue(names.dead, _quorum(None))),
-        bindings=(Binding(names.submit, names.router_queue, "#"), Binding(names.dead, names.dead, "")),
+        queues=(
+            Queue(names.router_urgent, _quorum(names.dead)),
+            Queue(names.router_queue, _quorum(names.dead)),
+            Queue(names.dead, _quorum(None)),
+        ),
+        bindings=(
+            Binding(names.submit, names.router_urgent, "urgent.#"),
+            Binding(names.submit, names.router_queue, "edoc.#"),
+            Binding(names.submit, names.router_queue, "status.#"),
+            Binding(names.dead, names.dead, ""),
+        ),
     )
 
 
 def agency(names: Names, organ_id: str) -> Topology:
-    """One agency's inbox: a quorum queue bound to the delivery exchange by its OrganId."""
-    inbox = names.inbox(organ_id)
-    return Topology(queues=(Queue(inbox, _quorum(names.dead)),), bindings=(Binding(names.deliver, inbox, organ_id),))
+    """One agency's inboxes (urgent and ordinary), bound to the delivery exchange by its OrganId."""
+    urgent, inbox = names.inbox_urgent(organ_id), names.inbox(organ_id)
+    return Topology(
+        queues=(Queue(urgent, _quorum(names.dead)), Queue(inbox, _quorum(names.dead))),
+        bindings=(
+            Binding(names.deliver, urgent, Names.deliver_key(organ_id, urgent=True)),
+            Binding(names.deliver, inbox, Names.deliver_key(organ_id)),
+        ),
+    )

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -66,7 +66,7 @@ class Transport(Protocol):
     def get(self, queue: str) -> Delivery | None: ...
     def consume(
         self,
-        queue: str,
+        queues: str | Sequence[str],
         handler: Callable[[Delivery], None],
         *,
         prefetch: int = 10,
@@ -223,28 +223,47 @@ class AmqpTransport:
 
     def consume(
         self,
-        queue: str,
+        queues: str | Sequence[str],
         handler: Callable[[Delivery], None],
         *,
         prefetch: int = 10,
         idle_timeout: float | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> None:
-        """Feed deliveries to ``handler`` until ``stop()`` is true or nothing came for ``idle_timeout`` s."""
+        """Feed deliveries to ``handler`` until ``stop()`` is true or nothing came for ``idle_timeout`` s.
+
+        ``queues`` are in priority order: whatever the first one holds is handled before
+        anything of the next (how urgent documents overtake a backlog without queue priorities).
+        """
+        names = [queues] if isinstance(queues, str) else list(queues)
+        buffers: dict[str, deque[tuple[Any, Any, bytes]]] = {q: deque() for q in names}
+        tags: list[str] = []
         try:
             self._ch.basic_qos(prefetch_count=prefetch)
+            for q in names:
+                tags.append(
+                    self._ch.basic_consume(
+                        q, on_message_callback=lambda _ch, m, p, b, q=q: buffers[q].append((m, p, b))
+                    )
+                )
             last = time.monotonic()
-            for method, props, body in self._ch.consume(queue, inactivity_timeout=0.2):
-                if method is not None:
-                    handler(self._delivery(method, props, body))
-                    last = time.monotonic()
-                if stop is not None and stop():
-                    break
-                if idle_timeout is not None and time.monotonic() - last > idle_timeout:
-                    break
-            self._ch.cancel()
+            while not (stop is not None and stop()):
+                self._conn.process_data_events(time_limit=0)
+                item = next((buffers[q].popleft() for q in names if buffers[q]), None)
+                if item is None:
+                    if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                        break
+                    self._conn.process_data_events(time_limit=0.05)
+                    continue
+                handler(self._delivery(*item))
+                last = time.monotonic()
+            for tag in tags:
+                self._ch.basic_cancel(tag)
+            for q in names:  # taken from the broker but not handled: give them back
+                while buffers[q]:
+                    self._ch.basic_nack(buffers[q].popleft()[0].delivery_tag, requeue=True)
         except pex.ChannelClosedByBroker as exc:
-            raise DocbusError(f"cannot consume {queue}: {exc.reply_text}", reason="access-refused") from exc
+            raise DocbusError(f"cannot consume {', '.join(names)}: {exc.reply_text}", reason="access-refused") from exc
         except (pex.AMQPError, OSError) as exc:
             raise _unavailable(self.url, exc) from exc
 
@@ -335,15 +354,16 @@ class MemoryTransport:
 
     def consume(
         self,
-        queue: str,
+        queues: str | Sequence[str],
         handler: Callable[[Delivery], None],
         *,
         prefetch: int = 10,
         idle_timeout: float | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> None:
+        names = [queues] if isinstance(queues, str) else list(queues)
         while not (stop is not None and stop()):
-            d = self.get(queue)
+            d = next((d for d in (self.get(q) for q in names) if d is not None), None)
             if d is None:
                 return
             handler(d)

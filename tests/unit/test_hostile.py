@@ -151,7 +151,7 @@ def test_adapter_honours_a_revocation_list_from_the_bus(memory_province) -> None
         assert dept.trust.revoked_serials == frozenset()
         province.revoke(p.settings, p.archive, PC, "mất thiết bị ký", p.transport)  # the CRL queues behind the document
         got = dept.receive()
-        assert [(i.kind, i.state) for i in got] == [("edoc", "new")]  # signed before the revocation
+        assert [(i.kind, i.state) for i in got] == [("edoc", "handed")]  # signed before the revocation
         assert dept.crl_path.exists() and len(dept.trust.revoked_serials) == 1
         late = dept.accept(signed_edoc(p.settings, PC, [DEPT], number="9"))
     assert (late.state, late.reason) == ("invalid", "cert-revoked")
