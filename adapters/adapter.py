@@ -38,6 +38,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from peewee import OperationalError
+
 from adapters.store import open_store, utcnow
 from bus import compose, edxml
 from bus.archive import sha256
@@ -201,7 +203,7 @@ class Adapter:
         """Sign ``msg`` and commit it to the outbox; returns its digest."""
         raw = compose.sign(msg, self.identity)
         digest = sha256(raw)
-        with self.store.db.atomic():
+        with self.store.write():
             self._outbox_row(msg, raw, digest)
         return digest
 
@@ -255,7 +257,9 @@ class Adapter:
         """Publish what the outbox still holds, oldest first; returns how many went out."""
         Outbox = self.store.Outbox
         sent = 0
-        for item in Outbox.select().where(Outbox.published_at.is_null()).order_by(Outbox.urgent.desc(), Outbox.id):
+        # a list, not a live cursor: SQLite would hold the write lock of each update until it closed
+        waiting = list(Outbox.select().where(Outbox.published_at.is_null()).order_by(Outbox.urgent.desc(), Outbox.id))
+        for item in waiting:
             if not self._publish(item):
                 break
             sent += 1
@@ -310,7 +314,7 @@ class Adapter:
         try:
             opened = open_envelope(body, self.trust, from_hub=True)
         except Refused as exc:
-            with self.store.db.atomic():
+            with self.store.write():
                 Inbox.insert(
                     digest=digest,
                     kind="unknown",
@@ -339,7 +343,7 @@ class Adapter:
         if isinstance(msg, Edoc) and self.auto_arrived:
             arrived = self._status(msg.document_id, msg.sender.organ_id, "01")
             arrived_raw = compose.sign(arrived, self.identity)
-        with self.store.db.atomic():  # the document and its 01 answer, or neither
+        with self.store.write():  # the document and its 01 answer, or neither
             if not Inbox.insert(**row).on_conflict_ignore().execute():
                 return None
             if arrived is not None:
@@ -396,6 +400,11 @@ class Adapter:
             except BrokerUnavailable as exc:
                 self._transport = None
                 log.warning("broker unavailable, retrying in %.1f s: %s", backoff, exc.message)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff)
+            except OperationalError as exc:  # the local store is busy (another process writing): wait
+                self._drop_connection()  # unacked deliveries go back to the queue
+                log.warning("local store busy, retrying in %.1f s: %s", backoff, exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, max_backoff)
 

@@ -25,6 +25,11 @@ class Store:
     Outbox: Any
     Inbox: Any
 
+    def write(self) -> Any:
+        """A write transaction that takes SQLite's write lock at BEGIN: the adapter process and a
+        'docbus send' in another process wait for each other instead of failing."""
+        return self.db.atomic(lock_type="IMMEDIATE")
+
     def close(self) -> None:
         self.db.close()
 

@@ -30,6 +30,7 @@ from peewee import (
     IntegrityError,
     Model,
     OperationalError,
+    SqliteDatabase,
     TextField,
 )
 from playhouse.db_url import connect
@@ -199,6 +200,13 @@ class Archive:
         self.url = url
         self.database = open_database(url)
 
+    def write(self) -> Any:
+        """A write transaction.  On SQLite it takes the write lock at BEGIN (IMMEDIATE), so
+        concurrent writers wait for each other (busy timeout) instead of failing to upgrade."""
+        if isinstance(self.database, SqliteDatabase):
+            return self.database.atomic(lock_type="IMMEDIATE")
+        return self.database.atomic()
+
     def close(self) -> None:
         if not self.database.is_closed():
             self.database.close()
@@ -207,7 +215,7 @@ class Archive:
     def add_agency(
         self, organ_id: str, name: str, cert_pem: str, serial: str, not_after: dt.datetime, parent: str | None = None
     ) -> Agency:
-        with self.database.atomic():
+        with self.write():
             Agency.insert(
                 organ_id=organ_id, name=name, parent=parent, cert_pem=cert_pem, cert_serial=serial, enabled=True
             ).on_conflict(
@@ -253,7 +261,7 @@ class Archive:
         if existing is not None:
             return existing, False
         try:
-            with self.database.atomic():
+            with self.write():
                 kept = raw if keep is None else raw[:keep]
                 Blob.insert(sha256=digest, size=len(kept), data=kept).on_conflict_ignore().execute()
                 msg = Message.create(digest=digest, size=len(raw), **fields)

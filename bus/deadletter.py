@@ -50,7 +50,7 @@ def collect(archive: Archive, transport: Transport, names: Names) -> int:
             if failure
             else (deaths[0].get("reason", "") if deaths and isinstance(deaths[0], dict) else "")
         )
-        with archive.database.atomic():
+        with archive.write():
             DeadLetter.create(
                 digest=digest,
                 queue=str(queue),

@@ -206,7 +206,7 @@ def rotate(
     ident = Identity.issue(CertificateAuthority.load(settings.home), organ_id, agency.name, folder)
     cert = load_cert(ident.cert_pem)
     serial = format(cert.serial_number, "x")
-    with archive.database.atomic():
+    with archive.write():
         Certificate.update(state="retiring", retire_after=utcnow() + overlap).where(
             Certificate.serial == old.serial
         ).execute()

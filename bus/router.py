@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from peewee import OperationalError
+
 from bus import compose, edxml
 from bus.archive import Archive, Message, sha256
 from bus.config import Settings
@@ -37,6 +39,7 @@ from signing.identity import Identity
 
 log = logging.getLogger("docbus.router")
 RECALL_REQUEST = "13"
+TRANSIENT_RETRIES = 5
 QUARANTINE_HEAD = 64 * 1024  # bytes kept of a refusal over the size limit
 
 
@@ -68,7 +71,7 @@ class Router:
             routing_key = str(delivery.headers.get(REPLAY_KEY, ""))
             user_id = delivery.headers.get(REPLAY_USER) or None
         try:
-            self.process(delivery.body, routing_key=routing_key, user_id=user_id, redelivered=delivery.redelivered)
+            self._process_retrying(delivery.body, routing_key, user_id, delivery.redelivered)
         except BrokerUnavailable:
             raise
         except DeliveryFailed as exc:
@@ -83,6 +86,19 @@ class Router:
         else:
             delivery.ack()
             self.processed += 1
+
+    def _process_retrying(self, body: bytes, routing_key: str, user_id: str | None, redelivered: bool) -> Outcome:
+        """A busy or briefly unreachable database is retried here: requeueing would spend the
+        message's delivery limit on a fault that is not the message's."""
+        for attempt in range(TRANSIENT_RETRIES):
+            try:
+                return self.process(
+                    body, routing_key=routing_key, user_id=user_id, redelivered=redelivered or attempt > 0
+                )
+            except OperationalError as exc:
+                log.warning("archive busy or unreachable (%s), retrying", exc)
+                time.sleep(0.5 * (attempt + 1))
+        return self.process(body, routing_key=routing_key, user_id=user_id, redelivered=True)
 
     def run(
         self, *, idle_timeout: float | None = None, stop: Callable[[], bool] | None = None, prefetch: int = 20

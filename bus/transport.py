@@ -88,9 +88,11 @@ def redact(url: str) -> str:
 
 def _describe(exc: BaseException) -> str:
     """The innermost cause pika wraps (e.g. 'Connection refused'), not its wrapper's name."""
-    seen = 0
-    while exc.args and isinstance(exc.args[0], BaseException) and seen < 5:
-        exc, seen = exc.args[0], seen + 1
+    for _ in range(5):
+        inner = getattr(exc, "exception", None) or (exc.args[0] if exc.args else None)
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
@@ -248,12 +250,12 @@ class AmqpTransport:
                 )
             last = time.monotonic()
             while not (stop is not None and stop()):
-                self._conn.process_data_events(time_limit=0)
+                self._pump(0)
                 item = next((buffers[q].popleft() for q in names if buffers[q]), None)
                 if item is None:
                     if idle_timeout is not None and time.monotonic() - last > idle_timeout:
                         break
-                    self._conn.process_data_events(time_limit=0.05)
+                    self._pump(0.05)
                     continue
                 handler(self._delivery(*item))
                 last = time.monotonic()
@@ -266,6 +268,17 @@ class AmqpTransport:
             raise DocbusError(f"cannot consume {', '.join(names)}: {exc.reply_text}", reason="access-refused") from exc
         except (pex.AMQPError, OSError) as exc:
             raise _unavailable(self.url, exc) from exc
+
+    def _pump(self, time_limit: float) -> None:
+        """Let pika read and write; any failure of a dead connection is BrokerUnavailable."""
+        try:
+            self._conn.process_data_events(time_limit=time_limit)
+        except (pex.AMQPError, OSError) as exc:
+            raise _unavailable(self.url, exc) from exc
+        except Exception as exc:  # pika raises odd errors (ValueError, AssertionError) on a dying socket
+            if self._conn.is_closed:
+                raise _unavailable(self.url, exc) from exc
+            raise
 
     def close(self) -> None:
         try:
