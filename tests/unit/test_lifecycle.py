@@ -1,0 +1,141 @@
+"""Revoke, update, replace a delivered document; the recall handshake (13 -> 15/16); urgent first."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters import Adapter
+from bus.router import Router, load_trust
+from bus.topology import Names
+
+PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
+
+
+@pytest.fixture
+def bus(memory_province):
+    p = memory_province
+    router = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+    pdf = p.settings.home / "qd.pdf"
+    pdf.write_bytes(b"%PDF-1.4 quyet dinh")
+    adapters = {c: Adapter(p.settings, c, transport=p.transport) for c in (PC, DEPT, FIN)}
+    yield p, router, adapters, pdf
+    for a in adapters.values():
+        a.close()
+
+
+def cycle(router, adapters) -> dict[str, list]:
+    router.run()
+    got = {c: a.receive() for c, a in adapters.items()}
+    router.run()  # the automatic 01s
+    for c, a in adapters.items():
+        got[c] += a.receive()
+    return got
+
+
+def test_revoke_and_update_mark_the_recipients_copy(bus) -> None:
+    p, router, a, pdf = bus
+    sent = a[PC].send([DEPT, FIN], subject="Quyết định 15", number="15", notation="QĐ-UBND", files=[pdf])
+    cycle(router, a)
+    upd = a[PC].send(
+        [DEPT, FIN],
+        subject="Quyết định 15 (cập nhật)",
+        number="15",
+        notation="QĐ-UBND",
+        files=[pdf],
+        business_doc_type=2,
+        about=sent.document_id,
+    )
+    assert upd.document_id == sent.document_id
+    cycle(router, a)
+    assert [(i.subject, i.superseded) for i in a[DEPT].inbox("edoc")] == [
+        ("Quyết định 15", "updated"),
+        ("Quyết định 15 (cập nhật)", None),
+    ]
+    a[PC].send(
+        [DEPT],
+        subject="Thu hồi Quyết định 15",
+        number="15",
+        notation="QĐ-UBND",
+        business_doc_type=1,
+        about=sent.document_id,
+    )
+    cycle(router, a)  # a revocation needs no file
+    assert {i.superseded for i in a[DEPT].inbox("edoc")} == {"revoked", None}
+    trace = p.archive.trace(sent.document_id)
+    assert [s["business_doc_type"] for s in trace["submissions"]] == [0, 2, 1]
+
+
+def test_revoke_to_a_non_recipient_or_of_an_unknown_document_is_refused(bus) -> None:
+    _p, router, a, pdf = bus
+    sent = a[PC].send([DEPT], subject="Công văn", number="1", notation="UBND", files=[pdf])
+    cycle(router, a)
+    a[PC].send([FIN], subject="Thu hồi", number="1", notation="UBND", business_doc_type=1, about=sent.document_id)
+    a[PC].send(
+        [DEPT],
+        subject="Thu hồi",
+        number="9",
+        notation="UBND",
+        business_doc_type=1,
+        about="000.00.00.H61,2020/01/01,9/UBND",
+    )
+    got = cycle(router, a)
+    reasons = sorted(i.subject.split("]")[0][1:] for i in got[PC] if i.status_code == "02")
+    assert reasons == ["not-recipient", "unknown-document"]
+    assert [i.kind for i in got[FIN]] == []
+
+
+def test_replace_names_the_replaced_document(bus) -> None:
+    _p, router, a, pdf = bus
+    old = a[PC].send([DEPT], subject="Kế hoạch 2026", number="3", notation="KH-UBND", files=[pdf])
+    cycle(router, a)
+    new = a[PC].send(
+        [DEPT],
+        subject="Kế hoạch 2026 (thay thế)",
+        number="4",
+        notation="KH-UBND",
+        files=[pdf],
+        business_doc_type=3,
+        replaces=[old.document_id],
+    )
+    cycle(router, a)
+    copies = {i.document_id: i.superseded for i in a[DEPT].inbox("edoc")}
+    assert copies == {old.document_id: "replaced", new.document_id: None}
+
+
+def test_recall_handshake(bus) -> None:
+    p, router, a, pdf = bus
+    sent = a[PC].send([DEPT, FIN], subject="Công văn gửi nhầm", number="8", notation="UBND", files=[pdf])
+    cycle(router, a)
+    a[PC].recall(sent.document_id)
+    got = cycle(router, a)
+    assert [(i.status_code, i.sender) for i in got[DEPT] if i.kind == "status"] == [("13", PC)]
+    assert [(i.status_code, i.sender) for i in got[FIN] if i.kind == "status"] == [("13", PC)]
+    a[DEPT].send_status(sent.document_id, PC, "15", "Đồng ý thu hồi")
+    a[FIN].send_status(sent.document_id, PC, "16", "Đã ban hành văn bản thực hiện")
+    got = cycle(router, a)
+    assert sorted((i.status_code, i.sender) for i in got[PC] if i.kind == "status") == [("15", DEPT), ("16", FIN)]
+    trace = p.archive.trace(sent.document_id)["submissions"][0]
+    per = {r["organ_id"]: [s["code"] for s in r["statuses"]] for r in trace["recipients"]}
+    assert per == {DEPT: ["01", "15"], FIN: ["01", "16"]}
+    assert [(s["organ_id"], s["code"]) for s in trace["other_statuses"]] == [(PC, "13")]
+
+
+def test_only_the_sender_may_recall(bus) -> None:
+    _p, router, a, pdf = bus
+    sent = a[PC].send([DEPT], subject="Công văn", number="8", notation="UBND", files=[pdf])
+    cycle(router, a)
+    a[DEPT].send_status(sent.document_id, DEPT, "13")
+    got = cycle(router, a)
+    assert [i.subject.split("]")[0] for i in got[DEPT] if i.status_code == "02"] == ["[unknown-document"]
+
+
+def test_urgent_document_overtakes_a_backlog(bus) -> None:
+    p, router, a, pdf = bus
+    for n in range(20):
+        a[PC].send([DEPT], subject=f"Thường {n}", number=str(n), notation="UBND", files=[pdf])
+    a[PC].send([DEPT], subject="Hỏa tốc", number="99", notation="UBND", files=[pdf], priority=3)
+    router.run()
+    names = Names(p.settings.namespace)
+    assert len(p.transport.queues[names.inbox_urgent(DEPT)]) == 1
+    got = a[DEPT].receive()
+    assert got[0].subject == "Hỏa tốc" and len(got) == 21
