@@ -770,6 +770,268 @@ def dead_purge(letter_id: int, yes: bool) -> None:
     click.echo(f"purged #{d.id}")
 
 
+# --------------------------------------------------------------------------- archive
+
+
+@main.group()
+def archive() -> None:
+    """The central archive: search, show, export, verify, prune."""
+
+
+def _date(value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date like 2026-11-27") from exc
+
+
+@archive.command("search")
+@click.option("--from", "sender", help="Sender OrganId.")
+@click.option("--to", "recipient", help="Recipient OrganId.")
+@click.option("--type", "type_name", help="Document type name, e.g. 'Công văn'.")
+@click.option("--number", help="Số or Số/Ký hiệu, e.g. 125 or 125/SNV-VP.")
+@click.option("--since", help="Received on or after (YYYY-MM-DD).")
+@click.option("--until", help="Received on or before (YYYY-MM-DD).")
+@click.option("--priority", type=click.IntRange(0, 4))
+@click.option(
+    "--status", "status_code", type=click.Choice(sorted(edxml.STATUS_CODES)), help="Has this status from a recipient."
+)
+@click.option("--text", help="Words of the subject, content or file names; diacritics and case do not matter.")
+@click.option("--refused", is_flag=True, help="Search refused (quarantined) submissions instead.")
+@click.option("--page", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--per-page", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@guarded
+def archive_search(
+    sender: str | None,
+    recipient: str | None,
+    type_name: str | None,
+    number: str | None,
+    since: str | None,
+    until: str | None,
+    priority: int | None,
+    status_code: str | None,
+    text: str | None,
+    refused: bool,
+    page: int,
+    per_page: int,
+    as_json: bool,
+) -> None:
+    """Find archived documents, newest first."""
+    from bus import search
+
+    open_archive(settings())
+    filters = search.Filters(
+        sender=sender,
+        recipient=recipient,
+        type_name=type_name,
+        number=number,
+        since=_date(since),
+        until=_date(until),
+        priority=priority,
+        status=status_code,
+        text=text,
+        state="quarantined" if refused else "accepted",
+        kinds=("edoc", "status", "unknown") if refused else ("edoc",),
+    )
+    rows, total = search.search(filters, page=page, per_page=per_page)
+    data = [
+        {
+            "document_id": m.document_id,
+            "received_at": m.received_at.isoformat(sep=" ", timespec="seconds"),
+            "from": m.sender,
+            "code": f"{m.code_number}/{m.code_notation}" if m.code_number else "",
+            "type": m.type_name,
+            "priority": m.priority,
+            "subject": m.subject,
+            "state": m.state,
+            "reason": m.reason,
+        }
+        for m in rows
+    ]
+    if as_json:
+        emit_json({"total": total, "page": page, "per_page": per_page, "results": data})
+        return
+    cols = ["Received (UTC)", "From", "Số/Ký hiệu", "Type", "Subject", "DocumentId"]
+    body = [[d["received_at"], d["from"], d["code"], d["type"], d["subject"], d["document_id"]] for d in data]
+    if refused:
+        cols[3], body = "Reason", [[*r[:3], d["reason"], *r[4:]] for r, d in zip(body, data, strict=True)]
+    click.echo(table(body, cols))
+    pages = max(1, -(-total // per_page))
+    click.echo(f"page {page} of {pages}, {total} document(s)")
+
+
+@archive.command("show")
+@click.argument("document_id")
+@click.option("--json", "as_json", is_flag=True)
+@guarded
+def archive_show(document_id: str, as_json: bool) -> None:
+    """Header, attachments and per-recipient status history of DOCUMENT_ID."""
+    from bus.archive import AttachmentRecord
+
+    s = settings()
+    arch = open_archive(s)
+    m = arch.find_edoc(document_id)
+    msg = edxml.parse_tree(safexml.parse(arch.raw(m), s.limits))
+    data = edxml.summary(msg)
+    data["attachments"] = [
+        {"content_id": a.content_id, "name": a.name, "content_type": a.content_type, "size": a.size, "sha256": a.sha256}
+        for a in AttachmentRecord.select().where(AttachmentRecord.message == m)
+    ] or data["attachments"]
+    data["archived_at"] = m.received_at.isoformat(sep=" ", timespec="seconds")
+    data["trace"] = arch.trace(document_id)
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(
+        f"{data['document_id']}\n  {data['code']['number']}/{data['code']['notation']}  {data['document_type']['name']}"
+    )
+    click.echo(
+        f"  “{data['subject']}”\n  from {data['from']['organ_id']} {data['from']['name']}, "
+        f"archived {data['archived_at']} UTC"
+    )
+    click.echo(
+        table(
+            [[a["name"], a["content_type"], a["size"], a["sha256"][:16] + "…"] for a in data["attachments"]],
+            ["File", "Type", "Bytes", "SHA-256"],
+        )
+    )
+    rows = []
+    for sub in data["trace"]["submissions"]:
+        for r in sub["recipients"]:
+            codes = ", ".join(f"{st['code']} {st['received_at'][5:16]}" for st in r["statuses"]) or "—"
+            rows.append([r["organ_id"], r["delivered_at"] or "pending", codes])
+    click.echo(table(rows, ["Recipient", "Delivered (UTC)", "Statuses"]))
+
+
+@archive.command("export")
+@click.argument("document_id")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@guarded
+def archive_export(document_id: str, folder: Path) -> None:
+    """Write DOCUMENT_ID's original edXML (byte-exact, verifiable) and its attachment files into FOLDER."""
+    s = settings()
+    arch = open_archive(s)
+    m = arch.find_edoc(document_id)
+    raw = arch.raw(m)
+    msg = edxml.parse_tree(safexml.parse(raw, s.limits))
+    folder.mkdir(parents=True, exist_ok=True)
+    original = folder / f"{m.digest[:16]}.edxml"
+    original.write_bytes(raw)
+    click.echo(str(original))
+    for a in getattr(msg, "attachments", []):
+        target = folder / Path(a.name).name
+        target.write_bytes(a.data)
+        click.echo(str(target))
+
+
+@archive.command("verify")
+@click.option("--no-signatures", is_flag=True, help="Check the chain and the bytes only (faster).")
+@click.option("--json", "as_json", is_flag=True)
+@guarded
+def archive_verify(no_signatures: bool, as_json: bool) -> None:
+    """Walk the hash chain: every row, every stored blob, every signature. Exit 1 at the first alteration."""
+    from dataclasses import replace
+
+    from bus.archive import ChainEntry
+    from bus.audit import verify_archive
+    from bus.router import load_trust
+
+    s = settings()
+    open_archive(s)
+    trust = replace(load_trust(s), revoked_serials=frozenset())  # as the certificates were at arrival
+    total = ChainEntry.select().count()
+    with click.progressbar(length=total, label="verifying the archive", file=sys.stderr, show_pos=True) as bar:
+        result = verify_archive(trust, signatures=not no_signatures, progress=bar.update)
+    if as_json:
+        emit_json(
+            {
+                "ok": result.ok,
+                "entries": result.entries,
+                "signatures": result.signatures,
+                "first_problem": result.first_problem.__dict__ if result.first_problem else None,
+            }
+        )
+    elif result.ok:
+        click.echo(f"archive intact: {result.entries} entries on the chain, {result.signatures} signatures re-verified")
+    else:
+        f = result.first_problem
+        click.echo(f"ALTERED at chain entry {f.seq} (message #{f.message_id}, {f.document_id}): {f.problem}")
+    if not result.ok:
+        sys.exit(EXIT_REFUSED)
+
+
+@archive.command("prune")
+@click.option("--before", required=True, help="Cut-off date (YYYY-MM-DD, Vietnam time).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@guarded
+def archive_prune(before: str, yes: bool) -> None:
+    """Remove what the retention rule allows from before a date, and record that it did.
+
+    Accepted documents and statuses are never removed. Refused submissions and dead letters
+    older than the cut-off lose their bytes; their metadata and chain entries stay.
+    """
+    from bus.archive import RETENTION_RULE, prune
+
+    s = settings()
+    arch = open_archive(s)
+    day = _date(before)
+    cutoff = dt.datetime.combine(day, dt.time(), tzinfo=edxml.VN_TZ).astimezone(dt.UTC).replace(tzinfo=None)
+    if not yes and not click.confirm(f"Prune before {day}? Rule: {RETENTION_RULE}."):
+        click.echo("nothing pruned")
+        sys.exit(EXIT_FAILED)
+    log = prune(cutoff, arch.database)
+    click.echo(f"pruned {log.messages} item(s), {log.bytes_freed} bytes freed; recorded as prune #{log.id}")
+
+
+# --------------------------------------------------------------------------- report
+
+
+@main.group()
+def report() -> None:
+    """Reports the provincial directive asks for."""
+
+
+@report.command("monthly")
+@click.option("--month", required=True, help="YYYY-MM (Vietnam time).")
+@click.option("--agency", "code", help="One agency, or a department/district with its agencies.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]), default="table", show_default=True
+)
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout."
+)
+@guarded
+def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) -> None:
+    """Sent, received, 01 within one working day, 03 within three, refusals by reason, unanswered."""
+    from bus import report as rep
+
+    try:
+        dt.date.fromisoformat(f"{month}-01")
+    except ValueError as exc:
+        raise click.BadParameter(f"{month!r} is not a month like 2026-11", param_hint="--month") from exc
+    open_archive(settings())
+    r = rep.monthly(month, code)
+    if fmt == "json":
+        text = rep.to_json(r)
+    elif fmt == "csv":
+        text = rep.to_csv(r)
+    elif fmt == "html":
+        text = rep.to_html(r)
+    else:
+        agencies, units = rep.rows_for_table(r)
+        text = (
+            f"Tháng {month}: theo đơn vị\n{table(units, rep.HEADERS)}\n\nTheo cơ quan\n{table(agencies, rep.HEADERS)}"
+        )
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+        click.echo(str(output))
+    else:
+        click.echo(text)
+
+
 # --------------------------------------------------------------------------- files
 
 

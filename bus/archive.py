@@ -38,7 +38,6 @@ from playhouse.db_url import connect
 from bus.errors import ConfigError, NotFound
 
 db = DatabaseProxy()
-SCHEMA_VERSION = 1
 
 
 def utcnow() -> dt.datetime:
@@ -106,6 +105,9 @@ class Message(Base):
     priority = IntegerField(default=0)
     business_doc_type = IntegerField(default=0)
     related_document_id = CharField(max_length=500, null=True, index=True)  # what a revoke/update/replace is about
+    search_text = TextField(default="")  # folded (no diacritics, lower case) subject, content, names, code
+    skeleton = CharField(max_length=64, null=True)  # blob of the bytes with attachment payloads cut out
+    pruned_at = DateTimeField(null=True)
     status_code = CharField(max_length=4, null=True)
     response_for_organ = CharField(max_length=64, null=True)  # statuses: the edoc's sender
     received_at = DateTimeField(default=utcnow, index=True)
@@ -160,12 +162,75 @@ class DeadLetter(Base):
     replayed_at = DateTimeField(null=True)
 
 
+class AttachmentRecord(Base):
+    """An attachment of an archived edoc; its payload is a content-addressed blob, stored once."""
+
+    message = ForeignKeyField(Message, backref="attachments", on_delete="CASCADE")
+    content_id = CharField(max_length=300)
+    name = CharField(max_length=500)
+    content_type = CharField(max_length=200)
+    size = IntegerField()
+    sha256 = CharField(max_length=64, index=True)  # of the decoded file
+    payload = CharField(max_length=64)  # blob: the base64 text exactly as it was in the envelope
+
+    class Meta:
+        table_name = "attachment"
+
+
+class ChainEntry(Base):
+    """The tamper-evident chain: every archived message, in order, hashed with its predecessor."""
+
+    seq = AutoField()
+    message = ForeignKeyField(Message, unique=True, backref="chain", on_delete="RESTRICT")
+    prev_hash = CharField(max_length=64)
+    entry_hash = CharField(max_length=64)
+
+    class Meta:
+        table_name = "chain"
+
+
+class ChainHead(Base):
+    """One row: the newest entry's hash; locked by each append so concurrent routers serialise."""
+
+    id = IntegerField(primary_key=True)
+    seq = IntegerField(default=0)
+    entry_hash = CharField(max_length=64, default="0" * 64)
+
+    class Meta:
+        table_name = "chain_head"
+
+
+class PruneLog(Base):
+    """What ``docbus archive prune`` removed, when, under which rule."""
+
+    id = AutoField()
+    at = DateTimeField(default=utcnow)
+    before = DateTimeField()
+    rule = TextField()
+    messages = IntegerField()
+    bytes_freed = IntegerField()
+
+
 class Meta(Base):
     key = CharField(primary_key=True, max_length=64)
     value = TextField()
 
 
-MODELS = [Agency, Certificate, Blob, Message, Recipient, StatusEvent, Failure, DeadLetter, Meta]
+MODELS = [
+    Agency,
+    Certificate,
+    Blob,
+    Message,
+    Recipient,
+    StatusEvent,
+    Failure,
+    DeadLetter,
+    AttachmentRecord,
+    ChainEntry,
+    ChainHead,
+    PruneLog,
+    Meta,
+]
 
 
 def open_database(url: str) -> Any:
@@ -180,8 +245,9 @@ def open_database(url: str) -> Any:
             database = connect(url)
         db.initialize(database)
         database.connect(reuse_if_open=True)
-        database.create_tables(MODELS, safe=True)
-        Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
+        from bus import migrations
+
+        migrations.upgrade(database)
     except OperationalError as exc:
         raise ConfigError(f"cannot open the archive database {url}: {exc}") from exc
     except ValueError as exc:
@@ -191,6 +257,94 @@ def open_database(url: str) -> Any:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+_MARK = b"\x00docbus-blob:"  # NUL never occurs in XML, so a marker cannot collide with content
+
+
+def split_payloads(raw: bytes, attachments: Iterable[Any]) -> tuple[bytes, list[dict[str, Any]]]:
+    """Cut each attachment's base64 payload out of ``raw``; returns (skeleton, attachment rows)."""
+    skeleton = raw
+    parts: list[dict[str, Any]] = []
+    for att in attachments:
+        text = (att._encoded or "").encode("ascii", errors="ignore")
+        if not text:
+            continue
+        digest = sha256(text)
+        if skeleton.count(text) != 1:
+            continue  # the parser normalised its line ends: keep it inside the envelope
+        skeleton = skeleton.replace(text, _MARK + digest.encode() + b"\x00")
+        parts.append(
+            {
+                "content_id": att.content_id[:300],
+                "name": att.name[:500],
+                "content_type": att.content_type[:200],
+                "size": len(att.data),
+                "sha256": att.sha256,
+                "payload": digest,
+                "_bytes": text,
+            }
+        )
+    return skeleton, parts
+
+
+def assemble(message: Message) -> bytes:
+    """Put a stored message back together from its skeleton and payload blobs."""
+    blob = Blob.get_or_none(Blob.sha256 == (message.skeleton or message.digest))
+    if blob is None:
+        raise NotFound(f"the stored bytes of message #{message.id} are missing")
+    data = bytes(blob.data)
+    while (i := data.find(_MARK)) >= 0:
+        j = data.index(b"\x00", i + len(_MARK))
+        digest = data[i + len(_MARK) : j].decode()
+        part = Blob.get_or_none(Blob.sha256 == digest)
+        if part is None:
+            raise NotFound(f"attachment payload {digest} of message #{message.id} is missing")
+        data = data[:i] + bytes(part.data) + data[j + 1 :]
+    return data
+
+
+def entry_hash(prev: str, m: Message) -> str:
+    """What the chain commits to for one message: its bytes (digest) and its indexed metadata."""
+    fields = [
+        prev,
+        m.digest,
+        m.kind,
+        m.state,
+        m.reason or "",
+        m.sender,
+        m.document_id,
+        m.received_at.isoformat(timespec="microseconds")
+        if isinstance(m.received_at, dt.datetime)
+        else str(m.received_at),
+        m.subject or "",
+        m.code_number or "",
+        m.code_notation or "",
+        m.type_name or "",
+        str(m.priority),
+        m.status_code or "",
+        str(m.size),
+    ]
+    return sha256("\x1f".join(fields).encode())
+
+
+def append_chain(message: Message) -> ChainEntry:
+    """Add ``message`` to the chain (inside the caller's write transaction)."""
+
+    def head() -> ChainHead | None:
+        query = ChainHead.select().where(ChainHead.id == 1)
+        if not isinstance(db.obj, SqliteDatabase):
+            query = query.for_update()  # concurrent routers on PostgreSQL take turns
+        return query.first()
+
+    current = head()
+    if current is None:
+        ChainHead.insert(id=1, seq=0, entry_hash="0" * 64).on_conflict_ignore().execute()
+        current = head()
+    prev = current.entry_hash  # type: ignore[union-attr]
+    entry = ChainEntry.create(message=message, prev_hash=prev, entry_hash=entry_hash(prev, message))
+    ChainHead.update(seq=entry.seq, entry_hash=entry.entry_hash).where(ChainHead.id == 1).execute()
+    return entry
 
 
 class Archive:
@@ -250,11 +404,15 @@ class Archive:
         recipients: Iterable[str] = (),
         status: dict[str, Any] | None = None,
         keep: int | None = None,
+        attachments: Iterable[Any] = (),
     ) -> tuple[Message, bool]:
         """Archive ``raw`` with its metadata; return (record, created).  Idempotent by digest.
 
-        ``keep``: store only the first ``keep`` bytes (an oversized refusal must not fill the disk);
-        ``Message.size`` still says how many arrived.
+        ``attachments`` (:class:`bus.edxml.Attachment` of a verified edoc): their payloads are
+        stored once, content-addressed, and cut out of the stored envelope, which
+        :meth:`raw` puts back together byte for byte.  ``keep``: store only the first ``keep``
+        bytes (an oversized refusal must not fill the disk); ``Message.size`` still says how
+        many arrived.  Every message joins the hash chain in the same transaction.
         """
         digest = sha256(raw)
         existing = Message.get_or_none(Message.digest == digest)
@@ -263,13 +421,27 @@ class Archive:
         try:
             with self.write():
                 kept = raw if keep is None else raw[:keep]
-                Blob.insert(sha256=digest, size=len(kept), data=kept).on_conflict_ignore().execute()
-                msg = Message.create(digest=digest, size=len(raw), **fields)
+                skeleton, parts = split_payloads(kept, attachments) if keep is None else (kept, [])
+                skeleton_digest = sha256(skeleton)
+                Blob.insert(sha256=skeleton_digest, size=len(skeleton), data=skeleton).on_conflict_ignore().execute()
+                for part in parts:
+                    Blob.insert(
+                        sha256=part["payload"], size=len(part["_bytes"]), data=part["_bytes"]
+                    ).on_conflict_ignore().execute()
+                msg = Message.create(digest=digest, size=len(raw), skeleton=skeleton_digest, **fields)
                 rows = [{"message": msg.id, "organ_id": r} for r in dict.fromkeys(recipients)]
                 if rows:
                     Recipient.insert_many(rows).execute()
+                if parts:
+                    AttachmentRecord.insert_many(
+                        [
+                            {k: v for k, v in part.items() if not k.startswith("_")} | {"message": msg.id}
+                            for part in parts
+                        ]
+                    ).execute()
                 if status is not None:
                     StatusEvent.create(message=msg, **status)
+                append_chain(msg)
             return msg, True
         except IntegrityError:
             # another router archived the same bytes between our check and our insert
@@ -289,7 +461,8 @@ class Archive:
             ).execute()
 
     def raw(self, message: Message) -> bytes:
-        return bytes(Blob.get_by_id(message.digest).data)
+        """The message exactly as received (attachment payloads put back in place)."""
+        return assemble(message)
 
     def find_edoc(self, document_id: str, sender: str | None = None) -> Message:
         query = Message.select().where(
@@ -360,3 +533,41 @@ class Archive:
                 }
             )
         return out
+
+
+RETENTION_RULE = (
+    "accepted documents and their statuses are kept for good (they are the province's records); "
+    "refused submissions and dead letters older than the cut-off lose their bytes, keeping "
+    "their metadata and their place on the hash chain"
+)
+
+
+def prune(before: dt.datetime, database: Any) -> PruneLog:
+    """Apply the retention rule to everything received before ``before`` (naive UTC) and log it."""
+    freed = 0
+    count = 0
+    with database.atomic():
+        targets = list(
+            Message.select().where(
+                (Message.state == "quarantined") & (Message.received_at < before) & Message.pruned_at.is_null()
+            )
+        )
+        for m in targets:
+            key = m.skeleton or m.digest
+            others = (
+                Message.select()
+                .where(((Message.skeleton == key) | (Message.digest == key)) & (Message.id != m.id))
+                .count()
+            )
+            if not others:
+                blob = Blob.get_or_none(Blob.sha256 == key)
+                if blob is not None:
+                    freed += blob.size
+                    blob.delete_instance()
+            Message.update(pruned_at=utcnow()).where(Message.id == m.id).execute()
+            count += 1
+        dead = list(DeadLetter.select().where(DeadLetter.dead_at < before))
+        for d in dead:
+            freed += len(bytes(d.body))
+            d.delete_instance()
+        return PruneLog.create(before=before, rule=RETENTION_RULE, messages=count + len(dead), bytes_freed=freed)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from peewee import OperationalError
 
-from bus import compose, edxml
+from bus import compose, edxml, search
 from bus.archive import Archive, Message, sha256
 from bus.config import Settings
 from bus.deadletter import REPLAY_KEY, REPLAY_USER, record_failure
@@ -178,7 +178,9 @@ class Router:
                 raise PolicyRefusal(f"{msg.document_id} with this signed content was already accepted", reason="replay")
             fields = self._fields(msg, user_id) | {"content_digest": content}
             if isinstance(msg, Edoc):
-                record, _ = self.archive.record(body, fields=fields, recipients=[r.organ_id for r in msg.recipients])
+                record, _ = self.archive.record(
+                    body, fields=fields, recipients=[r.organ_id for r in msg.recipients], attachments=msg.attachments
+                )
             else:
                 record, _ = self.archive.record(
                     body, fields=fields, recipients=self._status_recipients(msg), status=self._status_event(msg)
@@ -216,6 +218,7 @@ class Router:
                 priority=msg.priority,
                 business_doc_type=msg.business.doc_type,
                 related_document_id=(related_document_ids(msg) or [None])[0],
+                search_text=search.text_of(msg),
             )
         else:
             base.update(

@@ -122,3 +122,36 @@ def broker_province(tmp_path: Path, broker_url: str, namespace: str, keys_templa
     cleanup.close()
     transport.close()
     p.archive.close()
+
+
+PG_URL = os.environ.get("DOCBUS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test (skipped with a message where there is none)."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    name = f"docbus_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg2.connect(PG_URL)
+    except psycopg2.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs PostgreSQL at {PG_URL}: {exc}")
+        pytest.skip(f"PostgreSQL is not reachable at {PG_URL}: {exc}")
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    yield PG_URL.rsplit("/", 1)[0] + "/" + name
+    from bus.archive import db
+
+    db.close()
+    admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def archive_province(request: pytest.FixtureRequest, tmp_path: Path, keys_template: Path) -> Iterator[Province]:
+    """A province on the in-memory transport whose archive is SQLite, then PostgreSQL."""
+    db_url = request.getfixturevalue("pg_database") if request.param == "postgres" else ""
+    p = _make(tmp_path, MemoryTransport(), "mem", keys_template, db_url=db_url)
+    yield p
+    p.archive.close()

@@ -1,0 +1,174 @@
+"""The central archive on SQLite and on PostgreSQL: byte-exact storage, search, chain, report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from bus import report, search
+from bus.archive import AttachmentRecord, Blob, ChainEntry, Message, StatusEvent, utcnow
+from bus.audit import verify_archive
+from bus.router import Router, load_trust
+from cli import main
+from tests.helpers import signed_edoc
+
+PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
+
+
+@pytest.fixture
+def filled(archive_province):
+    p = archive_province
+    router = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+    docs = [
+        signed_edoc(p.settings, DEPT, [PC], subject="Công văn V/v kết nối, liên thông phần mềm", number="125"),
+        signed_edoc(
+            p.settings, PC, [DEPT, FIN], subject="Quyết định ban hành Đề án 112", number="112", type_name="Quyết định"
+        ),
+        signed_edoc(p.settings, FIN, [PC], subject="Báo cáo tài chính quý III", number="77", priority=3),
+        signed_edoc(p.settings, DEPT, [PC], subject="Không có tệp", number="9", files=False),  # refused
+    ]
+    outs = [router.process(d, routing_key=f"edoc.{s}") for d, s in zip(docs, (DEPT, PC, FIN, DEPT), strict=True)]
+    return p, router, docs, outs
+
+
+def test_messages_are_kept_byte_exact_and_attachments_once(filled) -> None:
+    p, _, docs, outs = filled
+    for data, out in zip(docs, outs, strict=True):
+        m = Message.get(Message.digest == out.digest)
+        assert p.archive.raw(m) == data
+    # the same attachment bytes in three documents: one payload blob
+    payloads = {a.payload for a in AttachmentRecord.select()}
+    assert AttachmentRecord.select().count() == 3 and len(payloads) == 1
+    skeleton = Blob.get_by_id(Message.get(Message.digest == outs[0].digest).skeleton)
+    assert b"docbus-blob:" in bytes(skeleton.data) and b"JVBERi0" not in bytes(skeleton.data)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("cong van ve viec ket noi", ["125"]),
+        ("CÔNG VĂN kết nối", ["125"]),
+        ("de an", ["112"]),
+        ("đề án 112", ["112"]),
+        ("bao cao tai chinh", ["77"]),
+        ("lien thong", ["125"]),
+        ("khong co", []),  # refused documents are not in the search of accepted ones
+    ],
+)
+def test_full_text_ignores_diacritics_and_case(filled, query, expected) -> None:
+    rows, total = search.search(search.Filters(text=query))
+    assert sorted(m.code_number for m in rows) == sorted(expected) and total == len(expected)
+
+
+def test_metadata_filters(filled) -> None:
+    def codes(**kw):
+        return sorted(m.code_number for m in search.search(search.Filters(**kw))[0])
+
+    assert codes(sender=DEPT) == ["125"]
+    assert codes(recipient=FIN) == ["112"]
+    assert codes(type_name="Quyết định") == ["112"]
+    assert codes(number="125/SNV-VP") == ["125"]
+    assert codes(priority=3) == ["77"]
+    today = dt.date.today()
+    assert codes(since=today, until=today) == ["112", "125", "77"]
+    assert codes(until=today - dt.timedelta(days=2)) == []
+    refused = search.search(search.Filters(state="quarantined", kinds=("edoc", "status", "unknown")))[0]
+    assert [m.document_id.endswith(",9/SNV-VP") for m in refused] == [True]
+
+
+def test_chain_verifies_and_names_the_first_altered_entry(filled) -> None:
+    p, *_ = filled
+    trust = load_trust(p.settings)
+    ok = verify_archive(trust)
+    assert ok.ok and ok.entries == ChainEntry.select().count() >= 5 and ok.signatures >= 3
+    victim = Message.get(Message.code_number == "112")
+    Message.update(subject="Quyết định đã bị sửa").where(Message.id == victim.id).execute()
+    bad = verify_archive(trust)
+    assert not bad.ok and bad.first_problem.message_id == victim.id and "row was altered" in bad.first_problem.problem
+    Message.update(subject=victim.subject).where(Message.id == victim.id).execute()
+    assert verify_archive(trust).ok
+    blob = Blob.get_by_id(victim.skeleton)
+    Blob.update(data=bytes(blob.data).replace("Đề án".encode(), "Đề ăn".encode())).where(
+        Blob.sha256 == blob.sha256
+    ).execute()
+    bad = verify_archive(trust)
+    assert bad.first_problem.message_id == victim.id and "bytes were altered" in bad.first_problem.problem
+
+
+def test_status_history_and_monthly_report(filled) -> None:
+    p, router, _docs, _outs = filled
+    from adapters import Adapter
+
+    with Adapter(p.settings, PC, transport=p.transport) as pc, Adapter(p.settings, FIN, transport=p.transport) as fin:
+        pc.receive()
+        fin.receive()
+        router.run()
+        doc = Message.get(Message.code_number == "112").document_id
+        fin.send_status(doc, PC, "03")
+        router.run()
+    assert {(e.organ_id, e.status_code) for e in StatusEvent.select().where(StatusEvent.document_id == doc)} == {
+        (FIN, "01"),
+        (FIN, "03"),
+    }
+    month = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=7))).strftime("%Y-%m")
+    r = report.monthly(month)
+    rows = {row.organ_id: row for row in r.agencies}
+    assert (rows[DEPT].sent, rows[PC].sent, rows[FIN].sent) == (1, 1, 1)
+    assert (rows[PC].received, rows[DEPT].received, rows[FIN].received) == (2, 1, 1)
+    assert rows[PC].arrived_on_time == 2 and rows[FIN].accepted_on_time == 1
+    assert rows[DEPT].refused == 1 and rows[DEPT].refused_by_reason == {"no-electronic-file": 1}
+    assert rows[DEPT].unanswered == 1  # DEPT never answered 03 to the decision
+    html = report.to_html(r)
+    assert (
+        html.startswith("<!DOCTYPE html>")
+        and "<svg" in html
+        and "http" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    )
+    assert "Sở Nội vụ" in html
+    data = json.loads(report.to_json(r))
+    assert data["month"] == month and {a["organ_id"] for a in data["agencies"]} == {PC, DEPT, FIN}
+    assert "no-electronic-file" in report.to_csv(r)
+
+
+def test_working_days_skip_the_weekend() -> None:
+    friday = dt.datetime(2026, 11, 27, 16, 0)
+    assert report.add_working_days(friday, 1) == dt.datetime(2026, 11, 30, 16, 0)  # Monday
+    assert report.add_working_days(friday, 3) == dt.datetime(2026, 12, 2, 16, 0)
+    saturday = dt.datetime(2026, 11, 28, 10, 0)
+    assert report.add_working_days(saturday, 1) == dt.datetime(2026, 12, 1, 0, 0)
+
+
+def test_prune_removes_only_refusals_and_records_it(filled) -> None:
+    p, *_ = filled
+    from bus.archive import PruneLog, prune
+
+    log = prune(utcnow() + dt.timedelta(seconds=1), p.archive.database)
+    assert log.messages == 1 and PruneLog.select().count() == 1
+    assert Message.select().where(Message.pruned_at.is_null(False)).count() == 1
+    assert all(p.archive.raw(m) for m in Message.select().where(Message.state == "accepted"))
+    assert verify_archive(load_trust(p.settings)).ok  # the chain still verifies after pruning
+
+
+def test_cli_search_show_export_verify(filled, tmp_path) -> None:
+    p, *_ = filled
+    env = {"DOCBUS_HOME": str(p.settings.home), "DOCBUS_NAMESPACE": "mem", "DOCBUS_DB_URL": p.settings.db_url}
+    run = CliRunner().invoke
+    found = json.loads(run(main, ["archive", "search", "--text", "cong van ket noi", "--json"], env=env).output)
+    assert found["total"] == 1 and found["results"][0]["subject"].startswith("Công văn V/v kết nối")
+    doc = found["results"][0]["document_id"]
+    table = run(main, ["archive", "search", "--from", DEPT], env=env).output
+    assert "Công văn V/v kết nối" in table and "page 1 of 1, 1 document(s)" in table
+    shown = run(main, ["archive", "show", doc], env=env).output
+    assert "cong-van.pdf" in shown and PC in shown
+    out = run(main, ["archive", "export", doc, str(tmp_path / "x")], env=env)
+    files = out.output.split()
+    assert len(files) == 2
+    verified = run(main, ["verify", files[0]], env=env)
+    assert verified.exit_code == 0, verified.output
+    audit = run(main, ["archive", "verify"], env=env)
+    assert audit.exit_code == 0 and "archive intact" in audit.output
+    refused = run(main, ["archive", "search", "--refused"], env=env).output
+    assert "no-electronic-file" in refused

@@ -1,0 +1,45 @@
+"""An archive made by the first schema version is migrated, not recreated."""
+
+from __future__ import annotations
+
+from bus import migrations, search
+from bus.archive import Archive, Blob, ChainEntry, Message, db
+from bus.router import Router, load_trust
+from tests.helpers import signed_edoc
+
+PC, DEPT = "000.00.00.H61", "000.00.01.H61"
+
+
+def test_version_1_archive_is_migrated_to_the_latest(memory_province) -> None:
+    p = memory_province
+    router = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+    router.process(signed_edoc(p.settings, DEPT, [PC], subject="Công văn V/v kết nối"), routing_key=f"edoc.{DEPT}")
+    database = db.obj
+    m = Message.get()
+    raw = p.archive.raw(m)
+    Blob.insert(sha256=m.digest, size=len(raw), data=raw).execute()  # version 1 stored envelopes whole
+    # take the archive back to schema version 1 (before search text, attachments and the chain)
+    for sql in (
+        "DROP TRIGGER message_fts_ai",
+        "DROP TRIGGER message_fts_ad",
+        "DROP TRIGGER message_fts_au",
+        "DROP TABLE message_fts",
+        "DROP TABLE chain",
+        "DROP TABLE chain_head",
+        "DROP TABLE attachment",
+        "DROP TABLE prunelog",
+        "ALTER TABLE message DROP COLUMN search_text",
+        "ALTER TABLE message DROP COLUMN skeleton",
+        "ALTER TABLE message DROP COLUMN pruned_at",
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+    ):
+        database.execute_sql(sql)
+    p.archive.close()
+    reopened = Archive(p.settings.archive_url)
+    assert migrations.version(reopened.database) == migrations.LATEST == 2
+    assert ChainEntry.select().count() == Message.select().count() == 1
+    rows, total = search.search(search.Filters(text="cong van ve viec ket noi"))
+    assert total == 1 and rows[0].subject == "Công văn V/v kết nối"
+    # and the message still reads back byte-exact (stored whole before version 2)
+    assert reopened.raw(rows[0]) == raw
+    reopened.close()
