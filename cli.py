@@ -1032,6 +1032,59 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
         click.echo(text)
 
 
+# --------------------------------------------------------------------------- benchmarks
+
+
+@main.group()
+def bench() -> None:
+    """Measure the bus (throughput, latency, large files) and the archive (search at scale)."""
+
+
+@bench.command("archive")
+@click.option(
+    "--documents", type=click.IntRange(100), default=1_000_000, show_default=True, help="Synthetic documents to load."
+)
+@click.option("--queries", type=click.IntRange(1), default=200, show_default=True, help="Runs of each kind of query.")
+@click.option(
+    "--db", "db_url", help="Archive URL to load into (default: a fresh SQLite file under $DOCBUS_HOME/bench)."
+)
+@click.option("--json", "as_json", is_flag=True)
+@guarded
+def bench_archive(documents: int, queries: int, db_url: str | None, as_json: bool) -> None:
+    """Load DOCUMENTS synthetic archived documents, then time metadata and full-text searches."""
+    import shutil
+
+    from benchmarks import archive_bench
+    from benchmarks.stats import machine, peak_rss_mib
+    from bus.archive import Archive
+
+    s = settings()
+    if db_url is None:
+        folder = s.home / "bench"
+        shutil.rmtree(folder, ignore_errors=True)
+        db_url = f"sqlite:///{(folder / 'archive.db').resolve()}"
+    arch = Archive(db_url)
+    with click.progressbar(
+        length=documents, label="loading synthetic documents", file=sys.stderr, show_pos=True
+    ) as bar:
+        load_s = archive_bench.load(arch, documents, progress=bar.update)
+    results = archive_bench.measure(queries)
+    data = {
+        "documents": documents,
+        "load_seconds": round(load_s, 1),
+        "backend": db_url.split(":", 1)[0],
+        "queries": results,
+        "peak_rss_mib": peak_rss_mib(),
+        "machine": machine(),
+    }
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"{documents} documents loaded in {load_s:.0f} s ({data['backend']}); {queries} runs per query")
+    rows = [[k, v["p50_ms"], v["p95_ms"], v["p99_ms"], v["max_ms"]] for k, v in results.items()]
+    click.echo(table(rows, ["Query", "p50 ms", "p95 ms", "p99 ms", "max ms"]))
+
+
 # --------------------------------------------------------------------------- files
 
 

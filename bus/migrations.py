@@ -122,5 +122,7 @@ def _install_search(database: Any, *, rebuild: bool = False) -> None:
         "CREATE INDEX IF NOT EXISTS message_sender_received ON message (sender, received_at)",
         "CREATE INDEX IF NOT EXISTS message_code ON message (code_number, code_notation)",
         "CREATE INDEX IF NOT EXISTS statusevent_doc_code ON statusevent (document_id, status_code)",
+        "CREATE INDEX IF NOT EXISTS recipient_organ_message ON recipient (organ_id, message_id)",
+        "CREATE INDEX IF NOT EXISTS message_type_priority ON message (type_name, priority)",
     ):
         database.execute_sql(sql)

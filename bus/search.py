@@ -14,9 +14,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from peewee import SQL, SqliteDatabase
+from peewee import SQL, Model, SqliteDatabase, TextField, fn
+from playhouse.sqlite_ext import RowIDField
 
-from bus.archive import Message, Recipient, StatusEvent
+from bus.archive import Message, Recipient, StatusEvent, db
 from bus.edxml import Edoc
 from bus.policy import fold
 
@@ -49,6 +50,17 @@ def text_of_record(msg: Message) -> str:
 
 def terms(text: str) -> list[str]:
     return _WORD.findall(folded(text))
+
+
+class MessageFTS(Model):
+    """The SQLite FTS5 index over ``message.search_text`` (created by bus.migrations)."""
+
+    rowid = RowIDField()
+    search_text = TextField()
+
+    class Meta:
+        database = db
+        table_name = "message_fts"
 
 
 @dataclass
@@ -89,24 +101,41 @@ def build(filters: Filters) -> Any:
     if filters.priority is not None:
         q = q.where(Message.priority == filters.priority)
     if filters.status:
-        q = q.where(
-            Message.document_id.in_(
-                StatusEvent.select(StatusEvent.document_id).where(StatusEvent.status_code == filters.status)
-            )
+        has_status = StatusEvent.select(SQL("1")).where(
+            (StatusEvent.document_id == Message.document_id) & (StatusEvent.status_code == filters.status)
         )
+        q = q.where(fn.EXISTS(has_status))
+    order = Message.id.desc()
     if filters.text:
         words = terms(filters.text)
         if words:
-            database = Message._meta.database.obj  # the proxy's real database
-            if isinstance(database, SqliteDatabase):
+            if isinstance(Message._meta.database.obj, SqliteDatabase):
                 match = " ".join(f'"{w}"*' for w in words)
-                q = q.where(Message.id.in_(SQL("(SELECT rowid FROM message_fts WHERE message_fts MATCH ?)", [match])))
+                if filters.sender or filters.recipient or filters.number or filters.status:
+                    # a selective filter leads; the matching rowids are read once into a lookup list
+                    # (the unary + keeps SQLite from driving the query from that list instead)
+                    q = q.where(SQL("+t1.id IN (SELECT rowid FROM message_fts WHERE message_fts MATCH ?)", [match]))
+                else:
+                    # the index leads, newest match first: a page of a common word stops after 20 rows
+                    q = q.join(MessageFTS, on=(MessageFTS.rowid == Message.id)).where(
+                        SQL("message_fts MATCH ?", [match])
+                    )
+                    order = MessageFTS.rowid.desc()
             else:
                 tsq = " & ".join(f"{w}:*" for w in words)
                 q = q.where(SQL("to_tsvector('simple', search_text) @@ to_tsquery('simple', %s)", [tsq]))
-    return q.order_by(Message.received_at.desc(), Message.id.desc())
+    # arrival order: the archive is append-only, so the id is the order messages arrived in
+    return q.order_by(order)
+
+
+COUNT_CAP = 1000
 
 
 def search(filters: Filters, *, page: int = 1, per_page: int = 20) -> tuple[list[Message], int]:
+    """One page of results and the number of matches, counted up to ``COUNT_CAP`` (then "1000+"):
+    an exact count of a common word over millions of documents costs more than the page itself."""
     q = build(filters)
-    return list(q.paginate(page, per_page)), q.count()
+    rows = list(q.paginate(page, per_page))
+    capped = q.limit(COUNT_CAP + 1).select(Message.id)
+    total = Message.select(fn.COUNT(SQL("*"))).from_(capped.alias("m")).scalar()
+    return rows, total

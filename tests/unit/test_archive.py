@@ -172,3 +172,14 @@ def test_cli_search_show_export_verify(filled, tmp_path) -> None:
     assert audit.exit_code == 0 and "archive intact" in audit.output
     refused = run(main, ["archive", "search", "--refused"], env=env).output
     assert "no-electronic-file" in refused
+
+
+def test_bench_archive_smoke_reports_every_query(tmp_path) -> None:
+    """Only that the benchmark runs and reports; speed is measured by hand, not asserted."""
+    res = CliRunner().invoke(
+        main, ["bench", "archive", "--documents", "300", "--queries", "3", "--json"], env={"DOCBUS_HOME": str(tmp_path)}
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output[res.output.index("{") :])
+    assert data["documents"] == 300 and set(data["queries"]) >= {"full text", "sender + month", "recipient"}
+    assert all(v["n"] == 3 and v["p95_ms"] >= 0 for v in data["queries"].values())

@@ -1,0 +1,1 @@
+"""The code behind ``docbus bench``: measurements, never assertions about speed."""
