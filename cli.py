@@ -1035,9 +1035,90 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
 # --------------------------------------------------------------------------- benchmarks
 
 
-@main.group()
-def bench() -> None:
-    """Measure the bus (throughput, latency, large files) and the archive (search at scale)."""
+@main.group(invoke_without_command=True)
+@click.option(
+    "--documents",
+    type=click.IntRange(10),
+    default=2000,
+    show_default=True,
+    help="Pre-signed 5 KB edocs for the throughput runs.",
+)
+@click.option("--agencies", type=click.IntRange(2), default=150, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Router processes.")
+@click.option("--rate", type=float, default=200, show_default=True, help="Offered documents/s for the latency run.")
+@click.option("--latency-seconds", type=float, default=10, show_default=True)
+@click.option("--large-mib", type=float, default=1024, show_default=True, help="Size of the large-attachment run.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@guarded
+def bench(
+    ctx: click.Context,
+    documents: int,
+    agencies: int,
+    workers: int,
+    rate: float,
+    latency_seconds: float,
+    large_mib: float,
+    as_json: bool,
+) -> None:
+    """Measure the bus on the local broker: router vs raw relay, latency, a large file.
+
+    Figures, not verdicts: the targets are in docs/PERFORMANCE.md.  'docbus bench archive'
+    measures search at scale.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from benchmarks import bus_bench
+
+    s = settings()
+    with click.progressbar(length=documents, label="router throughput", file=sys.stderr, show_pos=True) as bar:
+        data = bus_bench.run(
+            s,
+            documents=documents,
+            agencies=agencies,
+            workers=workers,
+            rate=rate,
+            latency_seconds=latency_seconds,
+            large_bytes=int(large_mib * 1024 * 1024),
+            progress=lambda _stage, k, _n: bar.update(k),
+        )
+    if as_json:
+        emit_json(data)
+        return
+    r, x, lat, big = data["router"], data["raw_relay"], data["latency"], data["large_attachment"]
+    click.echo(
+        f"machine: {data['machine']['cpus']} CPUs, Python {data['machine']['python']}; "
+        f"envelopes ~{data['envelope_bytes_avg']} bytes"
+    )
+    click.echo(
+        table(
+            [
+                [
+                    "raw pika relay (streamed confirms)",
+                    f"{x['msgs_per_s']} msg/s",
+                    f"{x['relayed']}/{x['messages']} in {x['seconds']} s",
+                ],
+                [
+                    f"router x{r['workers']} (verify+validate+archive+deliver)",
+                    f"{r['docs_per_s']} docs/s",
+                    f"{r['delivered']}/{r['documents']} in {r['seconds']} s",
+                ],
+                ["router / relay", f"{data['router_vs_relay']}", ""],
+                [
+                    f"latency at {lat['offered_per_s']}/s",
+                    f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms",
+                    f"{lat['stored']}/{lat['documents']} stored",
+                ],
+                [
+                    f"large attachment {big['sent_bytes'] / 1048576:.1f} MiB"
+                    + (" (capped)" if big["capped_by_envelope_limit"] else ""),
+                    f"{big['seconds']} s, intact: {big['intact']}",
+                    ", ".join(f"{k} {v} MiB" for k, v in big["peak_rss_mib"].items()),
+                ],
+            ],
+            ["Measure", "Result", "Detail"],
+        )
+    )
 
 
 @bench.command("archive")

@@ -415,9 +415,8 @@ class Archive:
         many arrived.  Every message joins the hash chain in the same transaction.
         """
         digest = sha256(raw)
-        existing = Message.get_or_none(Message.digest == digest)
-        if existing is not None:
-            return existing, False
+        if Message.select(Message.id).where(Message.digest == digest).exists():
+            return Message.get(Message.digest == digest), False
         try:
             with self.write():
                 kept = raw if keep is None else raw[:keep]

@@ -150,7 +150,9 @@ class Router:
         already archived is a replay, a redelivered one is a router that died mid-way."""
         digest = sha256(body)
         claimed = Names.claimed_sender(routing_key)
-        existing = Message.get_or_none(Message.digest == digest)
+        # the common case is a new message: a cheap existence probe before any full row is read
+        seen = Message.select(Message.id).where(Message.digest == digest).exists()
+        existing = Message.get(Message.digest == digest) if seen else None
         if existing is not None:
             if redelivered or self.archive.undelivered(existing):
                 self._deliver(existing, body)
@@ -169,11 +171,16 @@ class Router:
             opened = self.gate.check(body, claimed=claimed, user_id=user_id)
             msg = opened.message
             content = _content_digest(opened)
-            if content and Message.get_or_none(
-                (Message.content_digest == content)
-                & (Message.sender == msg.sender.organ_id)
-                & (Message.state == "accepted")
-                & (Message.document_id == msg.document_id[:500])
+            if (
+                content
+                and Message.select(Message.id)
+                .where(
+                    (Message.content_digest == content)
+                    & (Message.sender == msg.sender.organ_id)
+                    & (Message.state == "accepted")
+                    & (Message.document_id == msg.document_id[:500])
+                )
+                .exists()
             ):
                 raise PolicyRefusal(f"{msg.document_id} with this signed content was already accepted", reason="replay")
             fields = self._fields(msg, user_id) | {"content_digest": content}

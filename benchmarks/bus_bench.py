@@ -1,0 +1,420 @@
+"""``docbus bench``: the bus against the raw broker, in one run on one machine.
+
+1. Router throughput: N pre-signed ~5 KB edocs (RSA-2048) from many agencies are queued,
+   then router processes (``docbus router run``) verify, validate, archive and deliver them;
+   documents/s is N over the time from the first archived to the last delivered.  In the
+   same run, a raw pika relay moves the same bytes from one quorum queue to another with
+   publisher confirms streamed asynchronously, acking each input once its output is
+   confirmed: the best a router that does nothing can do on this broker.
+2. Latency: an adapter submits pre-signed documents at a fixed rate; a recipient adapter
+   stores them; submit -> stored, p50/p95/p99.
+3. Large attachment: one file end to end through adapters and a router, with the peak RSS of
+   each docbus process.  Envelopes are bounded (``Limits.max_envelope_bytes``), so the size
+   asked for is capped there; a 1 GiB file needs chunked transfer, which the bus does not have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from adapters import Adapter
+from benchmarks.stats import machine, summary_ms
+from bus import compose, province, topology
+from bus.archive import Archive, Message, Recipient
+from bus.config import Settings
+from bus.edxml import Attachment, Organ
+from bus.topology import Names
+from bus.transport import AmqpTransport
+from signing.identity import Identity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Bench:
+    settings: Settings
+    codes: list[str]
+    env: dict[str, str]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def router(self, *extra: str) -> subprocess.Popen:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "cli", "router", "run", *extra],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs.clear()
+
+
+def peak_rss_of(pid: int) -> float:
+    """VmHWM (peak resident set) of a live process, MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return float("nan")
+
+
+def setup(home: Path, amqp_url: str, agencies: int, namespace: str) -> Bench:
+    shutil.rmtree(home, ignore_errors=True)
+    settings = Settings(amqp_url=amqp_url, home=home, namespace=namespace)
+    archive = Archive(settings.archive_url)
+    t = AmqpTransport(amqp_url)
+    try:
+        province.init(settings, archive, t)
+        codes = [f"000.{i // 100:02d}.{i % 100:02d}.H61" for i in range(1, agencies + 1)]
+        for code in codes:
+            # no per-agency broker users: the benchmark publishes every agency's mail itself
+            province.add_agency(settings, archive, t, code, f"Cơ quan {code}", broker_user=False)
+    finally:
+        t.close()
+        archive.close()
+    env = dict(os.environ, DOCBUS_HOME=str(home), DOCBUS_NAMESPACE=namespace, DOCBUS_AMQP_URL=amqp_url)
+    env.pop("DOCBUS_DB_URL", None)
+    return Bench(settings, codes, env)
+
+
+def teardown(b: Bench) -> None:
+    b.stop()
+    names = Names(b.settings.namespace)
+    full = topology.core(names)
+    for code in b.codes:
+        full = full + topology.agency(names, code)
+    t = AmqpTransport(b.settings.amqp_url)
+    try:
+        t.delete(full)
+    finally:
+        t.close()
+
+
+def presign(b: Bench, n: int, *, size: int = 5000, seed: int = 3) -> list[tuple[str, bytes]]:
+    """``n`` signed edocs of about ``size`` bytes: (sender, bytes)."""
+    rng = random.Random(seed)
+    idents = {c: Identity.load(c, b.settings.agency_home(c)) for c in b.codes}
+    payload = bytes(rng.getrandbits(8) for _ in range(max(100, (size - 5250) * 3 // 4)))  # signature and header ~5.2 KB
+    out = []
+    for i in range(n):
+        sender, recipient = rng.sample(b.codes, 2)
+        edoc = compose.new_edoc(
+            Organ(sender, idents[sender].name),
+            [Organ(recipient)],
+            subject=f"Công văn V/v kiểm thử hiệu năng số {i}",
+            number=str(i),
+            notation="HN",
+            attachments=[Attachment.from_bytes("van-ban.pdf", payload, "application/pdf")],
+        )
+        out.append((sender, compose.sign(edoc, idents[sender])))
+    return out
+
+
+def router_throughput(
+    b: Bench, docs: list[tuple[str, bytes]], workers: int, progress: Callable[[int], None] | None
+) -> dict[str, Any]:
+    names = Names(b.settings.namespace)
+    t = AmqpTransport(b.settings.amqp_url)
+    try:
+        for sender, data in docs:
+            t.publish(names.submit, Names.submit_key("edoc", sender), data, user_id="guest")
+    finally:
+        t.close()
+    archive = Archive(b.settings.archive_url)
+    routers = [b.router() for _ in range(workers)]
+    n = len(docs)
+    done = 0
+    deadline = time.monotonic() + max(120, n / 20)
+    peak: dict[int, float] = {}
+    while time.monotonic() < deadline:
+        now_done = Recipient.select().where(Recipient.delivered_at.is_null(False)).count()
+        if progress is not None and now_done > done:
+            progress(now_done - done)
+        done = now_done
+        for r in routers:
+            peak[r.pid] = max(peak.get(r.pid, 0.0), peak_rss_of(r.pid))
+        if done >= n:
+            break
+        time.sleep(0.25)
+    first = Message.select(Message.received_at).order_by(Message.received_at).first()
+    last = (
+        Recipient.select(Recipient.delivered_at)
+        .where(Recipient.delivered_at.is_null(False))
+        .order_by(Recipient.delivered_at.desc())
+        .first()
+    )
+    b.stop()
+    archive.close()
+    elapsed = (last.delivered_at - first.received_at).total_seconds() if first and last else float("nan")
+    return {
+        "documents": n,
+        "delivered": done,
+        "workers": workers,
+        "seconds": round(elapsed, 2),
+        "docs_per_s": round(done / elapsed, 1) if elapsed else None,
+        "router_peak_rss_mib": sorted(peak.values()),
+    }
+
+
+def raw_relay(amqp_url: str, bodies: list[bytes], namespace: str, prefetch: int = 500) -> dict[str, Any]:
+    """Quorum queue A -> quorum queue B, streamed confirms, input acked when its output is confirmed."""
+    qa, qb = f"{namespace}.relay.in", f"{namespace}.relay.out"
+    setup_conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ch = setup_conn.channel()
+    for q in (qa, qb):
+        ch.queue_delete(q)
+        ch.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.confirm_delivery()
+    for body in bodies:
+        ch.basic_publish("", qa, body, properties=pika.BasicProperties(delivery_mode=2))
+    setup_conn.close()
+
+    n = len(bodies)
+    state: dict[str, Any] = {"acked": 0, "seq": 0, "pending": {}, "start": None, "end": None}
+
+    def on_open(conn: Any) -> None:
+        conn.channel(on_open_callback=on_channel)
+
+    def on_channel(chan: Any) -> None:
+        state["chan"] = chan
+        chan.confirm_delivery(on_confirm)
+        chan.basic_qos(prefetch_count=prefetch)
+        chan.basic_consume(qa, on_message)
+
+    def on_message(chan: Any, method: Any, props: Any, body: bytes) -> None:
+        if state["start"] is None:
+            state["start"] = time.perf_counter()
+        chan.basic_publish("", qb, body, properties=pika.BasicProperties(delivery_mode=2))
+        state["seq"] += 1
+        state["pending"][state["seq"]] = method.delivery_tag
+
+    def on_confirm(frame: Any) -> None:
+        tag, multiple = frame.method.delivery_tag, frame.method.multiple
+        pending = state["pending"]
+        seqs = [s for s in pending if s <= tag] if multiple else [tag]
+        inputs = sorted(pending.pop(s) for s in seqs if s in pending)
+        for i in inputs:  # each input once its output is safe
+            state["chan"].basic_ack(i)
+        state["acked"] += len(inputs)
+        if state["acked"] >= n:
+            state["end"] = time.perf_counter()
+            conn.close()
+
+    conn = pika.SelectConnection(
+        pika.URLParameters(amqp_url), on_open_callback=on_open, on_close_callback=lambda c, _exc: c.ioloop.stop()
+    )
+
+    def give_up() -> None:
+        if conn.is_open:
+            conn.close()
+
+    timer = threading.Timer(max(120, n / 100), lambda: conn.ioloop.add_callback_threadsafe(give_up))
+    timer.start()
+    try:
+        conn.ioloop.start()
+    finally:
+        timer.cancel()
+    cleanup = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    cch = cleanup.channel()
+    for q in (qa, qb):
+        cch.queue_delete(q)
+    cleanup.close()
+    elapsed = (state["end"] or time.perf_counter()) - (state["start"] or time.perf_counter())
+    return {
+        "messages": n,
+        "relayed": state["acked"],
+        "seconds": round(elapsed, 2),
+        "msgs_per_s": round(state["acked"] / elapsed, 1) if elapsed else None,
+    }
+
+
+def latency(b: Bench, count: int, rate: float) -> dict[str, Any]:
+    """Submit at ``rate`` per second through one sender adapter; time until the recipient stored each."""
+    sender, recipient = b.codes[0], b.codes[1]
+    idents = Identity.load(sender, b.settings.agency_home(sender))
+    edocs = [
+        compose.new_edoc(
+            Organ(sender, idents.name),
+            [Organ(recipient)],
+            subject=f"Độ trễ {i}",
+            number=f"L{i}",
+            notation="HN",
+            attachments=[Attachment.from_bytes("a.pdf", b"%PDF-1.4 " + os.urandom(2500), "application/pdf")],
+        )
+        for i in range(count)
+    ]
+    sent_at: dict[str, float] = {}
+    stored_at: dict[str, float] = {}
+    stop = threading.Event()
+
+    def on_receive(item: Any, msg: Any, raw: bytes) -> None:
+        stored_at[item.document_id] = time.perf_counter()
+
+    def receiver() -> None:
+        with Adapter(b.settings, recipient, on_receive=on_receive, auto_arrived=False) as r:
+            r.run(stop=stop.is_set)
+
+    rt = threading.Thread(target=receiver, daemon=True)
+    rt.start()
+    routers = [b.router() for _ in range(2)]
+    time.sleep(2.0)  # routers and receiver connected
+    with Adapter(b.settings, sender) as s:
+        start = time.perf_counter()
+        for i, edoc in enumerate(edocs):
+            target = start + i / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            sent_at[edoc.document_id] = time.perf_counter()
+            s.submit(edoc)  # sign, outbox, publish: what an agency's system calls
+    deadline = time.monotonic() + 30
+    while len(stored_at) < len(edocs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    rt.join(timeout=10)
+    b.stop()
+    del routers
+    samples = [stored_at[d] - sent_at[d] for d in sent_at if d in stored_at]
+    return {"offered_per_s": rate, "documents": len(edocs), "stored": len(samples)} | summary_ms(samples)
+
+
+def large_attachment(b: Bench, size: int) -> dict[str, Any]:
+    """One file of ``size`` bytes end to end; peak RSS of the router and both adapters."""
+    limit = b.settings.limits.max_envelope_bytes
+    usable = min(size, int(limit * 0.70) - 20_000)  # base64 grows it by 4/3
+    sender, recipient = b.codes[0], b.codes[1]
+    path = b.settings.home / "large.bin"
+    with path.open("wb") as fh:
+        left = usable
+        while left > 0:
+            chunk = os.urandom(min(left, 1 << 20))
+            fh.write(chunk)
+            left -= len(chunk)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    send = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "send",
+            "--from",
+            sender,
+            "--to",
+            recipient,
+            "--subject",
+            "Tệp lớn",
+            "--number",
+            "L1",
+            "--notation",
+            "HN",
+            str(path),
+        ],
+        env=b.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    start = time.perf_counter()
+    peaks: dict[str, float] = {}
+
+    def watch(name: str, p: subprocess.Popen) -> None:
+        while p.poll() is None:
+            peaks[name] = max(peaks.get(name, 0.0), peak_rss_of(p.pid))
+            time.sleep(0.05)
+
+    w = threading.Thread(target=watch, args=("docbus send (adapter)", send))
+    w.start()
+    send.wait(timeout=600)
+    w.join()
+    router = b.router("--idle-exit", "3")
+    wr = threading.Thread(target=watch, args=("docbus router run", router))
+    wr.start()
+    router.wait(timeout=600)
+    wr.join()
+    drop = b.settings.home / "drop"
+    recv = subprocess.Popen(
+        [sys.executable, "-m", "cli", "adapter", "run", "--agency", recipient, "--idle-exit", "2", "--drop", str(drop)],
+        env=b.env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wv = threading.Thread(target=watch, args=("docbus adapter run", recv))
+    wv.start()
+    recv.wait(timeout=600)
+    wv.join()
+    seconds = time.perf_counter() - start
+    with Adapter(b.settings, recipient) as r:
+        items = [i for i in r.inbox("edoc") if i.subject == "Tệp lớn"]
+        intact = (
+            bool(items) and hashlib.sha256(r.document(items[0].document_id).attachments[0].data).hexdigest() == digest
+        )
+    return {
+        "requested_bytes": size,
+        "sent_bytes": usable,
+        "capped_by_envelope_limit": usable < size,
+        "seconds": round(seconds, 2),
+        "intact": intact,
+        "peak_rss_mib": peaks,
+    }
+
+
+def run(
+    settings: Settings,
+    *,
+    documents: int,
+    agencies: int,
+    workers: int,
+    rate: float,
+    latency_seconds: float,
+    large_bytes: int,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    namespace = f"bench{os.getpid()}"
+    b = setup(settings.home / "bench-bus", settings.amqp_url, agencies, namespace)
+    try:
+        docs = presign(b, documents)
+        avg = sum(len(d) for _, d in docs) / len(docs)
+        relay = raw_relay(settings.amqp_url, [d for _, d in docs], namespace)
+        router = router_throughput(b, docs, workers, (lambda k: progress("router", k, documents)) if progress else None)
+        lat = latency(b, max(10, int(rate * latency_seconds)), rate)
+        large = large_attachment(b, large_bytes)
+    finally:
+        teardown(b)
+    ratio = router["docs_per_s"] / relay["msgs_per_s"] if router["docs_per_s"] and relay["msgs_per_s"] else None
+    return {
+        "machine": machine(),
+        "envelope_bytes_avg": round(avg),
+        "raw_relay": relay,
+        "router": router,
+        "router_vs_relay": round(ratio, 3) if ratio is not None else None,
+        "latency": lat,
+        "large_attachment": large,
+    }
