@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from bus import compose
 from bus.config import Settings
 from bus.edxml import Attachment, Organ
@@ -37,3 +39,12 @@ def edoc(
 
 def signed_edoc(settings: Settings, sender: str, recipients: list[str], *, signer: str | None = None, **kw) -> bytes:
     return compose.sign(edoc(sender, recipients, **kw), identity(settings, signer or sender))
+
+
+def receive_until(adapter, count: int, timeout: float = 30.0) -> list:
+    """Let ``adapter`` take deliveries until it has ``count`` of them (or ``timeout`` passes)."""
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += adapter.receive(idle_timeout=0.3)
+    return got

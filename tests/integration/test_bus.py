@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 
@@ -12,17 +11,10 @@ from bus.archive import Message
 from bus.demo import RouterThread
 from bus.errors import DocbusError
 from bus.transport import AmqpTransport
+from tests.helpers import receive_until
 
 pytestmark = pytest.mark.broker
 PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
-
-
-def receive_until(adapter: Adapter, count: int, timeout: float = 20.0):
-    got = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        got += adapter.receive(idle_timeout=0.3)
-    return got
 
 
 def test_document_with_attachment_travels_and_statuses_come_back(broker_province, tmp_path) -> None:

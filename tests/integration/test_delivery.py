@@ -15,18 +15,11 @@ from adapters import Adapter
 from bus.demo import RouterThread
 from bus.router import Router
 from bus.topology import DELIVERY_LIMIT
+from tests.helpers import receive_until
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
 PC, DEPT = "000.00.00.H61", "000.00.01.H61"
-
-
-def receive_until(adapter: Adapter, count: int, timeout: float = 30.0):
-    got = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        got += adapter.receive(idle_timeout=0.3)
-    return got
 
 
 def docbus(p, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:

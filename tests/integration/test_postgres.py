@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 
 import pytest
 
@@ -17,32 +15,11 @@ from bus.transport import AmqpTransport
 from tests.conftest import AGENCIES, _make
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
-PG_URL = os.environ.get("DOCBUS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-@pytest.fixture
-def pg_url():
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"docbus_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(PG_URL)
-    except psycopg2.OperationalError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs PostgreSQL at {PG_URL}: {exc}")
-        pytest.skip(f"PostgreSQL is not reachable at {PG_URL}: {exc}")
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    yield PG_URL.rsplit("/", 1)[0] + "/" + name
-    from bus.archive import db
-
-    db.close()
-    admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
-
-
-def test_router_archives_into_postgresql(tmp_path, broker_url, namespace, keys_template, pg_url) -> None:
+def test_router_archives_into_postgresql(tmp_path, broker_url, namespace, keys_template, pg_database) -> None:
     transport = AmqpTransport(broker_url)
-    p = _make(tmp_path, transport, namespace, keys_template, db_url=pg_url)
+    p = _make(tmp_path, transport, namespace, keys_template, db_url=pg_database)
     f = tmp_path / "cv.pdf"
     f.write_bytes(b"%PDF-1.4 pg")
     pc, dept = AGENCIES[0][0], AGENCIES[1][0]
