@@ -80,7 +80,7 @@ def load(
                         "priority": rng.choice((0, 0, 0, 0, 1, 2, 3)),
                         "received_at": received,
                         "size": 5000,
-                        "search_text": search.folded(subject, type_name, f"{i}/VB"),
+                        "search_text": search.sender_token(sender) + " " + search.folded(subject, type_name, f"{i}/VB"),
                     }
                 )
             with archive.write():

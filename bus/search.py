@@ -3,8 +3,9 @@
 Officials type "cong van ve viec ket noi" and expect "Công văn V/v kết nối": the archive
 keeps a folded copy of each document's words (lower case, no diacritics, đ -> d, the
 abbreviation "V/v" also spelled out as "về việc") and the query is folded the same way.
-SQLite indexes it with FTS5, PostgreSQL with a GIN tsvector index; every term must match,
-as a prefix.
+SQLite indexes it with FTS5, PostgreSQL with a GIN tsvector index; every word must match
+whole (a Vietnamese syllable is a word: "ket" finds "kết", "ke" does not), because prefix
+matching over a million documents costs ten to thirty times more.
 """
 
 from __future__ import annotations
@@ -30,22 +31,36 @@ def folded(*parts: str) -> str:
     return " ".join(ABBREVIATIONS.get(w, w) for w in words)
 
 
+def sender_token(organ_id: str) -> str:
+    """A word naming the sender inside the full-text index, so "these words from that agency" is
+    one index intersection instead of a join (``000.00.05.H61`` -> ``from000000005h61``)."""
+    return "from" + re.sub(r"[^0-9a-z]", "", organ_id.lower())
+
+
 def text_of(edoc: Edoc) -> str:
     """What the full-text index holds for an edoc."""
-    return folded(
-        edoc.subject,
-        edoc.content if edoc.content != edoc.subject else "",
-        edoc.type_name,
-        edoc.code,
-        edoc.sender.name,
-        edoc.promulgation_place,
-        *(a.name for a in edoc.attachments),
+    return (
+        sender_token(edoc.sender.organ_id)
+        + " "
+        + folded(
+            edoc.subject,
+            edoc.content if edoc.content != edoc.subject else "",
+            edoc.type_name,
+            edoc.code,
+            edoc.sender.name,
+            edoc.promulgation_place,
+            *(a.name for a in edoc.attachments),
+        )
     )
 
 
 def text_of_record(msg: Message) -> str:
     """The same from an archived row's metadata (used when migrating older archives)."""
-    return folded(msg.subject or "", msg.type_name or "", f"{msg.code_number}/{msg.code_notation}")
+    return (
+        sender_token(msg.sender)
+        + " "
+        + folded(msg.subject or "", msg.type_name or "", f"{msg.code_number}/{msg.code_notation}")
+    )
 
 
 def terms(text: str) -> list[str]:
@@ -110,8 +125,10 @@ def build(filters: Filters) -> Any:
         words = terms(filters.text)
         if words:
             if isinstance(Message._meta.database.obj, SqliteDatabase):
-                match = " ".join(f'"{w}"*' for w in words)
-                if filters.sender or filters.recipient or filters.number or filters.status:
+                match = " ".join(f'"{w}"' for w in words)  # whole words: a prefix scan costs 10-30x
+                if filters.sender:
+                    match += f' "{sender_token(filters.sender)}"'
+                if filters.recipient or filters.number or filters.status:
                     # a selective filter leads; the matching rowids are read once into a lookup list
                     # (the unary + keeps SQLite from driving the query from that list instead)
                     q = q.where(SQL("+t1.id IN (SELECT rowid FROM message_fts WHERE message_fts MATCH ?)", [match]))
@@ -122,7 +139,7 @@ def build(filters: Filters) -> Any:
                     )
                     order = MessageFTS.rowid.desc()
             else:
-                tsq = " & ".join(f"{w}:*" for w in words)
+                tsq = " & ".join(words)
                 q = q.where(SQL("to_tsvector('simple', search_text) @@ to_tsquery('simple', %s)", [tsq]))
     # arrival order: the archive is append-only, so the id is the order messages arrived in
     return q.order_by(order)
@@ -133,9 +150,16 @@ COUNT_CAP = 1000
 
 def search(filters: Filters, *, page: int = 1, per_page: int = 20) -> tuple[list[Message], int]:
     """One page of results and the number of matches, counted up to ``COUNT_CAP`` (then "1000+"):
-    an exact count of a common word over millions of documents costs more than the page itself."""
+    an exact count of a common word over millions of documents costs more than the page itself.
+
+    One pass finds the ids (newest first, capped), which gives both the count and the page;
+    then only the page's rows are read.
+    """
     q = build(filters)
-    rows = list(q.paginate(page, per_page))
-    capped = q.limit(COUNT_CAP + 1).select(Message.id)
-    total = Message.select(fn.COUNT(SQL("*"))).from_(capped.alias("m")).scalar()
-    return rows, total
+    ids = [row.id for row in q.select(Message.id).limit(COUNT_CAP + 1)]
+    first = (page - 1) * per_page
+    if first + per_page > len(ids) and len(ids) > COUNT_CAP:  # a page beyond the cap: ask for it directly
+        return list(q.paginate(page, per_page)), len(ids)
+    page_ids = ids[first : first + per_page]
+    by_id = {m.id: m for m in Message.select().where(Message.id.in_(page_ids))} if page_ids else {}
+    return [by_id[i] for i in page_ids if i in by_id], len(ids)
