@@ -310,16 +310,15 @@ def _content_digest(opened: Opened) -> str:
 
 def _peek_document_id(body: bytes) -> str:
     """Best-effort DocumentId of a refused message, for the answer only (never trusted)."""
-    for tag in (b"DocumentId>",):
-        i = body.find(tag)
-        if 0 <= i < 1_000_000:
-            j = body.find(b"<", i + len(tag))
-            if j > i:
-                try:
-                    return body[i + len(tag) : j].decode("utf-8").strip()[:300]
-                except UnicodeDecodeError:
-                    return ""
-    return ""
+    tag = b"DocumentId>"
+    start = body.find(tag, 0, 1_000_000)
+    end = body.find(b"<", start + len(tag)) if start >= 0 else -1
+    if end < 0:
+        return ""
+    try:
+        return body[start + len(tag) : end].decode("utf-8").strip()[:300]
+    except UnicodeDecodeError:
+        return ""
 
 
 def _peek_kind(body: bytes) -> str:
