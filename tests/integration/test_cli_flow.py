@@ -97,10 +97,15 @@ def test_send_route_receive_answer_trace(env, tmp_path) -> None:
     assert missing.returncode == 3 and "no document" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_refused_send_reaches_the_sender_as_02(env, tmp_path) -> None:
+def set_up(env) -> None:
+    """A province with the People's Committee and one department, through the CLI."""
     docbus(env, "init")
     docbus(env, "agency", "add", PC, "UBND tỉnh Vĩnh Long")
     docbus(env, "agency", "add", DEPT, "Sở Nội vụ")
+
+
+def test_refused_send_reaches_the_sender_as_02(env, tmp_path) -> None:
+    set_up(env)
     unknown = docbus(
         env,
         "send",
@@ -123,9 +128,7 @@ def test_refused_send_reaches_the_sender_as_02(env, tmp_path) -> None:
 
 
 def test_adapter_run_hands_documents_to_a_drop_folder(env, tmp_path) -> None:
-    docbus(env, "init")
-    docbus(env, "agency", "add", PC, "UBND tỉnh Vĩnh Long")
-    docbus(env, "agency", "add", DEPT, "Sở Nội vụ")
+    set_up(env)
     sent = docbus(
         env,
         "send",
