@@ -13,8 +13,10 @@ left undone instead of archiving or delivering twice.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -328,23 +330,83 @@ def entry_hash(prev: str, m: Message) -> str:
     return sha256("\x1f".join(fields).encode())
 
 
-def append_chain(message: Message) -> ChainEntry:
-    """Add ``message`` to the chain (inside the caller's write transaction)."""
+def lock_chain_head() -> ChainHead:
+    """The chain's head row, locked for this transaction (PostgreSQL: FOR UPDATE; SQLite's
+    IMMEDIATE transaction already holds the only write lock)."""
 
     def head() -> ChainHead | None:
         query = ChainHead.select().where(ChainHead.id == 1)
         if not isinstance(db.obj, SqliteDatabase):
-            query = query.for_update()  # concurrent routers on PostgreSQL take turns
+            query = query.for_update()
         return query.first()
 
     current = head()
     if current is None:
         ChainHead.insert(id=1, seq=0, entry_hash="0" * 64).on_conflict_ignore().execute()
         current = head()
-    prev = current.entry_hash  # type: ignore[union-attr]
-    entry = ChainEntry.create(message=message, prev_hash=prev, entry_hash=entry_hash(prev, message))
-    ChainHead.update(seq=entry.seq, entry_hash=entry.entry_hash).where(ChainHead.id == 1).execute()
-    return entry
+    return current  # type: ignore[return-value]
+
+
+def append_chain(message: Message) -> ChainEntry:
+    """Add ``message`` to the chain (inside the caller's write transaction)."""
+    append_chain_many([message])
+    return ChainEntry.get(ChainEntry.message == message)
+
+
+def append_chain_many(messages: Sequence[Message]) -> None:
+    """Add ``messages`` to the chain in this order (inside the caller's write transaction)."""
+    if not messages:
+        return
+    prev = lock_chain_head().entry_hash
+    rows = []
+    for m in messages:
+        entry = entry_hash(prev, m)
+        rows.append({"message": m.id, "prev_hash": prev, "entry_hash": entry})
+        prev = entry
+    _insert_many(ChainEntry, rows)
+    last = ChainEntry.get(ChainEntry.message == messages[-1].id)
+    ChainHead.update(seq=last.seq, entry_hash=last.entry_hash).where(ChainHead.id == 1).execute()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One message to archive: its bytes and what to index (see :meth:`Archive.record_many`)."""
+
+    raw: bytes
+    fields: dict[str, Any]
+    recipients: Sequence[str] = ()
+    status: dict[str, Any] | None = None
+    keep: int | None = None  # store only the first ``keep`` bytes
+    attachments: Sequence[Any] = ()  # bus.edxml.Attachment of a verified edoc
+
+    @functools.cached_property
+    def digest(self) -> str:
+        return sha256(self.raw)
+
+
+def _uniform(model: type[Base], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with the same keys (a bulk INSERT takes its columns from the first row)."""
+    keys = dict.fromkeys(k for row in rows for k in row)
+    fields = model._meta.fields
+    out = []
+    for row in rows:
+        full = dict(row)
+        for k in keys:
+            if k not in full:
+                default = fields[k].default
+                full[k] = default() if callable(default) else default
+        out.append(full)
+    return out
+
+
+def _insert_many(model: type[Base], rows: list[dict[str, Any]], *, ignore: bool = False) -> None:
+    """Bulk INSERT in slices small enough for SQLite's bound-parameter limit."""
+    if not rows:
+        return
+    step = max(1, 900 // max(1, len(rows[0])))
+    for i in range(0, len(rows), step):
+        query = model.insert_many(rows[i : i + step])
+        (query.on_conflict_ignore() if ignore else query).execute()
 
 
 class Archive:
@@ -406,51 +468,109 @@ class Archive:
         keep: int | None = None,
         attachments: Iterable[Any] = (),
     ) -> tuple[Message, bool]:
-        """Archive ``raw`` with its metadata; return (record, created).  Idempotent by digest.
+        """Archive one message; see :meth:`record_many`."""
+        entry = Entry(raw, fields, tuple(recipients), status, keep, tuple(attachments))
+        return self.record_many([entry])[0]
 
-        ``attachments`` (:class:`bus.edxml.Attachment` of a verified edoc): their payloads are
-        stored once, content-addressed, and cut out of the stored envelope, which
-        :meth:`raw` puts back together byte for byte.  ``keep``: store only the first ``keep``
-        bytes (an oversized refusal must not fill the disk); ``Message.size`` still says how
-        many arrived.  Every message joins the hash chain in the same transaction.
+    def record_many(self, entries: Sequence[Entry], *, _again: bool = True) -> list[tuple[Message, bool]]:
+        """Archive ``entries`` in one transaction; return (record, created) for each, in order.
+
+        Idempotent by digest: bytes already archived (by anyone, or earlier in ``entries``)
+        return the first record.  Attachment payloads are stored once, content-addressed, and
+        cut out of the stored envelope, which :meth:`raw` puts back together byte for byte.
+        ``Entry.keep`` stores only the head of an oversized refusal (``Message.size`` still
+        says how many bytes arrived).  Every new message joins the hash chain in the same
+        transaction.  One transaction for many messages is what lets a router archive
+        thousands of documents a second: the per-commit cost, not the rows, dominates.
         """
-        digest = sha256(raw)
-        if Message.select(Message.id).where(Message.digest == digest).exists():
-            return Message.get(Message.digest == digest), False
+        digests = [e.digest for e in entries]
+        found = self.find(digests)
+        if all(d in found for d in digests):
+            return [(found[d], False) for d in digests]
         try:
-            with self.write():
-                kept = raw if keep is None else raw[:keep]
-                skeleton, parts = split_payloads(kept, attachments) if keep is None else (kept, [])
-                skeleton_digest = sha256(skeleton)
-                Blob.insert(sha256=skeleton_digest, size=len(skeleton), data=skeleton).on_conflict_ignore().execute()
-                for part in parts:
-                    Blob.insert(
-                        sha256=part["payload"], size=len(part["_bytes"]), data=part["_bytes"]
-                    ).on_conflict_ignore().execute()
-                msg = Message.create(digest=digest, size=len(raw), skeleton=skeleton_digest, **fields)
-                rows = [{"message": msg.id, "organ_id": r} for r in dict.fromkeys(recipients)]
-                if rows:
-                    Recipient.insert_many(rows).execute()
-                if parts:
-                    AttachmentRecord.insert_many(
-                        [
-                            {k: v for k, v in part.items() if not k.startswith("_")} | {"message": msg.id}
-                            for part in parts
-                        ]
-                    ).execute()
-                if status is not None:
-                    StatusEvent.create(message=msg, **status)
-                append_chain(msg)
-            return msg, True
+            created, fresh = self._insert(entries, found)
         except IntegrityError:
-            # another router archived the same bytes between our check and our insert
-            return Message.get(Message.digest == digest), False
+            if not _again:
+                raise
+            # a writer outside the chain lock archived some of these first: take theirs
+            return self.record_many(entries, _again=False)
+        found |= created
+        return [(found[d], d in fresh and i == digests.index(d)) for i, d in enumerate(digests)]
+
+    def _insert(self, entries: Sequence[Entry], found: dict[str, Message]) -> tuple[dict[str, Message], set[str]]:
+        with self.write():
+            lock_chain_head()  # concurrent writers take turns from here on
+            found |= self.find([e.digest for e in entries if e.digest not in found])
+            fresh: dict[str, Entry] = {}
+            for e in entries:
+                if e.digest not in found:
+                    fresh.setdefault(e.digest, e)
+            blobs: dict[str, bytes] = {}
+            rows: list[dict[str, Any]] = []
+            parts_of: dict[str, list[dict[str, Any]]] = {}
+            now = utcnow()
+            for digest, e in fresh.items():
+                kept = e.raw if e.keep is None else e.raw[: e.keep]
+                skeleton, parts = split_payloads(kept, e.attachments) if e.keep is None else (kept, [])
+                skeleton_digest = sha256(skeleton)
+                blobs[skeleton_digest] = skeleton
+                for part in parts:
+                    blobs[part["payload"]] = part["_bytes"]
+                parts_of[digest] = parts
+                rows.append(
+                    {"received_at": now}
+                    | e.fields
+                    | {"digest": digest, "size": len(e.raw), "skeleton": skeleton_digest}
+                )
+            _insert_many(Blob, [{"sha256": k, "size": len(v), "data": v} for k, v in blobs.items()], ignore=True)
+            _insert_many(Message, _uniform(Message, rows))
+            created = self.find(list(fresh))
+            _insert_many(
+                Recipient,
+                [
+                    {"message": created[d].id, "organ_id": r}
+                    for d, e in fresh.items()
+                    for r in dict.fromkeys(e.recipients)
+                ],
+            )
+            _insert_many(
+                AttachmentRecord,
+                [
+                    {k: v for k, v in part.items() if not k.startswith("_")} | {"message": created[d].id}
+                    for d, parts in parts_of.items()
+                    for part in parts
+                ],
+            )
+            _insert_many(
+                StatusEvent,
+                [{"received_at": now} | e.status | {"message": created[d].id} for d, e in fresh.items() if e.status],
+            )
+            append_chain_many(sorted(created.values(), key=lambda m: m.id))
+        return created, set(fresh)
+
+    @staticmethod
+    def find(digests: Iterable[str]) -> dict[str, Message]:
+        """Archived messages among ``digests``, by digest (one query)."""
+        wanted = list(dict.fromkeys(digests))
+        found: dict[str, Message] = {}
+        for i in range(0, len(wanted), 500):
+            found |= {m.digest: m for m in Message.select().where(Message.digest.in_(wanted[i : i + 500]))}
+        return found
 
     def undelivered(self, message: Message) -> list[str]:
-        return [
-            r.organ_id
-            for r in Recipient.select().where((Recipient.message == message) & (Recipient.delivered_at.is_null()))
-        ]
+        return [r.organ_id for r in self.undelivered_many([message])]
+
+    @staticmethod
+    def undelivered_many(messages: Iterable[Message]) -> list[Recipient]:
+        """Recipients of ``messages`` not yet delivered to (one query)."""
+        ids = [m.id for m in messages]
+        if not ids:
+            return []
+        return list(
+            Recipient.select(Recipient.id, Recipient.message, Recipient.organ_id)
+            .where(Recipient.message.in_(ids) & Recipient.delivered_at.is_null())
+            .order_by(Recipient.id)
+        )
 
     def mark_delivered(self, message: Message, organ_ids: Iterable[str]) -> None:
         ids = list(organ_ids)
@@ -458,6 +578,16 @@ class Archive:
             Recipient.update(delivered_at=utcnow()).where(
                 (Recipient.message == message) & (Recipient.organ_id.in_(ids))
             ).execute()
+
+    def mark_delivered_many(self, recipients: Sequence[Recipient]) -> None:
+        """Mark these recipient rows delivered, in one transaction."""
+        if not recipients:
+            return
+        now = utcnow()
+        with self.write():
+            ids = [r.id for r in recipients]
+            for i in range(0, len(ids), 500):
+                Recipient.update(delivered_at=now).where(Recipient.id.in_(ids[i : i + 500])).execute()
 
     def raw(self, message: Message) -> bytes:
         """The message exactly as received (attachment payloads put back in place)."""

@@ -10,6 +10,7 @@ with mode 0600; keep it off any machine an agency controls.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,12 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 def load_cert(data: bytes | str) -> x509.Certificate:
     if isinstance(data, str):
         data = data.encode()
+    return _load_cert(bytes(data))
+
+
+@functools.lru_cache(maxsize=4096)
+def _load_cert(data: bytes) -> x509.Certificate:
+    """Certificates are immutable and every agency signs with one of a few: parse each once."""
     try:
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificate(data)
@@ -83,6 +90,9 @@ class CertificateAuthority:
         self.cert = cert
         self.key = key
         self.policy = policy
+        # DER of certificates whose CA signature already verified; validity and revocation
+        # are still checked on every call, since they depend on the time and the CRL.
+        self._issued: set[bytes] = set()
 
     # -- storage
     @staticmethod
@@ -188,6 +198,30 @@ class CertificateAuthority:
         Returns the OrganId inside it.  Raises :class:`SignatureRejected` with a specific reason.
         """
         at = at or _now()
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if der not in self._issued:
+            self._check_issuer(cert)
+            if len(self._issued) > 4096:
+                self._issued.clear()
+            self._issued.add(der)
+        if at < cert.not_valid_before_utc:
+            raise SignatureRejected(
+                f"certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}",
+                reason="cert-not-yet-valid",
+            )
+        if at > cert.not_valid_after_utc:
+            raise SignatureRejected(
+                f"certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M}", reason="cert-expired"
+            )
+        if cert.serial_number in revoked_serials:
+            raise SignatureRejected(f"certificate {cert.serial_number:x} is revoked", reason="cert-revoked")
+        organ_id = organ_id_of(cert)
+        if not organ_id:
+            raise SignatureRejected("certificate carries no OrganId", reason="cert-untrusted")
+        return organ_id
+
+    def _check_issuer(self, cert: x509.Certificate) -> None:
+        """The CA's signature on ``cert`` (the expensive part of :meth:`check`, done once per certificate)."""
         if cert.issuer != self.cert.subject:
             raise SignatureRejected("certificate was not issued by the provincial CA", reason="cert-untrusted")
         try:
@@ -206,18 +240,3 @@ class CertificateAuthority:
             raise SignatureRejected(
                 "certificate signature does not verify against the provincial CA", reason="cert-untrusted"
             ) from exc
-        if at < cert.not_valid_before_utc:
-            raise SignatureRejected(
-                f"certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}",
-                reason="cert-not-yet-valid",
-            )
-        if at > cert.not_valid_after_utc:
-            raise SignatureRejected(
-                f"certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M}", reason="cert-expired"
-            )
-        if cert.serial_number in revoked_serials:
-            raise SignatureRejected(f"certificate {cert.serial_number:x} is revoked", reason="cert-revoked")
-        organ_id = organ_id_of(cert)
-        if not organ_id:
-            raise SignatureRejected("certificate carries no OrganId", reason="cert-untrusted")
-        return organ_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from lxml import etree
 
 from bus import edxml, safexml
 from bus.envelope import Trust, append_hub_trace, open_envelope
@@ -158,3 +159,127 @@ def test_sha1_signature_is_refused(memory_province) -> None:
     )
     data = edxml.serialize(signer.sign(tree, key=ident.key_pem, cert=ident.cert_pem.decode()))
     assert refused(data, load_trust(s)) in {"signature-invalid", "signature-algorithm"}
+
+
+def _signxml_verdict(data: bytes, cert) -> bool:
+    """The reference answer: signxml's general verifier, limited to the same algorithms."""
+    from signxml import SignatureConfiguration, XMLVerifier
+    from signxml.exceptions import InvalidInput, InvalidSignature
+
+    config = SignatureConfiguration(require_x509=True, location=".//", expect_references=1)
+    try:
+        XMLVerifier().verify(safexml.parse(data), x509_cert=cert, expect_config=config)
+    except (InvalidSignature, InvalidInput, ValueError):
+        return False
+    return True
+
+
+def _variants(good: bytes) -> dict[str, bytes]:
+    def edit(change) -> bytes:
+        root = safexml.parse(good)
+        change(root)
+        return edxml.serialize(root)
+
+    ds = "{http://www.w3.org/2000/09/xmldsig#}"
+
+    def flip_value(root) -> None:
+        value = root.find(f".//{ds}SignatureValue")
+        value.text = ("A" if value.text.strip()[0] != "A" else "B") + value.text.strip()[1:]
+
+    def flip_digest(root) -> None:
+        value = root.find(f".//{ds}DigestValue")
+        value.text = ("A" if value.text.strip()[0] != "A" else "B") + value.text.strip()[1:]
+
+    def add_comment(root) -> None:
+        root.find(f".//{{{edxml.NS}}}Subject").append(etree.Comment(" ghi chú "))
+
+    def move_signature_last(root) -> None:
+        sig = root.find(f".//{ds}Signature")
+        sig.getparent().append(sig)
+
+    return {
+        "as signed": good,
+        "reserialized": edit(lambda root: None),
+        "comment added (outside c14n)": edit(add_comment),
+        "signature moved within the header": edit(move_signature_last),
+        "subject changed": good.replace("kết nối".encode(), "kết lối".encode()),
+        "signature value changed": edit(flip_value),
+        "digest value changed": edit(flip_digest),
+        "whitespace inside the subject": good.replace("kết nối".encode(), "kết  nối".encode()),
+    }
+
+
+@pytest.mark.parametrize("key_type", ["rsa", "ec"])
+def test_profile_verifier_agrees_with_signxml(memory_province, tmp_path, key_type) -> None:
+    """The fast fixed-profile verifier gives signxml's verdict on every variant (RSA and ECDSA)."""
+    from signing import xmldsig
+    from signing.ca import IssuePolicy
+
+    s = memory_province.settings
+    ca = CertificateAuthority.load(s.home)
+    key = new_key(IssuePolicy(key_type=key_type))
+    cert = ca.issue(SENDER, "Sở Nội vụ", key.public_key())
+    from signing.ca import cert_pem
+
+    data = xmldsig.sign(edxml.build_tree(edoc(SENDER, [RECIPIENT])), key, cert_pem(cert), ecdsa=key_type == "ec")
+    verdicts = {}
+    for name, variant in _variants(data).items():
+        try:
+            xmldsig.verify(safexml.parse(variant), cert)
+            ours = True
+        except SignatureRejected:
+            ours = False
+        verdicts[name] = ours
+        assert ours == _signxml_verdict(variant, cert), name
+    assert verdicts["as signed"] and verdicts["comment added (outside c14n)"]
+    assert not verdicts["subject changed"] and not verdicts["signature value changed"]
+
+
+def test_profile_verifier_returns_the_signed_tree_without_comments(memory_province) -> None:
+    from signing import xmldsig
+
+    s = memory_province.settings
+    root = safexml.parse(signed_edoc(s, SENDER, [RECIPIENT]))
+    root.find(f".//{{{edxml.NS}}}Subject").append(etree.Comment("unsigned"))
+    before = etree.tostring(root)
+    signed = xmldsig.verify(root, xmldsig.embedded_certificate(root))
+    assert etree.tostring(root) == before  # the input tree is left as it was
+    assert b"unsigned" not in etree.tostring(signed)
+    assert signed.find(".//{http://www.w3.org/2000/09/xmldsig#}Signature") is None
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda si: si[0].set("Algorithm", "http://www.w3.org/2006/12/xml-c14n11"), "signature-algorithm"),
+        (
+            lambda si: etree.SubElement(si[0], "{http://www.w3.org/2001/10/xml-exc-c14n#}InclusiveNamespaces"),
+            "signature-algorithm",
+        ),
+        (
+            lambda si: si[2].find("{http://www.w3.org/2000/09/xmldsig#}Transforms")[0].set("Algorithm", "urn:x"),
+            "signature-scope",
+        ),
+        (
+            lambda si: (
+                si[2]
+                .find("{http://www.w3.org/2000/09/xmldsig#}DigestMethod")
+                .set("Algorithm", "http://www.w3.org/2001/04/xmldsig-more#sha384")
+            ),
+            "signature-algorithm",
+        ),
+        (
+            lambda si: si.getparent().append(etree.Element("{http://www.w3.org/2000/09/xmldsig#}Object")),
+            "signature-invalid",
+        ),
+    ],
+    ids=["c14n-1.1", "inclusive-namespaces", "no-enveloped-transform", "sha384-digest", "object"],
+)
+def test_profile_verifier_refuses_what_is_outside_the_profile(memory_province, change, reason) -> None:
+    from signing import xmldsig
+
+    root = safexml.parse(signed_edoc(memory_province.settings, SENDER, [RECIPIENT]))
+    change(root.find(".//{http://www.w3.org/2000/09/xmldsig#}SignedInfo"))
+    with pytest.raises(SignatureRejected) as info:
+        xmldsig.verify(root, xmldsig.embedded_certificate(root))
+    assert info.value.reason == reason
