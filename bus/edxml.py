@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import io
+import re
 import zipfile
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -66,10 +67,16 @@ def now_vn() -> datetime:
     return datetime.now(VN_TZ)
 
 
+_TIMESTAMP = re.compile(r"(\d{4})/(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})")
+
+
 def parse_timestamp(text: str) -> datetime | None:
-    """An edXML timestamp as an aware datetime (Vietnam time), or None if it is not one."""
+    """An edXML timestamp (``YYYY/MM/DD HH:MM:SS``) as an aware datetime (Vietnam time), or None."""
+    match = _TIMESTAMP.fullmatch(text.strip())
+    if match is None:
+        return None
     try:
-        return datetime.strptime(text.strip(), TIMESTAMP_FORMAT).replace(tzinfo=VN_TZ)
+        return datetime(*map(int, match.groups()), tzinfo=VN_TZ)  # type: ignore[misc]
     except ValueError:
         return None
 

@@ -13,6 +13,7 @@ the sender's signature still covers every byte the sender wrote.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -64,8 +65,28 @@ def strip_hub_traces(root: etree._Element, hub_organ_id: str) -> list[edxml.Trac
     return removed
 
 
+_THL_END = re.compile(rb"</([A-Za-z_][\w.-]*:)?TraceHeaderList\s*>")
+
+
 def append_hub_trace(raw: bytes, hub_organ_id: str, at: dt.datetime | None = None) -> bytes:
-    """``raw`` with the hub's TraceHeader appended, leaving every signed byte's meaning intact."""
+    """``raw`` with the hub's TraceHeader appended, leaving every signed byte's meaning intact.
+
+    The router calls this on envelopes it has verified.  When the TraceHeaderList's end tag
+    occurs exactly once in the bytes it can only be the real one (a look-alike in a comment
+    or CDATA would make two), so the TraceHeader is spliced in before it, with the same
+    prefix, and every other byte stays as the sender wrote it.  Otherwise the tree is
+    parsed and re-serialized.
+    """
+    ends = _THL_END.findall(raw)
+    if len(ends) == 1 and hub_organ_id.replace(".", "").isalnum():
+        prefix = ends[0].decode("ascii")
+        at_text = edxml.fmt_timestamp(at or edxml.now_vn())
+        trace = (
+            f"<{prefix}TraceHeader><{prefix}OrganId>{hub_organ_id}</{prefix}OrganId>"
+            f"<{prefix}Timestamp>{at_text}</{prefix}Timestamp></{prefix}TraceHeader>"
+        ).encode("ascii")
+        cut = _THL_END.search(raw).start()  # type: ignore[union-attr]
+        return raw[:cut] + trace + raw[cut:]
     root = safexml.parse(raw, Limits(max_envelope_bytes=len(raw) + 1))
     thl = root.find(f"{{{edxml.NS}}}edXMLEnvelope/{{{edxml.NS}}}edXMLHeader/{{{edxml.NS}}}TraceHeaderList")
     if thl is None:

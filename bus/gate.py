@@ -10,6 +10,7 @@ freshness (replay window, clock skew) and the directive's policy.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import replace
 
 from bus import edxml
@@ -39,12 +40,16 @@ class Gate:
         at: dt.datetime | None = None,
         from_hub: bool = False,
         fresh: bool = True,
+        earlier: Mapping[tuple[str, str], set[str]] | None = None,
     ) -> Opened:
         """Verify ``body`` completely or raise :class:`bus.errors.Refused`.
 
         ``claimed``: the OrganId in the routing key (None for a file, which has none);
         ``at``: the time certificates must be valid at (now by default);
-        ``fresh``: apply the replay window (off when checking an archived file years later).
+        ``fresh``: apply the replay window (off when checking an archived file years later);
+        ``earlier``: recipients of edocs accepted earlier in the same batch but not yet
+        archived, by (DocumentId, sender), so a revocation or status right behind its
+        document is judged as if the document were already archived.
         """
         snapshot = self.registry.snapshot()
         trust = replace(self.trust, revoked_serials=self.trust.revoked_serials | snapshot.revoked)
@@ -69,10 +74,10 @@ class Gate:
         msg = opened.message
         if isinstance(msg, Edoc):
             check_edoc(msg, snapshot.enabled)
-            check_lifecycle(msg, lambda doc: recipients_of(doc, signer))
+            check_lifecycle(msg, lambda doc: recipients_of(doc, signer, earlier))
         elif signer != self.settings.hub_organ_id:
             edoc_sender = msg.response_for.organ_id
-            recips = recipients_of(msg.document_id, edoc_sender)
+            recips = recipients_of(msg.document_id, edoc_sender, earlier)
             check_status(msg, recips, edoc_sender if recips is not None else None)
         return opened
 
@@ -91,8 +96,21 @@ class Gate:
             raise PolicyRefusal(f"signed at {msg.traces[0].timestamp}, in the future", reason="clock-skew")
 
 
-def recipients_of(document_id: str, sender: str) -> set[str] | None:
-    """Recipients of every accepted edoc ``document_id`` from ``sender`` (None if there is none)."""
+def recipients_of(
+    document_id: str, sender: str, earlier: Mapping[tuple[str, str], set[str]] | None = None
+) -> set[str] | None:
+    """Recipients of every accepted edoc ``document_id`` from ``sender`` (None if there is none).
+
+    ``earlier``: see :meth:`Gate.check`.
+    """
+    pending = (earlier or {}).get((document_id, sender))
+    archived = _archived_recipients_of(document_id, sender)
+    if pending is None:
+        return archived
+    return pending | (archived or set())
+
+
+def _archived_recipients_of(document_id: str, sender: str) -> set[str] | None:
     edocs = list(
         Message.select(Message.id).where(
             (Message.document_id == document_id)

@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from peewee import OperationalError
 
 from bus import compose, edxml, search
-from bus.archive import Archive, Message, sha256
+from bus.archive import Archive, Entry, Message, sha256
 from bus.config import Settings
 from bus.deadletter import REPLAY_KEY, REPLAY_USER, record_failure
 from bus.edxml import Edoc, Organ, Status
@@ -34,7 +34,7 @@ from bus.errors import BrokerUnavailable, PolicyRefusal, Refused
 from bus.gate import Gate, recipients_of
 from bus.policy import related_document_ids
 from bus.topology import URGENT_PRIORITY, Names
-from bus.transport import Delivery, DeliveryFailed, Transport
+from bus.transport import Delivery, DeliveryFailed, Outgoing, Transport
 from signing.identity import Identity
 
 log = logging.getLogger("docbus.router")
@@ -45,10 +45,45 @@ QUARANTINE_HEAD = 64 * 1024  # bytes kept of a refusal over the size limit
 
 @dataclass
 class Outcome:
-    state: str  # accepted | quarantined | duplicate
+    state: str  # accepted | quarantined | duplicate | retry (a delivery failed; the broker redelivers)
     digest: str
     reason: str | None = None
     detail: str | None = None
+    error: DeliveryFailed | None = None
+
+
+@dataclass
+class Submission:
+    """One message taken from the router queue, with what the broker says of it."""
+
+    body: bytes
+    routing_key: str
+    user_id: str | None = None
+    redelivered: bool = False
+    digest: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.digest = sha256(self.body)
+
+    @property
+    def claimed(self) -> str:
+        return Names.claimed_sender(self.routing_key)
+
+
+@dataclass
+class _Batch:
+    """What one batch decides, before it is written and delivered."""
+
+    outcomes: list[Outcome | None]
+    entries: list[Entry] = field(default_factory=list)
+    owners: list[int | None] = field(default_factory=list)  # entry -> submission whose delivery it is
+    deliver: list[tuple[int | None, Message, bytes]] = field(default_factory=list)
+    earlier: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # accepted in this batch
+    contents: set[tuple[str, str, str]] = field(default_factory=set)  # (content digest, sender, DocumentId)
+
+    def add(self, entry: Entry, owner: int | None) -> None:
+        self.entries.append(entry)
+        self.owners.append(owner)
 
 
 class Router:
@@ -64,49 +99,73 @@ class Router:
         self.processed = 0
 
     # -- the AMQP side
-    def handle(self, delivery: Delivery) -> None:
+    def submission(self, delivery: Delivery) -> Submission:
         routing_key, user_id = delivery.routing_key, delivery.user_id
         if routing_key in (self.names.router_queue, self.names.router_urgent):
             # replayed by an operator through the default exchange, which no agency may write to
             routing_key = str(delivery.headers.get(REPLAY_KEY, ""))
             user_id = delivery.headers.get(REPLAY_USER) or None
+        return Submission(delivery.body, routing_key, user_id, delivery.redelivered)
+
+    def handle(self, delivery: Delivery) -> None:
+        self.handle_batch([delivery])
+
+    def handle_batch(self, deliveries: list[Delivery]) -> None:
+        """Process what arrived together, then ack each delivery, or requeue it to retry.
+
+        An unexpected error in a batch of several is retried one by one, so one poison
+        message costs only its own delivery attempts: the quorum queue's delivery limit
+        dead-letters it after a bounded number, and the router goes on.
+        """
+        subs = [self.submission(d) for d in deliveries]
         try:
-            self._process_retrying(delivery.body, routing_key, user_id, delivery.redelivered)
+            outcomes = self._process_retrying(subs)
         except BrokerUnavailable:
             raise
-        except DeliveryFailed as exc:
-            log.error("delivery failed, will retry: %s", exc)
-            delivery.reject(requeue=True)
         except Exception as exc:
-            # An unexpected error: the quorum queue's delivery limit dead-letters the
-            # message after a bounded number of attempts; the router goes on.
-            log.exception("router failed on a submission (routing key %s)", delivery.routing_key)
-            record_failure(sha256(delivery.body), routing_key, f"{type(exc).__name__}: {exc}")
-            delivery.reject(requeue=True)
-        else:
-            delivery.ack()
-            self.processed += 1
+            if len(deliveries) > 1:
+                log.warning("a batch of %d failed (%s); taking them one by one", len(deliveries), exc)
+                for d in deliveries:
+                    self.handle_batch([d])
+                return
+            log.exception("router failed on a submission (routing key %s)", deliveries[0].routing_key)
+            record_failure(subs[0].digest, subs[0].routing_key, f"{type(exc).__name__}: {exc}")
+            deliveries[0].reject(requeue=True)
+            return
+        for d, out in zip(deliveries, outcomes, strict=True):
+            if out.state == "retry":
+                log.error("delivery failed, will retry: %s", out.error)
+                d.reject(requeue=True)
+            else:
+                d.ack()
+                self.processed += 1
 
-    def _process_retrying(self, body: bytes, routing_key: str, user_id: str | None, redelivered: bool) -> Outcome:
+    def _process_retrying(self, subs: list[Submission]) -> list[Outcome]:
         """A busy or briefly unreachable database is retried here: requeueing would spend the
-        message's delivery limit on a fault that is not the message's."""
+        messages' delivery limit on a fault that is not theirs."""
         for attempt in range(TRANSIENT_RETRIES):
             try:
-                return self.process(
-                    body, routing_key=routing_key, user_id=user_id, redelivered=redelivered or attempt > 0
-                )
+                return self.process_batch(subs)
             except OperationalError as exc:
                 log.warning("archive busy or unreachable (%s), retrying", exc)
+                for s in subs:
+                    s.redelivered = True  # a half-done attempt may have archived some of them
                 time.sleep(0.5 * (attempt + 1))
-        return self.process(body, routing_key=routing_key, user_id=user_id, redelivered=True)
+        return self.process_batch(subs)
 
     def run(
-        self, *, idle_timeout: float | None = None, stop: Callable[[], bool] | None = None, prefetch: int = 20
+        self,
+        *,
+        idle_timeout: float | None = None,
+        stop: Callable[[], bool] | None = None,
+        prefetch: int = 200,
+        max_batch: int = 100,
     ) -> None:
-        self.transport.consume(
+        self.transport.consume_batches(
             [self.names.router_urgent, self.names.router_queue],
-            self.handle,
+            self.handle_batch,
             prefetch=prefetch,
+            max_batch=max_batch,
             idle_timeout=idle_timeout,
             stop=stop,
         )
@@ -117,7 +176,8 @@ class Router:
         *,
         stop: Callable[[], bool] | None = None,
         idle_exit: float | None = None,
-        prefetch: int = 20,
+        prefetch: int = 200,
+        max_batch: int = 100,
         max_backoff: float = 30.0,
     ) -> None:
         """Run until ``stop()``, reconnecting with backoff whenever the broker goes away.
@@ -130,7 +190,7 @@ class Router:
             try:
                 self.transport = connect()
                 backoff = 0.5
-                self.run(idle_timeout=idle_exit, stop=stop, prefetch=prefetch)
+                self.run(idle_timeout=idle_exit, stop=stop, prefetch=prefetch, max_batch=max_batch)
                 if idle_exit is not None:
                     return
             except BrokerUnavailable as exc:
@@ -146,63 +206,116 @@ class Router:
     def process(
         self, body: bytes, *, routing_key: str, user_id: str | None = None, redelivered: bool = True
     ) -> Outcome:
-        """Check, archive, deliver.  ``redelivered``: the broker's flag; a fresh copy of bytes
-        already archived is a replay, a redelivered one is a router that died mid-way."""
-        digest = sha256(body)
-        claimed = Names.claimed_sender(routing_key)
-        # the common case is a new message: a cheap existence probe before any full row is read
-        seen = Message.select(Message.id).where(Message.digest == digest).exists()
-        existing = Message.get(Message.digest == digest) if seen else None
-        if existing is not None:
-            if redelivered or self.archive.undelivered(existing):
-                self._deliver(existing, body)
-                return Outcome("duplicate", digest, existing.reason)
-            if existing.state == "accepted":
-                self._answer_refusal(
-                    claimed,
-                    existing.document_id,
-                    "replay",
-                    f"already accepted on {existing.received_at:%Y-%m-%d %H:%M:%S} UTC; not delivered again",
-                    digest,
-                )
-                return Outcome("quarantined", digest, "replay", "identical bytes already accepted")
-            return Outcome("duplicate", digest, existing.reason)
-        try:
-            opened = self.gate.check(body, claimed=claimed, user_id=user_id)
+        """Check, archive, deliver one submission; raises DeliveryFailed if a delivery failed."""
+        out = self.process_batch([Submission(body, routing_key, user_id, redelivered)])[0]
+        if out.error is not None:
+            raise out.error
+        return out
+
+    def process_batch(self, subs: list[Submission]) -> list[Outcome]:
+        """Check each submission, archive the batch in one transaction, deliver with streamed
+        confirms, mark the deliveries; the outcomes are in the submissions' order.
+
+        ``Submission.redelivered``: the broker's flag; a fresh copy of bytes already
+        archived is a replay, a redelivered one is a router that died mid-way.  Within a
+        batch, later submissions are judged as if the earlier ones were already archived.
+        """
+        batch = _Batch(outcomes=[None] * len(subs))
+        archived = self.archive.find(s.digest for s in subs)
+        first: dict[str, int] = {}
+        checked: list[tuple[int, Opened]] = []
+        for i, sub in enumerate(subs):
+            existing = archived.get(sub.digest)
+            if existing is not None:
+                self._seen(batch, i, sub, existing)
+                continue
+            if sub.digest in first:  # the same bytes twice in one batch
+                earlier = batch.outcomes[first[sub.digest]]
+                if not sub.redelivered and earlier is not None and earlier.state == "accepted":
+                    self._refuse_replay(batch, i, sub, "identical bytes already accepted")
+                else:
+                    batch.outcomes[i] = Outcome("duplicate", sub.digest, earlier.reason if earlier else None)
+                continue
+            first[sub.digest] = i
+            try:
+                opened = self.gate.check(sub.body, claimed=sub.claimed, user_id=sub.user_id, earlier=batch.earlier)
+                self._accept(batch, i, sub, opened)
+                checked.append((i, opened))
+            except Refused as exc:
+                self._quarantine(batch, i, sub, exc)
+        self._refuse_content_replays(batch, subs, checked)
+        records = self.archive.record_many(batch.entries)
+        for owner, (record, _), entry in zip(batch.owners, records, batch.entries, strict=True):
+            if record.state == "accepted" and record.kind in ("edoc", "status"):
+                batch.deliver.append((owner, record, entry.raw))
+        self._deliver_all(batch)
+        return [
+            o if o is not None else Outcome("duplicate", s.digest) for o, s in zip(batch.outcomes, subs, strict=True)
+        ]
+
+    def _seen(self, batch: _Batch, i: int, sub: Submission, existing: Message) -> None:
+        """Bytes already archived: finish a dead router's deliveries, or refuse a replay."""
+        if sub.redelivered or self.archive.undelivered(existing):
+            batch.deliver.append((i, existing, sub.body))
+            batch.outcomes[i] = Outcome("duplicate", sub.digest, existing.reason)
+        elif existing.state == "accepted":
+            when = f"{existing.received_at:%Y-%m-%d %H:%M:%S} UTC"
+            self._answer(
+                batch,
+                sub.claimed,
+                existing.document_id,
+                "replay",
+                f"already accepted on {when}; not delivered again",
+                sub.digest,
+            )
+            batch.outcomes[i] = Outcome("quarantined", sub.digest, "replay", "identical bytes already accepted")
+        else:
+            batch.outcomes[i] = Outcome("duplicate", sub.digest, existing.reason)
+
+    def _accept(self, batch: _Batch, i: int, sub: Submission, opened: Opened) -> None:
+        msg = opened.message
+        content = _content_digest(opened)
+        key = (content, msg.sender.organ_id, msg.document_id[:500])
+        if content and key in batch.contents:
+            raise PolicyRefusal(f"{msg.document_id} with this signed content was already accepted", reason="replay")
+        fields = self._fields(msg, sub.user_id) | {"content_digest": content}
+        if isinstance(msg, Edoc):
+            recipients = [r.organ_id for r in msg.recipients]
+            entry = Entry(sub.body, fields, recipients, attachments=msg.attachments)
+            batch.earlier.setdefault((msg.document_id, msg.sender.organ_id), set()).update(recipients)
+        else:
+            recipients = self._status_recipients(msg, batch.earlier)
+            entry = Entry(sub.body, fields, recipients, status=self._status_event(msg))
+        if content:
+            batch.contents.add(key)
+        batch.add(entry, i)
+        batch.outcomes[i] = Outcome("accepted", sub.digest)
+
+    def _refuse_content_replays(self, batch: _Batch, subs: list[Submission], checked: list[tuple[int, Opened]]) -> None:
+        """Byte variants of signed content already accepted (one query for the batch)."""
+        contents = {_content_digest(o) for _, o in checked} - {""}
+        if not contents:
+            return
+        known = {
+            (m.content_digest, m.sender, m.document_id)
+            for m in Message.select(Message.content_digest, Message.sender, Message.document_id).where(
+                Message.content_digest.in_(list(contents)) & (Message.state == "accepted")
+            )
+        }
+        for i, opened in checked:
             msg = opened.message
-            content = _content_digest(opened)
-            if (
-                content
-                and Message.select(Message.id)
-                .where(
-                    (Message.content_digest == content)
-                    & (Message.sender == msg.sender.organ_id)
-                    & (Message.state == "accepted")
-                    & (Message.document_id == msg.document_id[:500])
-                )
-                .exists()
-            ):
-                raise PolicyRefusal(f"{msg.document_id} with this signed content was already accepted", reason="replay")
-            fields = self._fields(msg, user_id) | {"content_digest": content}
-            if isinstance(msg, Edoc):
-                record, _ = self.archive.record(
-                    body, fields=fields, recipients=[r.organ_id for r in msg.recipients], attachments=msg.attachments
-                )
-            else:
-                record, _ = self.archive.record(
-                    body, fields=fields, recipients=self._status_recipients(msg), status=self._status_event(msg)
-                )
-        except Refused as exc:
-            self._quarantine(body, exc, claimed, user_id)
-            return Outcome("quarantined", digest, exc.reason, exc.message)
-        self._deliver(record, body)
-        return Outcome("accepted", digest)
+            if (_content_digest(opened), msg.sender.organ_id, msg.document_id[:500]) not in known:
+                continue
+            at = batch.owners.index(i)
+            del batch.entries[at], batch.owners[at]
+            exc = PolicyRefusal(f"{msg.document_id} with this signed content was already accepted", reason="replay")
+            self._quarantine(batch, i, subs[i], exc)
 
     @staticmethod
-    def _status_recipients(msg: Status) -> list[str]:
+    def _status_recipients(msg: Status, earlier: dict[tuple[str, str], set[str]]) -> list[str]:
         """A recall request (13) goes to the document's recipients; every other status to its sender."""
         if msg.status_code == RECALL_REQUEST:
-            return sorted(recipients_of(msg.document_id, msg.sender.organ_id) or ())
+            return sorted(recipients_of(msg.document_id, msg.sender.organ_id, earlier) or ())
         return [msg.response_for.organ_id]
 
     @staticmethod
@@ -244,44 +357,69 @@ class Router:
             "timestamp": msg.timestamp,
         }
 
-    def _deliver(self, record: Message, body: bytes) -> None:
-        pending = self.archive.undelivered(record)
+    def _deliver_all(self, batch: _Batch) -> None:
+        """Publish every pending delivery of the batch with streamed confirms, then mark the
+        confirmed ones delivered (one transaction).  A failed delivery makes its submission
+        ``retry``: the broker redelivers it and only what is still pending goes out again."""
+        if not batch.deliver:
+            return
+        pending = self.archive.undelivered_many(record for _, record, _ in batch.deliver)
         if not pending:
             return
-        out = append_hub_trace(body, self.hub.organ_id)
-        headers = {
-            "x-docbus-kind": record.kind,
-            "x-docbus-sender": record.sender,
-            "x-docbus-document-id": record.document_id,
-            "x-docbus-priority": record.priority,
-        }
-        urgent = record.kind == "edoc" and record.priority >= URGENT_PRIORITY
-        for organ_id in pending:
-            key = Names.deliver_key(organ_id, urgent=urgent)
-            self.transport.publish(self.names.deliver, key, out, message_id=record.digest, headers=headers)
-            self.archive.mark_delivered(record, [organ_id])
+        by_id = {record.id: (owner, record, body) for owner, record, body in batch.deliver}
+        out: list[Outgoing] = []
+        owners: list[int | None] = []
+        traced: dict[int, bytes] = {}
+        for row in pending:
+            owner, record, body = by_id[row.message_id]
+            if record.id not in traced:
+                traced[record.id] = append_hub_trace(body, self.hub.organ_id)
+            urgent = record.kind == "edoc" and record.priority >= URGENT_PRIORITY
+            headers = {
+                "x-docbus-kind": record.kind,
+                "x-docbus-sender": record.sender,
+                "x-docbus-document-id": record.document_id,
+                "x-docbus-priority": record.priority,
+            }
+            key = Names.deliver_key(row.organ_id, urgent=urgent)
+            out.append(Outgoing(self.names.deliver, key, traced[record.id], record.digest, headers))
+            owners.append(owner)
+        results = self.transport.publish_many(out)
+        done = [row for row, failure in zip(pending, results, strict=True) if failure is None]
+        self.archive.mark_delivered_many(done)
+        for owner, failure in zip(owners, results, strict=True):
+            if failure is None:
+                continue
+            current = batch.outcomes[owner] if owner is not None else None
+            if current is not None and current.state in ("accepted", "duplicate"):
+                batch.outcomes[owner] = Outcome("retry", current.digest, failure.reason, failure.message, failure)  # type: ignore[index]
+            else:  # an answer to a refusal: the refusal stays archived with its reason
+                log.warning("could not deliver a refusal answer: %s", failure.message)
 
-    def _quarantine(self, body: bytes, exc: Refused, claimed: str, user_id: str | None) -> None:
+    def _quarantine(self, batch: _Batch, i: int, sub: Submission, exc: Refused) -> None:
         """Keep the refused bytes with the reason and tell the sender with a status 02."""
-        document_id = _peek_document_id(body) or f"sha256:{sha256(body)}"
-        log.warning("refused %s from %s: %s (%s)", document_id, claimed or user_id, exc.reason, exc.message)
+        body = sub.body
+        document_id = _peek_document_id(body) or f"sha256:{sub.digest}"
+        log.warning("refused %s from %s: %s (%s)", document_id, sub.claimed or sub.user_id, exc.reason, exc.message)
         oversized = len(body) > self.settings.limits.max_envelope_bytes
-        self.archive.record(
-            body,
-            fields={
-                "kind": _peek_kind(body),
-                "state": "quarantined",
-                "reason": exc.reason,
-                "reason_detail": exc.message,
-                "user_id": user_id,
-                "sender": claimed or (user_id or ""),
-                "document_id": document_id[:500],
-            },
-            keep=QUARANTINE_HEAD if oversized else None,
-        )
-        self._answer_refusal(claimed, document_id, exc.reason, exc.message, sha256(body))
+        fields = {
+            "kind": _peek_kind(body),
+            "state": "quarantined",
+            "reason": exc.reason,
+            "reason_detail": exc.message,
+            "user_id": sub.user_id,
+            "sender": sub.claimed or (sub.user_id or ""),
+            "document_id": document_id[:500],
+        }
+        batch.add(Entry(body, fields, keep=QUARANTINE_HEAD if oversized else None), None)
+        self._answer(batch, sub.claimed, document_id, exc.reason, exc.message, sub.digest)
+        batch.outcomes[i] = Outcome("quarantined", sub.digest, exc.reason, exc.message)
 
-    def _answer_refusal(self, claimed: str, document_id: str, reason: str, detail: str, digest: str) -> None:
+    def _refuse_replay(self, batch: _Batch, i: int, sub: Submission, detail: str) -> None:
+        self._answer(batch, sub.claimed, _peek_document_id(sub.body), "replay", detail, sub.digest)
+        batch.outcomes[i] = Outcome("quarantined", sub.digest, "replay", detail)
+
+    def _answer(self, batch: _Batch, claimed: str, document_id: str, reason: str, detail: str, digest: str) -> None:
         """Status 02 from the hub; it names the refused submission's digest so each refusal has its answer."""
         if claimed not in self.registry.snapshot().enabled:
             return  # nobody to answer: the claimed sender is unknown; the refusal stays in quarantine
@@ -293,13 +431,8 @@ class Router:
             description=f"[{reason}] {detail}"[:1900] + f" (submission sha256:{digest})",
         )
         raw = compose.sign(status, self.hub)
-        record, _ = self.archive.record(
-            raw,
-            fields=self._fields(status, None) | {"reason": reason},
-            recipients=[claimed],
-            status=self._status_event(status),
-        )
-        self._deliver(record, raw)
+        fields = self._fields(status, None) | {"reason": reason}
+        batch.add(Entry(raw, fields, [claimed], status=self._status_event(status)), None)
 
 
 def _content_digest(opened: Opened) -> str:

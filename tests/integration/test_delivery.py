@@ -45,14 +45,14 @@ def test_poison_message_is_dead_lettered_listed_and_replayed(broker_province, tm
     p = broker_province
     f = tmp_path / "a.pdf"
     f.write_bytes(b"%PDF")
-    real_process = Router.process
+    real_process = Router.process_batch
 
-    def crashing(self, body, **kw):
-        if "ĐỘC".encode() in body:
+    def crashing(self, subs):
+        if any("ĐỘC".encode() in s.body for s in subs):
             raise RuntimeError("simulated router bug")
-        return real_process(self, body, **kw)
+        return real_process(self, subs)
 
-    monkeypatch.setattr(Router, "process", crashing)
+    monkeypatch.setattr(Router, "process_batch", crashing)
     with Adapter(p.settings, DEPT) as dept, Adapter(p.settings, PC) as pc:
         poison = dept.send([PC], subject="Văn bản ĐỘC", number="1", notation="X", files=[f])
         good = dept.send([PC], subject="Văn bản lành", number="2", notation="X", files=[f])
@@ -73,7 +73,7 @@ def test_poison_message_is_dead_lettered_listed_and_replayed(broker_province, tm
 
         assert Failure.get().attempts >= DELIVERY_LIMIT
         # fixed router: replay it
-        monkeypatch.setattr(Router, "process", real_process)
+        monkeypatch.setattr(Router, "process_batch", real_process)
         replayed = docbus(p, "dead", "replay", str(listed[0]["id"]))
         assert replayed.returncode == 0, replayed.stderr
         with RouterThread(p.settings, p.archive, p.hub):

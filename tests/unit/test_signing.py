@@ -44,6 +44,18 @@ def test_hub_trace_is_appended_and_still_verifies(memory_province) -> None:
     assert [t.organ_id for t in opened.message.traces] == [SENDER, s.hub_organ_id]
 
 
+def test_hub_trace_is_not_fooled_by_a_look_alike_end_tag(memory_province) -> None:
+    """A comment holding a TraceHeaderList end tag makes the splice ambiguous: the tree is used."""
+    s = memory_province.settings
+    root = safexml.parse(signed_edoc(s, SENDER, [RECIPIENT]))
+    root.find(f".//{{{edxml.NS}}}Subject").append(etree.Comment("</edXML:TraceHeaderList>"))
+    data = append_hub_trace(edxml.serialize(root), s.hub_organ_id)
+    opened = open_envelope(data, load_trust(s), from_hub=True)
+    assert [t.organ_id for t in opened.message.traces] == [SENDER, s.hub_organ_id]
+    spliced = append_hub_trace(signed_edoc(s, SENDER, [RECIPIENT]), s.hub_organ_id)
+    assert b"TraceHeaderList" in spliced and open_envelope(spliced, load_trust(s), from_hub=True).message.traces[-1]
+
+
 def test_tampered_header_fails(memory_province) -> None:
     s = memory_province.settings
     data = signed_edoc(s, SENDER, [RECIPIENT])
