@@ -591,9 +591,22 @@ def router() -> None:
 
 @router.command("run")
 @click.option("--idle-exit", type=float, default=None, help="Stop after this many seconds without a submission.")
-@click.option("--prefetch", type=int, default=20, show_default=True)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="Submissions the broker may hand this router ahead of its acks.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Most submissions archived in one transaction; a quiet bus makes batches of one.",
+)
 @guarded
-def router_run(idle_exit: float | None, prefetch: int) -> None:
+def router_run(idle_exit: float | None, prefetch: int, batch: int) -> None:
     """Consume submissions (urgent first): verify, archive, deliver, answer. Runs until interrupted.
 
     Survives broker restarts: it reconnects with backoff and finishes what was in flight.
@@ -609,7 +622,7 @@ def router_run(idle_exit: float | None, prefetch: int) -> None:
     r = Router(s, amqp(s), archive, load_trust(s), hub)
     click.echo(f"router consuming {r.names.router_urgent} and {r.names.router_queue}", err=True)
     try:
-        r.serve(lambda: AmqpTransport(s.amqp_url), idle_exit=idle_exit, prefetch=prefetch)
+        r.serve(lambda: AmqpTransport(s.amqp_url), idle_exit=idle_exit, prefetch=prefetch, max_batch=batch)
     except KeyboardInterrupt:
         pass
     click.echo(f"router stopped after {r.processed} message(s)", err=True)
@@ -1048,6 +1061,13 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
 @click.option("--rate", type=float, default=200, show_default=True, help="Offered documents/s for the latency run.")
 @click.option("--latency-seconds", type=float, default=10, show_default=True)
 @click.option("--large-mib", type=float, default=1024, show_default=True, help="Size of the large-attachment run.")
+@click.option(
+    "--only",
+    "parts",
+    multiple=True,
+    type=click.Choice(["router", "latency", "large"]),
+    help="Run only these parts (repeatable); all three by default.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @guarded
@@ -1059,6 +1079,7 @@ def bench(
     rate: float,
     latency_seconds: float,
     large_mib: float,
+    parts: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Measure the bus on the local broker: router vs raw relay, latency, a large file.
@@ -1080,45 +1101,14 @@ def bench(
             rate=rate,
             latency_seconds=latency_seconds,
             large_bytes=int(large_mib * 1024 * 1024),
+            parts=frozenset(parts) or bus_bench.PARTS,
             progress=lambda _stage, k, _n: bar.update(k),
         )
     if as_json:
         emit_json(data)
         return
-    r, x, lat, big = data["router"], data["raw_relay"], data["latency"], data["large_attachment"]
-    click.echo(
-        f"machine: {data['machine']['cpus']} CPUs, Python {data['machine']['python']}; "
-        f"envelopes ~{data['envelope_bytes_avg']} bytes"
-    )
-    click.echo(
-        table(
-            [
-                [
-                    "raw pika relay (streamed confirms)",
-                    f"{x['msgs_per_s']} msg/s",
-                    f"{x['relayed']}/{x['messages']} in {x['seconds']} s",
-                ],
-                [
-                    f"router x{r['workers']} (verify+validate+archive+deliver)",
-                    f"{r['docs_per_s']} docs/s",
-                    f"{r['delivered']}/{r['documents']} in {r['seconds']} s",
-                ],
-                ["router / relay", f"{data['router_vs_relay']}", ""],
-                [
-                    f"latency at {lat['offered_per_s']}/s",
-                    f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms",
-                    f"{lat['stored']}/{lat['documents']} stored",
-                ],
-                [
-                    f"large attachment {big['sent_bytes'] / 1048576:.1f} MiB"
-                    + (" (capped)" if big["capped_by_envelope_limit"] else ""),
-                    f"{big['seconds']} s, intact: {big['intact']}",
-                    ", ".join(f"{k} {v} MiB" for k, v in big["peak_rss_mib"].items()),
-                ],
-            ],
-            ["Measure", "Result", "Detail"],
-        )
-    )
+    click.echo(f"machine: {data['machine']['cpus']} CPUs, Python {data['machine']['python']}")
+    click.echo(table(bus_bench.rows(data), ["Measure", "Result", "Detail"]))
 
 
 @bench.command("archive")

@@ -42,6 +42,7 @@ from bus.transport import AmqpTransport
 from signing.identity import Identity
 
 ROOT = Path(__file__).resolve().parents[1]
+PARTS = frozenset({"router", "latency", "large"})
 
 
 @dataclass
@@ -396,26 +397,66 @@ def run(
     rate: float,
     latency_seconds: float,
     large_bytes: int,
+    parts: frozenset[str] = PARTS,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
+    """Run the ``parts`` asked for (``PARTS``: router, latency, large) in one setup."""
     namespace = f"bench{os.getpid()}"
     b = setup(settings.home / "bench-bus", settings.amqp_url, agencies, namespace)
+    out: dict[str, Any] = {"machine": machine()}
     try:
-        docs = presign(b, documents)
-        avg = sum(len(d) for _, d in docs) / len(docs)
-        relay = raw_relay(settings.amqp_url, [d for _, d in docs], namespace)
-        router = router_throughput(b, docs, workers, (lambda k: progress("router", k, documents)) if progress else None)
-        lat = latency(b, max(10, int(rate * latency_seconds)), rate)
-        large = large_attachment(b, large_bytes)
+        if "router" in parts:
+            docs = presign(b, documents)
+            out["envelope_bytes_avg"] = round(sum(len(d) for _, d in docs) / len(docs))
+            relay = raw_relay(settings.amqp_url, [d for _, d in docs], namespace)
+            tick = (lambda k: progress("router", k, documents)) if progress else None
+            router = router_throughput(b, docs, workers, tick)
+            ratio = router["docs_per_s"] / relay["msgs_per_s"] if router["docs_per_s"] and relay["msgs_per_s"] else None
+            out |= {"raw_relay": relay, "router": router, "router_vs_relay": round(ratio, 3) if ratio else None}
+        if "latency" in parts:
+            out["latency"] = latency(b, max(10, int(rate * latency_seconds)), rate)
+        if "large" in parts:
+            out["large_attachment"] = large_attachment(b, large_bytes)
     finally:
         teardown(b)
-    ratio = router["docs_per_s"] / relay["msgs_per_s"] if router["docs_per_s"] and relay["msgs_per_s"] else None
-    return {
-        "machine": machine(),
-        "envelope_bytes_avg": round(avg),
-        "raw_relay": relay,
-        "router": router,
-        "router_vs_relay": round(ratio, 3) if ratio is not None else None,
-        "latency": lat,
-        "large_attachment": large,
-    }
+    return out
+
+
+def rows(data: dict[str, Any]) -> list[list[str]]:
+    """The table ``docbus bench`` prints: one row per figure measured."""
+    out: list[list[str]] = []
+    if "router" in data:
+        r, x = data["router"], data["raw_relay"]
+        out += [
+            [
+                f"raw pika relay (streamed confirms), ~{data['envelope_bytes_avg']} B",
+                f"{x['msgs_per_s']} msg/s",
+                f"{x['relayed']}/{x['messages']} in {x['seconds']} s",
+            ],
+            [
+                f"router x{r['workers']} (verify+validate+archive+deliver)",
+                f"{r['docs_per_s']} docs/s",
+                f"{r['delivered']}/{r['documents']} in {r['seconds']} s",
+            ],
+            ["router / relay", f"{data['router_vs_relay']}", ""],
+        ]
+    if "latency" in data:
+        lat = data["latency"]
+        out.append(
+            [
+                f"latency at {lat['offered_per_s']}/s",
+                f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms",
+                f"{lat['stored']}/{lat['documents']} stored",
+            ]
+        )
+    if "large_attachment" in data:
+        big = data["large_attachment"]
+        out.append(
+            [
+                f"large attachment {big['sent_bytes'] / 1048576:.1f} MiB"
+                + (" (capped)" if big["capped_by_envelope_limit"] else ""),
+                f"{big['seconds']} s, intact: {big['intact']}",
+                ", ".join(f"{k} {v} MiB" for k, v in big["peak_rss_mib"].items()),
+            ]
+        )
+    return out

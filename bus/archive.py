@@ -12,10 +12,14 @@ left undone instead of archiving or delivering twice.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import functools
 import hashlib
-from collections.abc import Iterable, Sequence
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -428,17 +432,49 @@ class Archive:
     def __init__(self, url: str) -> None:
         self.url = url
         self.database = open_database(url)
+        self._writer = threading.local()
 
-    def write(self) -> Any:
-        """A write transaction.  On SQLite it takes the write lock at BEGIN (IMMEDIATE), so
-        concurrent writers wait for each other (busy timeout) instead of failing to upgrade."""
-        if isinstance(self.database, SqliteDatabase):
-            return self.database.atomic(lock_type="IMMEDIATE")
-        return self.database.atomic()
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """A write transaction.
+
+        On SQLite it takes the write lock at BEGIN (IMMEDIATE), so concurrent writers wait
+        for each other instead of failing to upgrade; and before that an exclusive
+        ``flock`` on ``<database>.lock``, because SQLite's own busy handler waits by
+        sleeping up to 100 ms at a time, which several routers on one archive would spend
+        most of their time in.  A waiter on ``flock`` wakes the moment the lock is free.
+        """
+        if not isinstance(self.database, SqliteDatabase):
+            with self.database.atomic():
+                yield
+            return
+        w = self._writer
+        if getattr(w, "depth", 0):  # nested: the outer write holds both locks
+            w.depth += 1
+            try:
+                with self.database.atomic():
+                    yield
+            finally:
+                w.depth -= 1
+            return
+        if getattr(w, "fd", None) is None:
+            w.fd = os.open(f"{self.database.database}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(w.fd, fcntl.LOCK_EX)
+        w.depth = 1
+        try:
+            with self.database.atomic(lock_type="IMMEDIATE"):
+                yield
+        finally:
+            w.depth = 0
+            fcntl.flock(w.fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         if not self.database.is_closed():
             self.database.close()
+        fd = getattr(self._writer, "fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._writer.fd = None
 
     # -- registry
     def add_agency(

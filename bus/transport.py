@@ -325,7 +325,8 @@ class AmqpTransport:
             headers=dict(props.headers or {}),
             user_id=props.user_id,
             redelivered=bool(method.redelivered),
-            _ack=lambda: self._ch.basic_ack(tag),
+            # queued on the channel, written by the next pump: one write for a batch of acks
+            _ack=lambda: self._ch._impl.basic_ack(tag),
             _reject=lambda requeue: self._ch.basic_nack(tag, requeue=requeue),
         )
 
@@ -385,7 +386,7 @@ class AmqpTransport:
                 )
             last = time.monotonic()
             while not (stop is not None and stop()):
-                self._pump(0)
+                self._fill(buffers, max_batch)
                 batch: list[Delivery] = []
                 for q in names:
                     while buffers[q] and len(batch) < max_batch:
@@ -406,6 +407,17 @@ class AmqpTransport:
             raise DocbusError(f"cannot consume {', '.join(names)}: {exc.reply_text}", reason="access-refused") from exc
         except (pex.AMQPError, OSError) as exc:
             raise _unavailable(self.url, exc) from exc
+
+    def _fill(self, buffers: dict[str, deque[tuple[Any, Any, bytes]]], want: int) -> None:
+        """Read what the broker has already sent, up to ``want`` buffered deliveries: one
+        read takes only one socket buffer's worth, which would cap batches at a few dozen."""
+        held = sum(len(b) for b in buffers.values())
+        while held < want:
+            self._pump(0)
+            now = sum(len(b) for b in buffers.values())
+            if now == held:
+                return
+            held = now
 
     def _pump(self, time_limit: float) -> None:
         """Let pika read and write; any failure of a dead connection is BrokerUnavailable."""
