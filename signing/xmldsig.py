@@ -17,11 +17,11 @@ import hmac
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from lxml import etree
-from signxml import CanonicalizationMethod, DigestAlgorithm, SignatureMethod, XMLSigner
+from signxml import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 
 from bus.edxml import serialize
 from bus.errors import SignatureRejected
@@ -38,16 +38,50 @@ C14N_METHODS = frozenset({EXC_C14N, CanonicalizationMethod.CANONICAL_XML_1_0.val
 _C14N_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 
 
-def sign(root: etree._Element, key: bytes | object, cert_pem: bytes, *, ecdsa: bool = False) -> bytes:
-    """Sign ``root`` (which holds a ``ds:Signature Id="placeholder"`` slot) and return its bytes."""
-    signer = XMLSigner(
-        signature_algorithm=SignatureMethod.ECDSA_SHA256 if ecdsa else SignatureMethod.RSA_SHA256,
-        digest_algorithm=DigestAlgorithm.SHA256,
-        c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
-    )
+def sign(root: etree._Element, key: object, cert_pem: bytes, *, ecdsa: bool = False) -> bytes:
+    """Sign ``root`` (which holds a ``ds:Signature Id="placeholder"`` slot) and return its bytes.
+
+    The signature is exactly the profile :func:`verify` accepts: one ``Reference URI=""``
+    with the enveloped-signature transform and exclusive C14N, SHA-256, RSA-SHA256 (or
+    ECDSA-SHA256), the certificate in ``KeyInfo``.  Built directly rather than through a
+    general XMLDSig library, which spent most of its time copying trees; signxml's verifier
+    accepts what this produces (tested).
+    """
+    if isinstance(key, bytes):
+        key = serialization.load_pem_private_key(key, password=None)
     etree.indent(root, space="  ")
-    signed = signer.sign(root, key=key, cert=cert_pem.decode())
-    return serialize(signed)
+    slot = root.find(f".//{_ds('Signature')}")
+    if slot is None:
+        raise ValueError("the tree has no ds:Signature slot to fill")
+    sig = etree.Element(_ds("Signature"), nsmap={"ds": DSIG_NS})
+    sig.tail = slot.tail
+    slot.getparent().replace(slot, sig)
+    signed_info = etree.SubElement(sig, _ds("SignedInfo"))
+    etree.SubElement(signed_info, _ds("CanonicalizationMethod"), Algorithm=EXC_C14N)
+    etree.SubElement(signed_info, _ds("SignatureMethod"), Algorithm=ECDSA_SHA256 if ecdsa else RSA_SHA256)
+    ref = etree.SubElement(signed_info, _ds("Reference"), URI="")
+    transforms = etree.SubElement(ref, _ds("Transforms"))
+    etree.SubElement(transforms, _ds("Transform"), Algorithm=ENVELOPED)
+    etree.SubElement(transforms, _ds("Transform"), Algorithm=EXC_C14N)
+    etree.SubElement(ref, _ds("DigestMethod"), Algorithm=SHA256_URI)
+    digest_value = etree.SubElement(ref, _ds("DigestValue"))
+    digest_value.text = base64.b64encode(hashlib.sha256(_canonical_without(root, sig, EXC_C14N)).digest()).decode()
+    signed = etree.tostring(signed_info, method="c14n", exclusive=True, with_comments=False)
+    etree.SubElement(sig, _ds("SignatureValue")).text = base64.b64encode(_signature_value(key, signed)).decode()
+    x509_data = etree.SubElement(etree.SubElement(sig, _ds("KeyInfo")), _ds("X509Data"))
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    etree.SubElement(x509_data, _ds("X509Certificate")).text = base64.b64encode(der).decode()
+    return serialize(root)
+
+
+def _signature_value(key: object, signed_info: bytes) -> bytes:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(signed_info, padding.PKCS1v15(), hashes.SHA256())
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        r, s = decode_dss_signature(key.sign(signed_info, ec.ECDSA(hashes.SHA256())))
+        size = (key.curve.key_size + 7) // 8
+        return r.to_bytes(size, "big") + s.to_bytes(size, "big")  # XMLDSig wants r || s, not DER
+    raise ValueError(f"unsupported signing key {type(key).__name__}")
 
 
 def embedded_certificate(root: etree._Element) -> x509.Certificate:
