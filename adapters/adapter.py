@@ -52,7 +52,7 @@ from bus.policy import REVOKE, UPDATE, related_document_ids
 from bus.province import CRL_KIND
 from bus.router import load_trust
 from bus.topology import URGENT_PRIORITY, Names
-from bus.transport import AmqpTransport, Delivery, DeliveryFailed, Transport
+from bus.transport import AmqpTransport, Delivery, DeliveryFailed, Outgoing, Transport
 from signing import crl
 from signing.identity import Identity
 
@@ -228,17 +228,21 @@ class Adapter:
                 user_id=self._user_id(),
             )
         except (BrokerUnavailable, DeliveryFailed) as exc:
-            if isinstance(exc, BrokerUnavailable):
-                self._transport = None
-            else:
-                self._drop_connection()  # a refused publish closes the channel
-            Outbox.update(attempts=Outbox.attempts + 1, last_error=exc.message).where(Outbox.id == item.id).execute()
-            log.warning("%s stays in the outbox: %s", item.document_id, exc.message)
+            self._publish_failed(item, exc)
             return False
         Outbox.update(published_at=utcnow(), attempts=Outbox.attempts + 1, last_error=None).where(
             Outbox.id == item.id
         ).execute()
         return True
+
+    def _publish_failed(self, item: Any, exc: BrokerUnavailable | DeliveryFailed) -> None:
+        Outbox = self.store.Outbox
+        if isinstance(exc, BrokerUnavailable):
+            self._transport = None
+        else:
+            self._drop_connection()  # a refused publish closes the channel
+        Outbox.update(attempts=Outbox.attempts + 1, last_error=exc.message).where(Outbox.id == item.id).execute()
+        log.warning("%s stays in the outbox: %s", item.document_id, exc.message)
 
     def _amqp_url(self) -> str:
         """This agency's own broker user when it has one (``broker.json``), else DOCBUS_AMQP_URL."""
@@ -254,16 +258,39 @@ class Adapter:
         return unquote(user) if user else "guest"
 
     def flush(self) -> int:
-        """Publish what the outbox still holds, oldest first; returns how many went out."""
+        """Publish what the outbox still holds, oldest first (urgent before), confirms streamed;
+        returns how many went out.  What the broker did not take stays for the next flush."""
         Outbox = self.store.Outbox
-        sent = 0
         # a list, not a live cursor: SQLite would hold the write lock of each update until it closed
         waiting = list(Outbox.select().where(Outbox.published_at.is_null()).order_by(Outbox.urgent.desc(), Outbox.id))
-        for item in waiting:
-            if not self._publish(item):
-                break
-            sent += 1
+        if len(waiting) == 1:
+            return int(self._publish(waiting[0]))
+        sent = 0
+        for start in range(0, len(waiting), 200):
+            chunk = waiting[start : start + 200]
+            try:
+                results = self.transport.publish_many([self._outgoing(item) for item in chunk])
+            except (BrokerUnavailable, DeliveryFailed) as exc:
+                self._publish_failed(chunk[0], exc)
+                return sent
+            done = [item.id for item, failure in zip(chunk, results, strict=True) if failure is None]
+            with self.store.write():
+                Outbox.update(published_at=utcnow(), attempts=Outbox.attempts + 1, last_error=None).where(
+                    Outbox.id.in_(done)
+                ).execute()
+                for item, failure in zip(chunk, results, strict=True):
+                    if failure is not None:
+                        Outbox.update(attempts=Outbox.attempts + 1, last_error=failure.message).where(
+                            Outbox.id == item.id
+                        ).execute()
+            sent += len(done)
+            if len(done) < len(chunk):
+                return sent
         return sent
+
+    def _outgoing(self, item: Any) -> Outgoing:
+        key = Names.submit_key(item.kind, self.organ_id, urgent=bool(item.urgent))
+        return Outgoing(self.names.submit, key, bytes(item.raw), item.digest, None, self._user_id())
 
     def pending(self) -> int:
         Outbox = self.store.Outbox
@@ -273,24 +300,43 @@ class Adapter:
     def receive(
         self, *, idle_timeout: float = 1.0, limit: int | None = None, stop: Callable[[], bool] | None = None
     ) -> list[InboxItem]:
-        """Take what the inbox queues hold (urgent first) until idle: verify, store, answer 01, hand over."""
+        """Take what the inbox queues hold (urgent first) until idle: verify, store, answer 01, hand over.
+
+        Deliveries that arrive together are stored in one transaction with their 01 answers,
+        acked after that commit, handed over, and the answers published with streamed
+        confirms.  With ``limit``, one at a time, so no more than ``limit`` are taken.
+        """
         got: list[InboxItem] = []
 
-        def handle(d: Delivery) -> None:
-            if d.headers.get("x-docbus-kind") == CRL_KIND:
-                self.accept_crl(d.body)
-                d.ack()
-                return
-            item = self.accept(d.body, d.message_id, hand=False)
-            d.ack()  # only after the local store committed
-            if item is not None:
-                got.append(self._hand(item))
-                self.flush()  # the automatic 01
+        def handle(batch: list[Delivery]) -> None:
+            accepted: list[tuple[InboxItem | None, Any]] = []
+            docs: list[Delivery] = []
+            for d in [*batch, None]:  # in order: a revocation list applies to what comes after it
+                if d is None or d.headers.get("x-docbus-kind") == CRL_KIND:
+                    accepted += self._accept_many([(x.body, x.message_id) for x in docs]) if docs else []
+                    docs = []
+                    if d is not None:
+                        self.accept_crl(d.body)
+                else:
+                    docs.append(d)
+            for d in batch:
+                d.ack()  # only after the local store committed
+            for item, msg in accepted:
+                if item is not None:
+                    got.append(self._hand(item, msg))
+            self.flush()  # the automatic 01s
 
         def done() -> bool:
             return (limit is not None and len(got) >= limit) or (stop is not None and stop())
 
-        self.transport.consume(self.names.inboxes(self.organ_id), handle, idle_timeout=idle_timeout, stop=done)
+        self.transport.consume_batches(
+            self.names.inboxes(self.organ_id),
+            handle,
+            prefetch=100 if limit is None else 1,
+            max_batch=50 if limit is None else 1,
+            idle_timeout=idle_timeout,
+            stop=done,
+        )
         return got
 
     def accept_crl(self, data: bytes) -> int:
@@ -307,27 +353,77 @@ class Adapter:
 
     def accept(self, body: bytes, message_id: str = "", *, hand: bool = True) -> InboxItem | None:
         """Verify and store one delivered message; None when it was already stored."""
+        item, msg = self._accept_many([(body, message_id)])[0]
+        if item is not None and hand:
+            item = self._hand(item, msg)
+            self.flush()
+        return item
+
+    def _accept_many(self, deliveries: Sequence[tuple[bytes, str]]) -> list[tuple[InboxItem | None, Any]]:
+        """Verify each delivery, then store them all, with their 01 answers, in one transaction.
+
+        Returns (item, verified message) per delivery; item is None when it was stored before.
+        """
         Inbox = self.store.Inbox
-        digest = message_id or sha256(body)
-        if Inbox.get_or_none(Inbox.digest == digest) is not None:
-            return None
+        digests = [message_id or sha256(body) for body, message_id in deliveries]
+        known = {r.digest for r in Inbox.select(Inbox.digest).where(Inbox.digest.in_(digests))}
+        rows: list[dict[str, Any] | None] = []
+        messages: list[Any] = []
+        answers: list[tuple[edxml.Message, bytes]] = []
+        for (body, _), digest in zip(deliveries, digests, strict=True):
+            if digest in known:
+                rows.append(None)
+                messages.append(None)
+                continue
+            known.add(digest)
+            row, msg = self._verified_row(body, digest)
+            rows.append(row)
+            messages.append(msg)
+            if isinstance(msg, Edoc) and self.auto_arrived:
+                arrived = self._status(msg.document_id, msg.sender.organ_id, "01")
+                answers.append((arrived, compose.sign(arrived, self.identity)))
+        stored: list[str] = []
+        with self.store.write():  # the documents and their 01 answers, or none of them
+            for row, msg in zip(rows, messages, strict=True):
+                if row is None or not Inbox.insert(**row).on_conflict_ignore().execute():
+                    continue
+                stored.append(row["digest"])
+                if isinstance(msg, Edoc) and msg.business.doc_type in SUPERSEDED:
+                    for doc in related_document_ids(msg):
+                        Inbox.update(superseded=SUPERSEDED[msg.business.doc_type]).where(
+                            (Inbox.document_id == doc)
+                            & (Inbox.sender == msg.sender.organ_id)
+                            & (Inbox.digest != row["digest"])
+                        ).execute()
+            for arrived, raw in answers:
+                self._outbox_row(arrived, raw, sha256(raw))
+        by_digest = {r.digest: self._item(r) for r in Inbox.select().where(Inbox.digest.in_(stored))}
+        for item in by_digest.values():
+            if item.state == "invalid" and item.reason:  # "[reason] detail": callers get the reason
+                item.reason = item.reason[1:].split("]", 1)[0]
+        return [
+            (by_digest[d], m) if d in by_digest and r is not None else (None, None)
+            for d, r, m in zip(digests, rows, messages, strict=True)
+        ]
+
+    def _verified_row(self, body: bytes, digest: str) -> tuple[dict[str, Any], Any]:
+        """The inbox row for one delivery: verified, or kept as invalid with the reason."""
         try:
             opened = open_envelope(body, self.trust, from_hub=True)
         except Refused as exc:
-            with self.store.write():
-                Inbox.insert(
-                    digest=digest,
-                    kind="unknown",
-                    state="invalid",
-                    reason=f"[{exc.reason}] {exc.message}",
-                    sender="",
-                    document_id="",
-                    raw=body,
-                ).on_conflict_ignore().execute()
             log.warning("refused a delivery: [%s] %s", exc.reason, exc.message)
-            return InboxItem(digest, "unknown", "invalid", "", "", "", None, exc.reason)
+            row = {
+                "digest": digest,
+                "kind": "unknown",
+                "state": "invalid",
+                "reason": f"[{exc.reason}] {exc.message}",
+                "sender": "",
+                "document_id": "",
+                "raw": body,
+            }
+            return row, None
         msg = opened.message
-        row: dict[str, Any] = {
+        row = {
             "digest": digest,
             "kind": msg.kind,
             "state": "new",
@@ -339,32 +435,17 @@ class Adapter:
             row.update(code=msg.code, subject=msg.subject, priority=msg.priority)
         else:
             row.update(status_code=msg.status_code, subject=msg.description, code=msg.response_for.code)
-        arrived = None
-        if isinstance(msg, Edoc) and self.auto_arrived:
-            arrived = self._status(msg.document_id, msg.sender.organ_id, "01")
-            arrived_raw = compose.sign(arrived, self.identity)
-        with self.store.write():  # the document and its 01 answer, or neither
-            if not Inbox.insert(**row).on_conflict_ignore().execute():
-                return None
-            if arrived is not None:
-                self._outbox_row(arrived, arrived_raw, sha256(arrived_raw))
-            if isinstance(msg, Edoc) and msg.business.doc_type in SUPERSEDED:
-                for doc in related_document_ids(msg):
-                    Inbox.update(superseded=SUPERSEDED[msg.business.doc_type]).where(
-                        (Inbox.document_id == doc) & (Inbox.sender == msg.sender.organ_id) & (Inbox.digest != digest)
-                    ).execute()
-        item = self._item(Inbox.get(Inbox.digest == digest))
-        if hand:
-            item = self._hand(item)
-            self.flush()
-        return item
+        return row, msg
 
-    def _hand(self, item: InboxItem) -> InboxItem:
-        """Give a stored item to the agency's system, once; mark it handed."""
+    def _hand(self, item: InboxItem, msg: edxml.Message | None = None) -> InboxItem:
+        """Give a stored item to the agency's system, once; mark it handed.
+
+        ``msg``: the message as verified when it was stored (else it is verified again)."""
         Inbox = self.store.Inbox
         if self.on_receive is not None and item.state == "new":
             row = Inbox.get(Inbox.digest == item.digest)
-            msg = open_envelope(bytes(row.raw), self.trust, from_hub=True).message
+            if msg is None:
+                msg = open_envelope(bytes(row.raw), self.trust, from_hub=True).message
             self.on_receive(item, msg, bytes(row.raw))
         if item.state == "new":
             Inbox.update(state="handed").where(Inbox.digest == item.digest).execute()

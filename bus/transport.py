@@ -60,6 +60,7 @@ class Outgoing:
     body: bytes
     message_id: str = ""
     headers: dict[str, Any] | None = None
+    user_id: str | None = None  # the publishing broker user, which RabbitMQ checks
 
 
 Handler = Callable[[Delivery], None]
@@ -264,6 +265,7 @@ class AmqpTransport:
                     content_type="application/xml",
                     message_id=item.message_id or None,
                     headers=item.headers or {},
+                    user_id=item.user_id,
                     timestamp=now,
                 )
                 self._seq += 1
@@ -520,7 +522,12 @@ class MemoryTransport:
         for item in items:
             try:
                 self.publish(
-                    item.exchange, item.routing_key, item.body, message_id=item.message_id, headers=item.headers
+                    item.exchange,
+                    item.routing_key,
+                    item.body,
+                    message_id=item.message_id,
+                    headers=item.headers,
+                    user_id=item.user_id,
                 )
                 results.append(None)
             except DeliveryFailed as exc:
