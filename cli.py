@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 import sys
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -934,9 +935,17 @@ def archive_export(document_id: str, folder: Path) -> None:
     original = folder / f"{m.digest[:16]}.edxml"
     original.write_bytes(raw)
     click.echo(str(original))
+    from bus.blobs import ChunkStore
+
+    files = ChunkStore(s.home / "blobs")
     for a in getattr(msg, "attachments", []):
         target = folder / Path(a.name).name
-        target.write_bytes(a.data)
+        if a.external is not None:  # a large file kept beside the archive, under its digest
+            if not files.has(a.external.sha256):
+                raise NotFound(f"the file of {a.name!r} (sha256:{a.external.sha256}) is not in the archive")
+            shutil.copyfile(files.file(a.external.sha256), target)
+        else:
+            target.write_bytes(a.data)
         click.echo(str(target))
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -43,6 +44,7 @@ from peewee import OperationalError
 from adapters.store import open_store, utcnow
 from bus import compose, edxml
 from bus.archive import sha256
+from bus.blobs import CHUNK_KIND, ChunkStore, External, chunk_headers, is_chunk, read_chunks
 from bus.brokeradmin import agency_url
 from bus.config import Settings
 from bus.edxml import Attachment, Edoc, Organ
@@ -58,6 +60,8 @@ from signing.identity import Identity
 
 log = logging.getLogger("docbus.adapter")
 SUPERSEDED = {REVOKE: "revoked", UPDATE: "updated", 3: "replaced"}
+RECEIVE_PREFETCH = 32  # deliveries held at once; with 1 MiB chunks, what bounds memory
+UPLOAD_WINDOW = 8  # unconfirmed chunks in flight while a large file is sent
 
 
 @dataclass
@@ -102,6 +106,7 @@ class Adapter:
         self.me = Organ(organ_id, self.identity.name)
         self.home = settings.agency_home(organ_id)
         self.store = open_store(self.home / "store.db")
+        self.chunks = ChunkStore(self.home / "files")  # large files sent and received (bus.blobs)
         self.crl_path = self.home / "crl.pem"
         self.trust = load_trust(settings, self.crl_path if self.crl_path.exists() else None)
         self.amqp_url = self._amqp_url()
@@ -154,7 +159,8 @@ class Adapter:
         ``business_doc_type`` 1 (revoke) or 2 (update) with ``about`` = the DocumentId
         concerned (the message keeps that DocumentId); 3 (replace) with ``replaces``.
         """
-        attachments = [f if isinstance(f, Attachment) else _attachment(Path(f), zipped) for f in files]
+        inline = self.settings.limits.inline_attachment_bytes
+        attachments = [f if isinstance(f, Attachment) else _attachment(Path(f), zipped, inline) for f in files]
         organs = [r if isinstance(r, Organ) else Organ(r) for r in recipients]
         edoc = compose.new_edoc(
             self.me,
@@ -200,11 +206,24 @@ class Adapter:
         )
 
     def _to_outbox(self, msg: edxml.Message) -> str:
-        """Sign ``msg`` and commit it to the outbox; returns its digest."""
+        """Sign ``msg`` and commit it to the outbox; returns its digest.
+
+        A large file is first copied under its digest (the clerk may delete the original),
+        and its upload recorded with the message, so both go out or neither."""
+        large = [a for a in getattr(msg, "attachments", []) if a.external is not None]
+        for a in large:
+            self.chunks.adopt(a.path, a.external)
         raw = compose.sign(msg, self.identity)
         digest = sha256(raw)
         with self.store.write():
             self._outbox_row(msg, raw, digest)
+            for a in large:
+                self.store.Upload.insert(
+                    outbox_digest=digest,
+                    sha256=a.external.sha256,
+                    size=a.external.size,
+                    chunk_size=a.external.chunk_size,
+                ).execute()
         return digest
 
     def _outbox_row(self, msg: edxml.Message, raw: bytes, digest: str) -> None:
@@ -220,6 +239,7 @@ class Adapter:
     def _publish(self, item: Any) -> bool:
         Outbox = self.store.Outbox
         try:
+            self._upload(item)
             self.transport.publish(
                 self.names.submit,
                 Names.submit_key(item.kind, self.organ_id, urgent=bool(item.urgent)),
@@ -234,6 +254,24 @@ class Adapter:
             Outbox.id == item.id
         ).execute()
         return True
+
+    def _uploads(self, item: Any) -> list[External]:
+        Upload = self.store.Upload
+        return [
+            External(u.sha256, u.size, u.chunk_size) for u in Upload.select().where(Upload.outbox_digest == item.digest)
+        ]
+
+    def _upload(self, item: Any) -> None:
+        """Publish the chunks of the large files ``item`` names, a few unconfirmed at a time."""
+        for ext in self._uploads(item):
+            key = Names.submit_key(CHUNK_KIND, self.organ_id)
+            chunks = (
+                Outgoing(self.names.submit, key, data, f"{ext.sha256}:{i}", chunk_headers(ext, i), self._user_id())
+                for i, data in read_chunks(self.chunks.file(ext.sha256), ext)
+            )
+            failures = [f for f in self.transport.publish_many(chunks, window=UPLOAD_WINDOW) if f is not None]
+            if failures:
+                raise failures[0]
 
     def _publish_failed(self, item: Any, exc: BrokerUnavailable | DeliveryFailed) -> None:
         Outbox = self.store.Outbox
@@ -263,8 +301,14 @@ class Adapter:
         Outbox = self.store.Outbox
         # a list, not a live cursor: SQLite would hold the write lock of each update until it closed
         waiting = list(Outbox.select().where(Outbox.published_at.is_null()).order_by(Outbox.urgent.desc(), Outbox.id))
-        if len(waiting) == 1:
-            return int(self._publish(waiting[0]))
+        Upload = self.store.Upload
+        if len(waiting) == 1 or Upload.select().where(Upload.outbox_digest.in_([w.digest for w in waiting])).exists():
+            sent = 0
+            for item in waiting:
+                if not self._publish(item):
+                    break
+                sent += 1
+            return sent
         sent = 0
         for start in range(0, len(waiting), 200):
             chunk = waiting[start : start + 200]
@@ -311,7 +355,11 @@ class Adapter:
         def handle(batch: list[Delivery]) -> None:
             accepted: list[tuple[InboxItem | None, Any]] = []
             docs: list[Delivery] = []
-            for d in [*batch, None]:  # in order: a revocation list applies to what comes after it
+            for d in batch:
+                if is_chunk(d.headers):  # large files arrive just ahead of their envelope
+                    self._stage_chunk(d)
+            for d in [*(x for x in batch if not is_chunk(x.headers)), None]:
+                # in order: a revocation list applies to what comes after it
                 if d is None or d.headers.get("x-docbus-kind") == CRL_KIND:
                     accepted += self._accept_many([(x.body, x.message_id) for x in docs]) if docs else []
                     docs = []
@@ -332,12 +380,24 @@ class Adapter:
         self.transport.consume_batches(
             self.names.inboxes(self.organ_id),
             handle,
-            prefetch=100 if limit is None else 1,
-            max_batch=50 if limit is None else 1,
+            prefetch=RECEIVE_PREFETCH if limit is None else 1,  # chunks are 1 MiB: this bounds memory
+            max_batch=RECEIVE_PREFETCH if limit is None else 1,
             idle_timeout=idle_timeout,
             stop=done,
         )
         return got
+
+    def _stage_chunk(self, d: Delivery) -> None:
+        try:
+            self.chunks.put("hub", d.headers, d.body)
+        except Refused as exc:
+            log.warning("dropped a chunk: %s", exc.message)
+
+    def _files_in_place(self, msg: edxml.Message) -> None:
+        """Assemble and check each large file ``msg`` names; point its attachment at the file."""
+        for att in getattr(msg, "attachments", []):
+            if att.external is not None:
+                att.path = self.chunks.assemble("hub", att.external)
 
     def accept_crl(self, data: bytes) -> int:
         """Take a revocation list from the bus if the CA signed it; returns how many serials it revokes."""
@@ -410,6 +470,7 @@ class Adapter:
         """The inbox row for one delivery: verified, or kept as invalid with the reason."""
         try:
             opened = open_envelope(body, self.trust, from_hub=True)
+            self._files_in_place(opened.message)
         except Refused as exc:
             log.warning("refused a delivery: [%s] %s", exc.reason, exc.message)
             row = {
@@ -523,7 +584,9 @@ class Adapter:
         )
         if row is None:
             raise NotFound(f"{document_id!r} is not in the inbox of {self.organ_id}")
-        return open_envelope(bytes(row.raw), self.trust, from_hub=True).message  # type: ignore[return-value]
+        msg = open_envelope(bytes(row.raw), self.trust, from_hub=True).message
+        self._files_in_place(msg)
+        return msg  # type: ignore[return-value]
 
     def save_attachments(self, document_id: str, folder: Path) -> list[Path]:
         """Write the document's attachments (verified again) into ``folder``."""
@@ -532,15 +595,21 @@ class Adapter:
         paths = []
         for a in edoc.attachments:
             target = folder / Path(a.name).name  # never a path from the sender
-            target.write_bytes(a.data)
+            if a.path is not None:
+                shutil.copyfile(a.path, target)  # a large file: copied, never read whole
+            else:
+                target.write_bytes(a.data)
             paths.append(target)
         return paths
 
 
-def _attachment(path: Path, zipped: bool) -> Attachment:
+def _attachment(path: Path, zipped: bool, inline_limit: int) -> Attachment:
+    """A file to send: inside the envelope, or (over ``inline_limit``) by reference in chunks."""
     if not path.is_file():
         raise NotFound(f"attachment {path} does not exist")
     ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if path.stat().st_size > inline_limit:
+        return Attachment.from_file(path, ctype, content_id=f"cid:{sha256(path.name.encode())[:12]}")
     return Attachment.from_bytes(
         path.name, path.read_bytes(), ctype, content_id=f"cid:{sha256(path.name.encode())[:12]}", zipped=zipped
     )

@@ -24,6 +24,7 @@ class Store:
     db: SqliteDatabase
     Outbox: Any
     Inbox: Any
+    Upload: Any
 
     def write(self) -> Any:
         """A write transaction that takes SQLite's write lock at BEGIN: the adapter process and a
@@ -73,6 +74,14 @@ def open_store(path: Path) -> Store:
         raw = BlobField()
         received_at = DateTimeField(default=utcnow)
 
+    class Upload(Base):
+        """A large file an outbox message names (bus.blobs): its chunks go out just before it."""
+
+        outbox_digest = CharField(max_length=64, index=True)
+        sha256 = CharField(max_length=64)
+        size = IntegerField()
+        chunk_size = IntegerField()
+
     db.connect(reuse_if_open=True)
-    db.create_tables([Outbox, Inbox], safe=True)
-    return Store(db, Outbox, Inbox)
+    db.create_tables([Outbox, Inbox, Upload], safe=True)
+    return Store(db, Outbox, Inbox, Upload)

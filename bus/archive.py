@@ -273,6 +273,19 @@ def split_payloads(raw: bytes, attachments: Iterable[Any]) -> tuple[bytes, list[
     skeleton = raw
     parts: list[dict[str, Any]] = []
     for att in attachments:
+        external = getattr(att, "external", None)
+        if external is not None:  # a large file kept on disk beside the archive (bus.blobs)
+            parts.append(
+                {
+                    "content_id": att.content_id[:300],
+                    "name": att.name[:500],
+                    "content_type": att.content_type[:200],
+                    "size": external.size,
+                    "sha256": external.sha256,
+                    "payload": f"file:{external.chunk_size}",
+                }
+            )
+            continue
         text = (att._encoded or "").encode("ascii", errors="ignore")
         if not text:
             continue
@@ -564,7 +577,8 @@ class Archive:
                 skeleton_digest = sha256(skeleton)
                 blobs[skeleton_digest] = skeleton
                 for part in parts:
-                    blobs[part["payload"]] = part["_bytes"]
+                    if "_bytes" in part:
+                        blobs[part["payload"]] = part["_bytes"]
                 parts_of[digest] = parts
                 rows.append(
                     {"received_at": now}

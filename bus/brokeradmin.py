@@ -56,7 +56,7 @@ def agency_permissions(names: Names, organ_id: str, vhost: str) -> Permissions:
         write=f"^{re.escape(names.submit)}$",
         read=f"^{re.escape(names.inbox(organ_id))}(\\.urgent)?$",
         topic_exchange=names.submit,
-        topic_write=f"^(urgent\\.)?(edoc|status)\\.{key}$",
+        topic_write=f"^(urgent\\.)?(edoc|status|chunk)\\.{key}$",
         topic_read="^$",
     )
 

@@ -18,10 +18,12 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from lxml import etree
 
+from bus.blobs import EXT_NS, External
 from bus.config import Limits
 from bus.errors import MalformedEnvelope, SchemaViolation
 
@@ -183,6 +185,22 @@ class Attachment:
     _data: bytes | None = None
     _encoded: str | None = None
     _max_bytes: int = Limits().max_attachment_bytes
+    # a large file travelling in chunks beside the envelope (bus.blobs); ``path``: where it
+    # is on this machine, once it is here and its digest checked
+    external: External | None = None
+    path: Path | None = None
+
+    @classmethod
+    def from_file(cls, path: Path, content_type: str, *, content_id: str = "") -> Attachment:
+        """A large file by reference: its digest is read now, its bytes travel in chunks."""
+        return cls(
+            content_id=content_id or f"cid:{path.name}",
+            name=path.name,
+            content_type=content_type,
+            description=path.name,
+            external=External.of_file(path),
+            path=path,
+        )
 
     @classmethod
     def from_bytes(
@@ -199,15 +217,28 @@ class Attachment:
 
     @property
     def data(self) -> bytes:
+        """The file's bytes (for a large external file: read whole from ``path``; prefer the path)."""
         if self._data is None:
+            if self.external is not None:
+                if self.path is None:
+                    raise SchemaViolation(f"the file of {self.name!r} is not on this machine", reason="not-found")
+                return self.path.read_bytes()
             self._data = _decode(self._encoded or "", self.zipped, self.name, self._max_bytes)
         return self._data
 
     @property
+    def size(self) -> int:
+        return self.external.size if self.external is not None else len(self.data)
+
+    @property
     def sha256(self) -> str:
+        if self.external is not None:
+            return self.external.sha256
         return hashlib.sha256(self.data).hexdigest()
 
     def encoded(self) -> str:
+        if self.external is not None:
+            return ""
         if self._encoded is None:
             raw = self.data
             if self.zipped:
@@ -489,6 +520,7 @@ def _parse_attachments(root: etree._Element, envelope: etree._Element | None, li
         ref = refs.get(cid)
         transfer_type = _text(a, "ContentType")
         body = _child(a, "ContentTransferEncoded")
+        ext = a.find(f"{{{EXT_NS}}}External")
         out.append(
             Attachment(
                 content_id=cid,
@@ -498,6 +530,7 @@ def _parse_attachments(root: etree._Element, envelope: etree._Element | None, li
                 zipped=transfer_type.lower() == ZIP_TYPE,
                 _encoded=(body.text or "") if body is not None else "",
                 _max_bytes=limits.max_attachment_bytes,
+                external=External.from_attributes(ext.attrib) if ext is not None else None,
             )
         )
     return out
@@ -583,6 +616,8 @@ def build_tree(msg: Message, *, signature_placeholder: bool = True) -> etree._El
                 _sub(att, "Description", a.description or a.name)
                 _sub(att, "ContentType", ZIP_TYPE if a.zipped else a.content_type)
                 _sub(att, "ContentTransferEncoded", a.encoded(), nsmap={"edXML": NS})
+                if a.external is not None:
+                    etree.SubElement(att, f"{{{EXT_NS}}}External", a.external.attributes(), nsmap={"dbx": EXT_NS})
     return root
 
 
@@ -729,7 +764,7 @@ def summary(msg: Message) -> dict[str, Any]:
                 "name": a.name,
                 "content_type": a.content_type,
                 "zipped": a.zipped,
-                "size": len(a.data),
+                "size": a.size,
                 "sha256": a.sha256,
             }
             for a in msg.attachments

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from peewee import OperationalError
 
 from bus import compose, edxml, search
-from bus.archive import Archive, Entry, Message, sha256
+from bus.archive import Archive, AttachmentRecord, Entry, Message, sha256
+from bus.blobs import AttachmentIncomplete, ChunkStore, External, chunk_headers, is_chunk, read_chunks
 from bus.config import Settings
 from bus.deadletter import REPLAY_KEY, REPLAY_USER, record_failure
 from bus.edxml import Edoc, Organ, Status
@@ -39,6 +41,10 @@ from signing.identity import Identity
 
 log = logging.getLogger("docbus.router")
 RECALL_REQUEST = "13"
+CHUNK_PREFETCH = 8  # chunks are up to 1 MiB: this bounds what a router holds of them
+CHUNK_WAIT_SECONDS = 600.0  # an envelope waits this long for its chunks, then is refused
+WAITING_SINCE = "x-docbus-waiting-since"
+CHUNK_WINDOW = 8  # unconfirmed chunks in flight while a large file is delivered
 TRANSIENT_RETRIES = 5
 QUARANTINE_HEAD = 64 * 1024  # bytes kept of a refusal over the size limit
 
@@ -60,6 +66,7 @@ class Submission:
     routing_key: str
     user_id: str | None = None
     redelivered: bool = False
+    headers: dict[str, Any] = field(default_factory=dict)
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +103,7 @@ class Router:
         self.hub = hub
         self.gate = Gate(settings, trust)
         self.registry = self.gate.registry
+        self.chunks = ChunkStore(settings.home / "blobs")
         self.processed = 0
 
     # -- the AMQP side
@@ -105,7 +113,7 @@ class Router:
             # replayed by an operator through the default exchange, which no agency may write to
             routing_key = str(delivery.headers.get(REPLAY_KEY, ""))
             user_id = delivery.headers.get(REPLAY_USER) or None
-        return Submission(delivery.body, routing_key, user_id, delivery.redelivered)
+        return Submission(delivery.body, routing_key, user_id, delivery.redelivered, delivery.headers)
 
     def handle(self, delivery: Delivery) -> None:
         self.handle_batch([delivery])
@@ -162,9 +170,10 @@ class Router:
         max_batch: int = 100,
     ) -> None:
         self.transport.consume_batches(
-            [self.names.router_urgent, self.names.router_queue],
+            # chunks first (each is a quick write), with a small prefetch: they are 1 MiB each
+            [self.names.router_chunks, self.names.router_urgent, self.names.router_queue],
             self.handle_batch,
-            prefetch=prefetch,
+            prefetch=[CHUNK_PREFETCH, prefetch, prefetch],
             max_batch=max_batch,
             idle_timeout=idle_timeout,
             stop=stop,
@@ -225,6 +234,9 @@ class Router:
         first: dict[str, int] = {}
         checked: list[tuple[int, Opened]] = []
         for i, sub in enumerate(subs):
+            if is_chunk(sub.headers):
+                batch.outcomes[i] = self._stage_chunk(sub)
+                continue
             existing = archived.get(sub.digest)
             if existing is not None:
                 self._seen(batch, i, sub, existing)
@@ -241,6 +253,10 @@ class Router:
                 opened = self.gate.check(sub.body, claimed=sub.claimed, user_id=sub.user_id, earlier=batch.earlier)
                 self._accept(batch, i, sub, opened)
                 checked.append((i, opened))
+            except _Waiting:
+                self._wait_for_chunks(sub)
+                batch.outcomes[i] = Outcome("waiting", sub.digest, "attachment-incomplete")
+                del first[sub.digest]
             except Refused as exc:
                 self._quarantine(batch, i, sub, exc)
         self._refuse_content_replays(batch, subs, checked)
@@ -280,6 +296,7 @@ class Router:
             raise PolicyRefusal(f"{msg.document_id} with this signed content was already accepted", reason="replay")
         fields = self._fields(msg, sub.user_id) | {"content_digest": content}
         if isinstance(msg, Edoc):
+            self._assemble(msg, sub)
             recipients = [r.organ_id for r in msg.recipients]
             entry = Entry(sub.body, fields, recipients, attachments=msg.attachments)
             batch.earlier.setdefault((msg.document_id, msg.sender.organ_id), set()).update(recipients)
@@ -290,6 +307,36 @@ class Router:
             batch.contents.add(key)
         batch.add(entry, i)
         batch.outcomes[i] = Outcome("accepted", sub.digest)
+
+    def _stage_chunk(self, sub: Submission) -> Outcome:
+        """Keep one chunk of a large file until the envelope naming it arrives."""
+        try:
+            self.chunks.put(sub.claimed, sub.headers, sub.body)
+        except Refused as exc:
+            log.warning("dropped a chunk from %s: %s", sub.claimed or sub.user_id, exc.message)
+            return Outcome("quarantined", sub.digest, exc.reason, exc.message)
+        return Outcome("staged", sub.digest)
+
+    def _assemble(self, msg: Edoc, sub: Submission) -> None:
+        """Every large file the verified edoc names, assembled from its sender's chunks and checked."""
+        for att in msg.attachments:
+            if att.external is None:
+                continue
+            try:
+                att.path = self.chunks.assemble(sub.claimed, att.external)
+            except AttachmentIncomplete:
+                since = float(sub.headers.get(WAITING_SINCE, 0) or 0) or time.time()
+                if time.time() - since < CHUNK_WAIT_SECONDS:
+                    raise _Waiting from None
+                raise
+
+    def _wait_for_chunks(self, sub: Submission) -> None:
+        """Put the envelope back behind the chunks still on their way (another router may hold
+        them).  Republished, not requeued: a requeue would spend the delivery limit."""
+        since = float(sub.headers.get(WAITING_SINCE, 0) or 0) or time.time()
+        headers = {REPLAY_KEY: sub.routing_key, REPLAY_USER: sub.user_id or "", WAITING_SINCE: since}
+        time.sleep(0.05)
+        self.transport.publish("", self.names.router_queue, sub.body, message_id=sub.digest, headers=headers)
 
     def _refuse_content_replays(self, batch: _Batch, subs: list[Submission], checked: list[tuple[int, Opened]]) -> None:
         """Byte variants of signed content already accepted (one query for the batch)."""
@@ -360,32 +407,47 @@ class Router:
     def _deliver_all(self, batch: _Batch) -> None:
         """Publish every pending delivery of the batch with streamed confirms, then mark the
         confirmed ones delivered (one transaction).  A failed delivery makes its submission
-        ``retry``: the broker redelivers it and only what is still pending goes out again."""
+        ``retry``: the broker redelivers it and only what is still pending goes out again.
+        The chunks of a large file go to each recipient just ahead of its envelope, on the
+        same queue, read from disk as they are sent."""
         if not batch.deliver:
             return
         pending = self.archive.undelivered_many(record for _, record, _ in batch.deliver)
         if not pending:
             return
         by_id = {record.id: (owner, record, body) for owner, record, body in batch.deliver}
-        out: list[Outgoing] = []
-        owners: list[int | None] = []
+        files = self._large_files([row.message_id for row in pending])
+        owners: list[int | None] = []  # per published item: the submission it delivers
+        rows_of: list[int] = []  # ... and its recipient row
         traced: dict[int, bytes] = {}
-        for row in pending:
-            owner, record, body = by_id[row.message_id]
-            if record.id not in traced:
-                traced[record.id] = append_hub_trace(body, self.hub.organ_id)
-            urgent = record.kind == "edoc" and record.priority >= URGENT_PRIORITY
-            headers = {
-                "x-docbus-kind": record.kind,
-                "x-docbus-sender": record.sender,
-                "x-docbus-document-id": record.document_id,
-                "x-docbus-priority": record.priority,
-            }
-            key = Names.deliver_key(row.organ_id, urgent=urgent)
-            out.append(Outgoing(self.names.deliver, key, traced[record.id], record.digest, headers))
-            owners.append(owner)
-        results = self.transport.publish_many(out)
-        done = [row for row, failure in zip(pending, results, strict=True) if failure is None]
+
+        def outgoing() -> Iterator[Outgoing]:
+            for n, row in enumerate(pending):
+                owner, record, body = by_id[row.message_id]
+                urgent = record.kind == "edoc" and record.priority >= URGENT_PRIORITY
+                key = Names.deliver_key(row.organ_id, urgent=urgent)
+                for ext, path in files.get(record.id, []):
+                    for index, data in read_chunks(path, ext):
+                        owners.append(owner)
+                        rows_of.append(n)
+                        yield Outgoing(
+                            self.names.deliver, key, data, f"{ext.sha256}:{index}", chunk_headers(ext, index)
+                        )
+                if record.id not in traced:
+                    traced[record.id] = append_hub_trace(body, self.hub.organ_id)
+                headers = {
+                    "x-docbus-kind": record.kind,
+                    "x-docbus-sender": record.sender,
+                    "x-docbus-document-id": record.document_id,
+                    "x-docbus-priority": record.priority,
+                }
+                owners.append(owner)
+                rows_of.append(n)
+                yield Outgoing(self.names.deliver, key, traced[record.id], record.digest, headers)
+
+        results = self.transport.publish_many(outgoing(), window=CHUNK_WINDOW if files else None)
+        failed = {rows_of[k] for k, failure in enumerate(results) if failure is not None}
+        done = [row for n, row in enumerate(pending) if n not in failed]
         self.archive.mark_delivered_many(done)
         for owner, failure in zip(owners, results, strict=True):
             if failure is None:
@@ -395,6 +457,17 @@ class Router:
                 batch.outcomes[owner] = Outcome("retry", current.digest, failure.reason, failure.message, failure)  # type: ignore[index]
             else:  # an answer to a refusal: the refusal stays archived with its reason
                 log.warning("could not deliver a refusal answer: %s", failure.message)
+
+    def _large_files(self, message_ids: list[int]) -> dict[int, list[tuple[External, Path]]]:
+        """The large files (bus.blobs) of these archived messages, by message id."""
+        rows = AttachmentRecord.select().where(
+            AttachmentRecord.message.in_(message_ids) & AttachmentRecord.payload.startswith("file:")
+        )
+        out: dict[int, list[tuple[External, Path]]] = {}
+        for r in rows:
+            ext = External(r.sha256, r.size, int(r.payload.split(":")[1]))  # payload "file:<chunk size>"
+            out.setdefault(r.message_id, []).append((ext, self.chunks.file(ext.sha256)))
+        return out
 
     def _quarantine(self, batch: _Batch, i: int, sub: Submission, exc: Refused) -> None:
         """Keep the refused bytes with the reason and tell the sender with a status 02."""
@@ -433,6 +506,10 @@ class Router:
         raw = compose.sign(status, self.hub)
         fields = self._fields(status, None) | {"reason": reason}
         batch.add(Entry(raw, fields, [claimed], status=self._status_event(status)), None)
+
+
+class _Waiting(Exception):
+    """A verified envelope whose large files have not all arrived yet."""
 
 
 def _content_digest(opened: Opened) -> str:

@@ -76,6 +76,11 @@ class Names:
         return f"{self.namespace}.router.urgent"
 
     @property
+    def router_chunks(self) -> str:
+        """Chunks of large files on their way to the router (bus.blobs)."""
+        return f"{self.namespace}.router.chunks"
+
+    @property
     def dead(self) -> str:
         return f"{self.namespace}.dead"
 
@@ -122,12 +127,14 @@ def core(names: Names) -> Topology:
         queues=(
             Queue(names.router_urgent, _quorum(names.dead)),
             Queue(names.router_queue, _quorum(names.dead)),
+            Queue(names.router_chunks, _quorum(names.dead)),
             Queue(names.dead, _quorum(None)),
         ),
         bindings=(
             Binding(names.submit, names.router_urgent, "urgent.#"),
             Binding(names.submit, names.router_queue, "edoc.#"),
             Binding(names.submit, names.router_queue, "status.#"),
+            Binding(names.submit, names.router_chunks, "chunk.#"),
             Binding(names.dead, names.dead, ""),
         ),
     )

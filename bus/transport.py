@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -79,14 +79,14 @@ class Transport(Protocol):
         headers: dict[str, Any] | None = None,
         user_id: str | None = None,
     ) -> None: ...
-    def publish_many(self, items: Sequence[Outgoing]) -> list[DeliveryFailed | None]: ...
+    def publish_many(self, items: Iterable[Outgoing], *, window: int | None = None) -> list[DeliveryFailed | None]: ...
     def get(self, queue: str) -> Delivery | None: ...
     def consume_batches(
         self,
         queues: str | Sequence[str],
         handler: BatchHandler,
         *,
-        prefetch: int = 10,
+        prefetch: int | Sequence[int] = 10,
         max_batch: int = 100,
         idle_timeout: float | None = None,
         stop: Callable[[], bool] | None = None,
@@ -239,27 +239,29 @@ class AmqpTransport:
         except (pex.AMQPError, OSError) as exc:
             raise _unavailable(self.url, exc) from exc
 
-    def publish_many(self, items: Sequence[Outgoing]) -> list[DeliveryFailed | None]:
+    def publish_many(self, items: Iterable[Outgoing], *, window: int | None = None) -> list[DeliveryFailed | None]:
         """Publish ``items`` with confirms streamed, not one round trip each; wait for all.
 
         Returns, per item, None once the broker confirmed it, or why it failed (returned as
         unroutable, or nacked).  A broker that goes away raises :class:`BrokerUnavailable`;
-        then nothing of the batch may be taken as published.
+        then nothing of the batch may be taken as published.  ``window``: at most this many
+        unconfirmed at a time, so a lazy ``items`` (the chunks of a large file) is never
+        all in memory.
 
         pika's BlockingConnection offers only one blocking confirm per message, so this
         publishes on a second channel through its asynchronous core and counts the
         confirms as they arrive (RabbitMQ numbers a channel's publishes 1, 2, 3...).
         """
-        if not items:
-            return []
         ch = self._stream_channel()
-        results: list[DeliveryFailed | None] = [None] * len(items)
         self._unconfirmed.clear()
         self._failed.clear()
         self._returned.clear()
         now = int(time.time())
+        count = 0
         try:
             for i, item in enumerate(items):
+                if window is not None and len(self._unconfirmed) >= window:
+                    ch._flush_output(lambda: len(self._unconfirmed) < window)
                 props = pika.BasicProperties(
                     delivery_mode=pika.DeliveryMode.Persistent,
                     content_type="application/xml",
@@ -272,7 +274,9 @@ class AmqpTransport:
                 self._unconfirmed[self._seq] = i
                 self._returned[(item.routing_key, item.message_id)] = i
                 ch._impl.basic_publish(item.exchange, item.routing_key, item.body, properties=props, mandatory=True)
-            ch._flush_output(lambda: not self._unconfirmed)
+                count = i + 1
+            if count:
+                ch._flush_output(lambda: not self._unconfirmed)
         except pex.ChannelClosedByBroker as exc:
             self._stream = None
             raise DeliveryFailed(
@@ -281,6 +285,7 @@ class AmqpTransport:
         except (pex.AMQPError, OSError) as exc:
             self._stream = None
             raise _unavailable(self.url, exc) from exc
+        results: list[DeliveryFailed | None] = [None] * count
         for i, failure in self._failed.items():
             results[i] = failure
         return results
@@ -362,7 +367,7 @@ class AmqpTransport:
         queues: str | Sequence[str],
         handler: BatchHandler,
         *,
-        prefetch: int = 10,
+        prefetch: int | Sequence[int] = 10,
         max_batch: int = 100,
         idle_timeout: float | None = None,
         stop: Callable[[], bool] | None = None,
@@ -373,14 +378,16 @@ class AmqpTransport:
         light (no waiting to fill a batch, so no added latency), many under load (so
         per-batch costs such as a database commit are shared).  ``queues`` are in priority
         order: whatever the first one holds comes before anything of the next (how urgent
-        documents overtake a backlog without queue priorities).
+        documents overtake a backlog without queue priorities).  ``prefetch``: one for all
+        queues, or one per queue (a queue of 1 MiB chunks gets a small one).
         """
         names = [queues] if isinstance(queues, str) else list(queues)
         buffers: dict[str, deque[tuple[Any, Any, bytes]]] = {q: deque() for q in names}
         tags: list[str] = []
+        prefetches = [prefetch] * len(names) if isinstance(prefetch, int) else list(prefetch)
         try:
-            self._ch.basic_qos(prefetch_count=prefetch)
-            for q in names:
+            for q, count in zip(names, prefetches, strict=True):
+                self._ch.basic_qos(prefetch_count=count)  # per consumer: RabbitMQ applies it to the next one
                 tags.append(
                     self._ch.basic_consume(
                         q, on_message_callback=lambda _ch, m, p, b, q=q: buffers[q].append((m, p, b))
@@ -482,6 +489,13 @@ class MemoryTransport:
         headers: dict[str, Any] | None = None,
         user_id: str | None = None,
     ) -> None:
+        if exchange == "":  # the default exchange: straight to the queue of that name
+            if routing_key not in self.queues:
+                raise DeliveryFailed(f"no queue {routing_key}", reason="unroutable")
+            self.queues[routing_key].append(
+                Delivery(bytes(body), routing_key, message_id, dict(headers or {}), user_id)
+            )
+            return
         kind = self.exchanges.get(exchange)
         if kind is None:
             raise DeliveryFailed(f"no exchange {exchange}", reason="refused-by-broker")
@@ -517,7 +531,7 @@ class MemoryTransport:
         d._reject = reject
         return d
 
-    def publish_many(self, items: Sequence[Outgoing]) -> list[DeliveryFailed | None]:
+    def publish_many(self, items: Iterable[Outgoing], *, window: int | None = None) -> list[DeliveryFailed | None]:
         results: list[DeliveryFailed | None] = []
         for item in items:
             try:
@@ -550,7 +564,7 @@ class MemoryTransport:
         queues: str | Sequence[str],
         handler: BatchHandler,
         *,
-        prefetch: int = 10,
+        prefetch: int | Sequence[int] = 10,
         max_batch: int = 100,
         idle_timeout: float | None = None,
         stop: Callable[[], bool] | None = None,
@@ -560,7 +574,7 @@ class MemoryTransport:
         while not (stop is not None and stop()):
             batch: list[Delivery] = []
             for q in names:
-                while len(batch) < min(max_batch, prefetch) and (d := self.get(q)) is not None:
+                while len(batch) < max_batch and (d := self.get(q)) is not None:
                     batch.append(d)
             if not batch:
                 return

@@ -1,0 +1,131 @@
+"""Large files travel in chunks beside a small signed envelope (bus.blobs), on the in-memory transport."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+
+import pytest
+
+from adapters import Adapter
+from bus import blobs, safexml
+from bus.archive import AttachmentRecord, Message
+from bus.blobs import ChunkStore, External
+from bus.errors import MalformedEnvelope, Refused
+from bus.router import Router, load_trust
+from bus.topology import Names
+
+PC, DEPT = "000.00.00.H61", "000.00.01.H61"
+SIZE = 2 * blobs.CHUNK_BYTES + 12345  # three chunks, the last one short
+
+
+@pytest.fixture
+def small_inline(memory_province):
+    """Files over 64 KiB travel as large files, so the tests stay small."""
+    p = memory_province
+    p.settings = replace(p.settings, limits=replace(p.settings.limits, inline_attachment_bytes=64 * 1024))
+    return p
+
+
+def big_file(tmp_path, size: int = SIZE):
+    path = tmp_path / "ban-do-quy-hoach.tif"
+    path.write_bytes(os.urandom(size))
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def router_of(p) -> Router:
+    return Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+
+
+def queue(p, name: str):
+    return p.transport.queues[name]
+
+
+def test_large_file_goes_in_chunks_and_arrives_intact(small_inline, tmp_path) -> None:
+    p = small_inline
+    path, digest = big_file(tmp_path)
+    names = Names(p.settings.namespace)
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        sent = dept.send([PC], subject="Bản đồ quy hoạch", number="7", notation="SNV", files=[path])
+    chunks = list(queue(p, names.router_chunks))
+    envelope = list(queue(p, names.router_queue))
+    assert len(chunks) == 3 and max(len(c.body) for c in chunks) <= blobs.CHUNK_BYTES
+    assert len(envelope) == 1 and len(envelope[0].body) < 20_000  # the file is not in the envelope
+    assert f'sha256="{digest}"'.encode() in envelope[0].body  # ... its digest is, signed
+    router_of(p).run()
+    record = Message.get(Message.document_id == sent.document_id)
+    assert record.state == "accepted"
+    att = AttachmentRecord.get(AttachmentRecord.message == record)
+    assert (att.sha256, att.size) == (digest, SIZE)
+    assert ChunkStore(p.settings.home / "blobs").has(digest)  # kept beside the archive
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        got = pc.receive()
+        assert [g.document_id for g in got] == [sent.document_id]
+        doc = pc.document(sent.document_id)
+        assert doc.attachments[0].path is not None
+        assert hashlib.sha256(doc.attachments[0].path.read_bytes()).hexdigest() == digest
+        saved = pc.save_attachments(sent.document_id, tmp_path / "saved")
+        assert hashlib.sha256(saved[0].read_bytes()).hexdigest() == digest
+
+
+def test_chunks_that_do_not_make_the_signed_digest_are_refused(small_inline, tmp_path) -> None:
+    p = small_inline
+    path, _ = big_file(tmp_path)
+    names = Names(p.settings.namespace)
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        sent = dept.send([PC], subject="Bản đồ", number="8", notation="SNV", files=[path])
+    chunk = queue(p, names.router_chunks)[1]
+    chunk.body = bytes([chunk.body[0] ^ 1]) + chunk.body[1:]  # one flipped bit in transit
+    router_of(p).run()
+    record = Message.get(Message.document_id == sent.document_id)
+    assert (record.state, record.reason) == ("quarantined", "attachment-digest")
+    assert not queue(p, names.inbox(PC))  # nothing delivered
+
+
+def test_envelope_waits_for_its_chunks_then_goes(small_inline, tmp_path) -> None:
+    p = small_inline
+    path, _ = big_file(tmp_path)
+    names = Names(p.settings.namespace)
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        sent = dept.send([PC], subject="Bản đồ", number="9", notation="SNV", files=[path])
+    held = list(queue(p, names.router_chunks))
+    queue(p, names.router_chunks).clear()  # another router still holds them
+    router = router_of(p)
+    router.process_batch([router.submission(queue(p, names.router_queue).popleft())])
+    assert not Message.select().where(Message.document_id == sent.document_id).exists()
+    assert len(queue(p, names.router_queue)) == 1  # put back behind the chunks, not dropped
+    queue(p, names.router_chunks).extend(held)
+    router.run()
+    assert Message.get(Message.document_id == sent.document_id).state == "accepted"
+
+
+def test_chunk_headers_out_of_bounds_are_refused(tmp_path) -> None:
+    store = ChunkStore(tmp_path)
+    ext = External("a" * 64, 10, 4)
+    good = blobs.chunk_headers(ext, 0)
+    with pytest.raises(MalformedEnvelope):
+        store.put("000.00.01.H61", good | {"x-docbus-index": 3}, b"1234")  # index past the end
+    with pytest.raises(MalformedEnvelope):
+        store.put("000.00.01.H61", good, b"12345")  # longer than a chunk
+    with pytest.raises(MalformedEnvelope):
+        External("a" * 64, blobs.MAX_FILE_BYTES + 1, 4)
+    with pytest.raises(Refused) as info:
+        store.assemble("000.00.01.H61", ext)
+    assert info.value.reason == "attachment-incomplete"
+
+
+def test_external_reference_is_inside_the_signature(small_inline, tmp_path) -> None:
+    """Changing the digest the envelope names breaks the sender's signature."""
+    from bus.envelope import open_envelope
+
+    p = small_inline
+    path, digest = big_file(tmp_path, 100_000)
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        dept.send([PC], subject="Bản đồ", number="10", notation="SNV", files=[path])
+    body = queue(p, Names(p.settings.namespace).router_queue)[0].body
+    forged = body.replace(digest.encode(), ("0" * 64).encode())
+    safexml.parse(forged)
+    with pytest.raises(Refused) as info:
+        open_envelope(forged, load_trust(p.settings))
+    assert info.value.reason == "signature-invalid"
