@@ -621,7 +621,9 @@ def router_run(idle_exit: float | None, prefetch: int, batch: int) -> None:
     archive = open_archive(s)
     hub = Identity.load(s.hub_organ_id, s.home / "hub")
     r = Router(s, amqp(s), archive, load_trust(s), hub)
-    click.echo(f"router consuming {r.names.router_urgent} and {r.names.router_queue}", err=True)
+    click.echo(
+        f"router consuming {r.names.router_urgent}, {r.names.router_queue} and {r.names.router_chunks}", err=True
+    )
     try:
         r.serve(lambda: AmqpTransport(s.amqp_url), idle_exit=idle_exit, prefetch=prefetch, max_batch=batch)
     except KeyboardInterrupt:

@@ -325,7 +325,7 @@ class Router:
             try:
                 att.path = self.chunks.assemble(sub.claimed, att.external)
             except AttachmentIncomplete:
-                since = float(sub.headers.get(WAITING_SINCE, 0) or 0) or time.time()
+                since = int(sub.headers.get(WAITING_SINCE, 0) or 0) or time.time()
                 if time.time() - since < CHUNK_WAIT_SECONDS:
                     raise _Waiting from None
                 raise
@@ -333,7 +333,7 @@ class Router:
     def _wait_for_chunks(self, sub: Submission) -> None:
         """Put the envelope back behind the chunks still on their way (another router may hold
         them).  Republished, not requeued: a requeue would spend the delivery limit."""
-        since = float(sub.headers.get(WAITING_SINCE, 0) or 0) or time.time()
+        since = int(sub.headers.get(WAITING_SINCE, 0) or 0) or int(time.time())  # AMQP tables: no floats
         headers = {REPLAY_KEY: sub.routing_key, REPLAY_USER: sub.user_id or "", WAITING_SINCE: since}
         time.sleep(0.05)
         self.transport.publish("", self.names.router_queue, sub.body, message_id=sub.digest, headers=headers)
