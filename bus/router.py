@@ -109,7 +109,7 @@ class Router:
     # -- the AMQP side
     def submission(self, delivery: Delivery) -> Submission:
         routing_key, user_id = delivery.routing_key, delivery.user_id
-        if routing_key in (self.names.router_queue, self.names.router_urgent):
+        if routing_key in (self.names.router_queue, self.names.router_urgent, self.names.router_wait):
             # replayed by an operator through the default exchange, which no agency may write to
             routing_key = str(delivery.headers.get(REPLAY_KEY, ""))
             user_id = delivery.headers.get(REPLAY_USER) or None
@@ -331,12 +331,13 @@ class Router:
                 raise
 
     def _wait_for_chunks(self, sub: Submission) -> None:
-        """Put the envelope back behind the chunks still on their way (another router may hold
-        them).  Republished, not requeued: a requeue would spend the delivery limit."""
+        """Park the envelope for a moment while its chunks are still on their way (the router
+        reads them from their own queue; another router may hold some).  The wait queue's
+        TTL sends it back to the router queue.  Republished, not requeued: a requeue would
+        spend the delivery limit and spin."""
         since = int(sub.headers.get(WAITING_SINCE, 0) or 0) or int(time.time())  # AMQP tables: no floats
         headers = {REPLAY_KEY: sub.routing_key, REPLAY_USER: sub.user_id or "", WAITING_SINCE: since}
-        time.sleep(0.05)
-        self.transport.publish("", self.names.router_queue, sub.body, message_id=sub.digest, headers=headers)
+        self.transport.publish("", self.names.router_wait, sub.body, message_id=sub.digest, headers=headers)
 
     def _refuse_content_replays(self, batch: _Batch, subs: list[Submission], checked: list[tuple[int, Opened]]) -> None:
         """Byte variants of signed content already accepted (one query for the batch)."""

@@ -81,6 +81,11 @@ class Names:
         return f"{self.namespace}.router.chunks"
 
     @property
+    def router_wait(self) -> str:
+        """Envelopes waiting a moment for their chunks; each goes back to the router queue after WAIT_MS."""
+        return f"{self.namespace}.router.wait"
+
+    @property
     def dead(self) -> str:
         return f"{self.namespace}.dead"
 
@@ -110,6 +115,7 @@ class Names:
 
 
 URGENT_PRIORITY = 3  # hỏa tốc and hỏa tốc hẹn giờ
+WAIT_MS = 1000  # how long an envelope waits for its chunks before the router looks again
 
 
 def _quorum(dead_letter: str | None) -> dict[str, object]:
@@ -128,6 +134,15 @@ def core(names: Names) -> Topology:
             Queue(names.router_urgent, _quorum(names.dead)),
             Queue(names.router_queue, _quorum(names.dead)),
             Queue(names.router_chunks, _quorum(names.dead)),
+            Queue(
+                names.router_wait,
+                {
+                    "x-queue-type": "classic",
+                    "x-message-ttl": WAIT_MS,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": names.router_queue,
+                },
+            ),
             Queue(names.dead, _quorum(None)),
         ),
         bindings=(

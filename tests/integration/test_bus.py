@@ -45,6 +45,33 @@ def test_document_with_attachment_travels_and_statuses_come_back(broker_province
     assert [s["code"] for s in recipient["statuses"]] == ["01", "03"]
 
 
+def test_large_file_travels_in_chunks_through_the_broker(broker_province, tmp_path) -> None:
+    """A 6 MiB scan (over the 4 MiB inline limit) goes as chunks, sent with the agency's own broker user."""
+    import os
+
+    from bus.archive import AttachmentRecord
+
+    p = broker_province
+    scan = tmp_path / "ho-so-dat-dai.pdf"
+    scan.write_bytes(b"%PDF-1.4\n" + os.urandom(6 * 1024 * 1024))
+    digest = hashlib.sha256(scan.read_bytes()).hexdigest()
+    with (
+        RouterThread(p.settings, p.archive, p.hub) as rt,
+        Adapter(p.settings, DEPT) as dept,
+        Adapter(p.settings, PC, auto_arrived=False) as pc,
+    ):
+        sent = dept.send([PC], subject="Hồ sơ đất đai", number="126", notation="SNV-VP", files=[scan])
+        assert sent.published
+        got = receive_until(pc, 1)
+        assert [g.document_id for g in got] == [sent.document_id]
+        stored = pc.document(sent.document_id).attachments[0].path
+        assert stored is not None and hashlib.sha256(stored.read_bytes()).hexdigest() == digest
+        assert rt.error is None
+    record = Message.get(Message.document_id == sent.document_id)
+    assert record.size < 20_000  # the archive keeps the small envelope ...
+    assert AttachmentRecord.get(AttachmentRecord.message == record).sha256 == digest  # ... and the file beside it
+
+
 def test_distribution_to_many_agencies(broker_province, tmp_path) -> None:
     p = broker_province
     f = tmp_path / "qd.pdf"
