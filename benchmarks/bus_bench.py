@@ -37,7 +37,7 @@ from bus.archive import Archive, Message, Recipient
 from bus.config import Settings
 from bus.edxml import Attachment, Organ
 from bus.topology import Names
-from bus.transport import AmqpTransport
+from bus.transport import AmqpTransport, Outgoing
 from signing.identity import Identity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,8 +144,12 @@ def router_throughput(
     names = Names(b.settings.namespace)
     t = AmqpTransport(b.settings.amqp_url)
     try:
-        for sender, data in docs:
-            t.publish(names.submit, Names.submit_key("edoc", sender), data, user_id="guest")
+        failures = t.publish_many(
+            (Outgoing(names.submit, Names.submit_key("edoc", sender), data, user_id="guest") for sender, data in docs),
+            window=1000,
+        )
+        if any(failures):
+            raise RuntimeError(f"the broker refused {sum(1 for f in failures if f)} of the benchmark's documents")
     finally:
         t.close()
     archive = Archive(b.settings.archive_url)

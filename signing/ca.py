@@ -90,9 +90,9 @@ class CertificateAuthority:
         self.cert = cert
         self.key = key
         self.policy = policy
-        # DER of certificates whose CA signature already verified; validity and revocation
-        # are still checked on every call, since they depend on the time and the CRL.
-        self._issued: set[bytes] = set()
+        # certificates whose CA signature already verified (equal when their DER is equal);
+        # validity and revocation are still checked on every call: they depend on the time and the CRL
+        self._issued: set[x509.Certificate] = set()
 
     # -- storage
     @staticmethod
@@ -198,12 +198,11 @@ class CertificateAuthority:
         Returns the OrganId inside it.  Raises :class:`SignatureRejected` with a specific reason.
         """
         at = at or _now()
-        der = cert.public_bytes(serialization.Encoding.DER)
-        if der not in self._issued:
+        if cert not in self._issued:
             self._check_issuer(cert)
             if len(self._issued) > 4096:
                 self._issued.clear()
-            self._issued.add(der)
+            self._issued.add(cert)
         if at < cert.not_valid_before_utc:
             raise SignatureRejected(
                 f"certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}",

@@ -1,0 +1,47 @@
+"""`docbus bench` runs and reports (a smoke run: the figures themselves are for docs/PERFORMANCE.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.broker
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
+    env = dict(os.environ, DOCBUS_HOME=str(tmp_path / "home"), DOCBUS_AMQP_URL=broker_url)
+    env.pop("DOCBUS_DB_URL", None)
+    args = ["--documents", "30", "--agencies", "3", "--workers", "1", "--rate", "20", "--latency-seconds", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "bench", *args, "--large-mib", "5", "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["router"]["delivered"] == report["router"]["documents"] == 30
+    assert report["raw_relay"]["relayed"] == 30 and report["router_vs_relay"] > 0
+    assert report["latency"]["stored"] == report["latency"]["documents"] == 20
+    assert {"p50_ms", "p95_ms", "p99_ms"} <= set(report["latency"])
+    large = report["large_attachment"]
+    assert large["intact"] is True and large["bytes"] == 5 * 1024 * 1024
+    assert set(large["peak_rss_mib"]) == {"docbus send (adapter)", "docbus router run", "docbus adapter run"}
+    table = subprocess.run(
+        [sys.executable, "-m", "cli", "bench", *args, "--only", "router"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "router / relay" in table.stdout and "docs/s" in table.stdout
