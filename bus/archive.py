@@ -430,7 +430,8 @@ def _insert_many(model: type[Base], rows: list[dict[str, Any]], *, ignore: bool 
         columns = ", ".join(f'"{f.column_name}"' for f in fields)
         verb = "INSERT OR IGNORE" if ignore else "INSERT"
         sql = f'{verb} INTO "{model._meta.table_name}" ({columns}) VALUES ({", ".join("?" * len(fields))})'
-        params = [tuple(f.db_value(row[f.name]) for f in fields) for row in rows]
+        plain = (str, int, float, bytes, type(None))
+        params = [tuple(v if isinstance(v := row[f.name], plain) else f.db_value(v) for f in fields) for row in rows]
         db.obj.cursor().executemany(sql, params)
         return
     step = max(1, 900 // max(1, len(rows[0])))
@@ -586,8 +587,11 @@ class Archive:
                     | {"digest": digest, "size": len(e.raw), "skeleton": skeleton_digest}
                 )
             _insert_many(Blob, [{"sha256": k, "size": len(v), "data": v} for k, v in blobs.items()], ignore=True)
-            _insert_many(Message, _uniform(Message, rows))
-            created = self.find(list(fresh))
+            rows = _uniform(Message, rows)
+            _insert_many(Message, rows)
+            ids = dict(self._ids(list(fresh)))
+            # the records as written (no need to read every column back)
+            created = {row["digest"]: Message(id=ids[row["digest"]], **row) for row in rows}
             _insert_many(
                 Recipient,
                 [
@@ -610,6 +614,15 @@ class Archive:
             )
             append_chain_many(sorted(created.values(), key=lambda m: m.id))
         return created, set(fresh)
+
+    @staticmethod
+    def _ids(digests: list[str]) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        for i in range(0, len(digests), 500):
+            out.extend(
+                Message.select(Message.digest, Message.id).where(Message.digest.in_(digests[i : i + 500])).tuples()
+            )
+        return out
 
     @staticmethod
     def find(digests: Iterable[str]) -> dict[str, Message]:
