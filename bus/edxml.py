@@ -363,18 +363,11 @@ Message = Edoc | Status
 
 
 def _children(el: etree._Element, name: str) -> list[etree._Element]:
-    tag = q(name)
-    return [c for c in el if c.tag == tag]
+    return el.findall(q(name))  # direct children only (lxml, in C)
 
 
 def _child(el: etree._Element | None, name: str) -> etree._Element | None:
-    if el is None:
-        return None
-    tag = q(name)
-    for c in el:
-        if c.tag == tag:
-            return c
-    return None
+    return el.find(q(name)) if el is not None else None
 
 
 def _nested(el: etree._Element | None, container: str, name: str) -> list[etree._Element]:
