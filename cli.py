@@ -1068,7 +1068,13 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
     help="Pre-signed 5 KB edocs for the throughput runs.",
 )
 @click.option("--agencies", type=click.IntRange(2), default=150, show_default=True)
-@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Router processes.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Router processes (they overlap confirm waits).",
+)
 @click.option("--rate", type=float, default=200, show_default=True, help="Offered documents/s for the latency run.")
 @click.option("--latency-seconds", type=float, default=10, show_default=True)
 @click.option("--large-mib", type=float, default=1024, show_default=True, help="Size of the large-attachment run.")

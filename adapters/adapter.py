@@ -60,7 +60,7 @@ from signing.identity import Identity
 
 log = logging.getLogger("docbus.adapter")
 SUPERSEDED = {REVOKE: "revoked", UPDATE: "updated", 3: "replaced"}
-RECEIVE_PREFETCH = 32  # deliveries held at once; with 1 MiB chunks, what bounds memory
+RECEIVE_PREFETCH = 16  # deliveries held at once (chunks 1 MiB, envelopes at most 4 MiB): bounds memory
 UPLOAD_WINDOW = 8  # unconfirmed chunks in flight while a large file is sent
 
 

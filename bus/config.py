@@ -23,10 +23,12 @@ class Limits:
     memory or CPU; raise them knowingly.
     """
 
-    max_envelope_bytes: int = 16 * 1024 * 1024
+    # files over inline_attachment_bytes travel in chunks (bus.blobs), so an envelope stays
+    # small; a router may hold its prefetch of them at once, which this bounds
+    max_envelope_bytes: int = 4 * 1024 * 1024
     max_depth: int = 32
     max_attachment_bytes: int = 64 * 1024 * 1024  # decoded (and unzipped) size of one file
-    inline_attachment_bytes: int = 4 * 1024 * 1024  # larger files travel in chunks (bus.blobs)
+    inline_attachment_bytes: int = 2 * 1024 * 1024  # larger files travel in chunks (bus.blobs)
     max_recipients: int = 500
     max_age_hours: float = 168.0  # a signed message older than this is refused (replay window)
     max_clock_skew_minutes: float = 10.0  # ... and one signed further in the future than this
