@@ -640,7 +640,9 @@ def adapter() -> None:
 @click.option("--agency", "code", required=True)
 @click.option("--idle-exit", type=float, default=None, help="Stop after this many seconds without a delivery.")
 @click.option(
-    "--drop", type=click.Path(file_okay=False, path_type=Path), help="Write each received message (signed edXML) here."
+    "--drop",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write each received message (signed edXML) here, and large files beside it as <digest>-<name>.",
 )
 @guarded
 def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
@@ -662,6 +664,11 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
         if drop is not None:
             drop.mkdir(parents=True, exist_ok=True)
             target = drop / f"{item.digest[:16]}.edxml"
+            for att in getattr(msg, "attachments", []):
+                if att.path is not None:  # a large file: beside its envelope, before it
+                    copy = drop / f"{item.digest[:16]}-{Path(att.name).name}"
+                    shutil.copyfile(att.path, copy.with_suffix(copy.suffix + ".part"))
+                    copy.with_suffix(copy.suffix + ".part").replace(copy)
             tmp = target.with_suffix(".part")
             tmp.write_bytes(raw)
             tmp.replace(target)  # the agency's system never sees half a file
@@ -968,7 +975,10 @@ def archive_verify(no_signatures: bool, as_json: bool) -> None:
     trust = replace(load_trust(s), revoked_serials=frozenset())  # as the certificates were at arrival
     total = ChainEntry.select().count()
     with click.progressbar(length=total, label="verifying the archive", file=sys.stderr, show_pos=True) as bar:
-        result = verify_archive(trust, signatures=not no_signatures, progress=bar.update)
+        from bus.blobs import ChunkStore
+
+        files = ChunkStore(s.home / "blobs")
+        result = verify_archive(trust, signatures=not no_signatures, progress=bar.update, files=files)
     if as_json:
         emit_json(
             {

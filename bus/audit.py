@@ -3,17 +3,20 @@
 Walks the hash chain in order and, for every entry: recomputes the entry hash from the
 row as it is now (any edit to indexed metadata shows), rebuilds the stored bytes and checks
 their digest (any edit to a blob shows), and re-verifies the signature of every accepted
-message with the certificates as they were when it arrived.  It names the first entry that
-fails and why.
+message with the certificates as they were when it arrived; large files kept beside the
+archive (``bus.blobs``) are re-hashed against the digest their signed envelope names.  It
+names the first entry that fails and why.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bus.archive import ChainEntry, Message, assemble, entry_hash, sha256
+from bus.archive import AttachmentRecord, ChainEntry, Message, assemble, entry_hash, sha256
+from bus.blobs import ChunkStore
 from bus.envelope import Trust, open_envelope
 from bus.errors import NotFound, Refused
 
@@ -38,8 +41,13 @@ class AuditResult:
 
 
 def verify_archive(
-    trust: Trust, *, signatures: bool = True, progress: Callable[[int], None] | None = None
+    trust: Trust,
+    *,
+    signatures: bool = True,
+    progress: Callable[[int], None] | None = None,
+    files: ChunkStore | None = None,
 ) -> AuditResult:
+    """``files``: where the router keeps large files (``$DOCBUS_HOME/blobs``); None skips them."""
     prev = "0" * 64
     checked = signed = 0
     query = ChainEntry.select(ChainEntry, Message).join(Message).order_by(ChainEntry.seq)
@@ -69,6 +77,10 @@ def verify_archive(
             return bad("the stored bytes were altered (digest mismatch)")
         if m.size != len(data) and m.reason != "too-large":
             return bad("the stored bytes were truncated")
+        if files is not None and m.state == "accepted":
+            problem = _large_files_problem(m, files)
+            if problem:
+                return bad(problem)
         if signatures and m.state == "accepted":
             received = m.received_at.replace(tzinfo=dt.UTC)
             try:
@@ -77,3 +89,21 @@ def verify_archive(
                 return bad(f"the signature no longer verifies: [{exc.reason}] {exc.message}")
             signed += 1
     return AuditResult(checked, signed, None)
+
+
+def _large_files_problem(m: Message, files: ChunkStore) -> str:
+    """What is wrong with the large files ``m`` names, or ''."""
+    rows = AttachmentRecord.select().where(
+        (AttachmentRecord.message == m) & AttachmentRecord.payload.startswith("file:")
+    )
+    for r in rows:
+        path = files.file(r.sha256)
+        if not path.is_file():
+            return f"the large file {r.name!r} (sha256:{r.sha256[:16]}...) is missing"
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+        if h.hexdigest() != r.sha256:
+            return f"the large file {r.name!r} was altered (its digest is not the signed one)"
+    return ""

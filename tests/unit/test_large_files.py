@@ -132,3 +132,22 @@ def test_external_reference_is_inside_the_signature(small_inline, tmp_path) -> N
     with pytest.raises(Refused) as info:
         open_envelope(forged, load_trust(p.settings))
     assert info.value.reason == "signature-invalid"
+
+
+def test_archive_verify_rehashes_large_files(small_inline, tmp_path) -> None:
+    from bus.audit import verify_archive
+
+    p = small_inline
+    path, digest = big_file(tmp_path, 200_000)
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        dept.send([PC], subject="Bản đồ", number="11", notation="SNV", files=[path])
+    router_of(p).run()
+    files = ChunkStore(p.settings.home / "blobs")
+    trust = load_trust(p.settings)
+    assert verify_archive(trust, files=files).ok
+    kept = files.file(digest)
+    kept.write_bytes(b"x" + kept.read_bytes()[1:])
+    bad = verify_archive(trust, files=files)
+    assert not bad.ok and "altered" in bad.first_problem.problem
+    kept.unlink()
+    assert "missing" in verify_archive(trust, files=files).first_problem.problem
