@@ -262,8 +262,11 @@ def raw_relay(amqp_url: str, bodies: list[bytes], namespace: str, prefetch: int 
     }
 
 
-def latency(b: Bench, count: int, rate: float) -> dict[str, Any]:
-    """Submit at ``rate`` per second through one sender adapter; time until the recipient stored each."""
+def latency(b: Bench, count: int, rate: float, workers: int = 3) -> dict[str, Any]:
+    """Submit at ``rate`` per second through one sender adapter (this process); time until the
+    recipient's adapter (``docbus adapter run --drop``, its own process, as an agency runs
+    it) has stored the document and handed it over: the drop file's modification time,
+    written after the store's commit."""
     sender, recipient = b.codes[0], b.codes[1]
     idents = Identity.load(sender, b.settings.agency_home(sender))
     edocs = [
@@ -278,20 +281,25 @@ def latency(b: Bench, count: int, rate: float) -> dict[str, Any]:
         for i in range(count)
     ]
     sent_at: dict[str, float] = {}
-    stored_at: dict[str, float] = {}
-    stop = threading.Event()
-
-    def on_receive(item: Any, msg: Any, raw: bytes) -> None:
-        stored_at[item.document_id] = time.perf_counter()
-
-    def receiver() -> None:
-        with Adapter(b.settings, recipient, on_receive=on_receive, auto_arrived=False) as r:
-            r.run(stop=stop.is_set)
-
-    rt = threading.Thread(target=receiver, daemon=True)
-    rt.start()
-    routers = [b.router() for _ in range(2)]
+    drop = b.settings.home / "latency-drop"
+    shutil.rmtree(drop, ignore_errors=True)
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "cli", "adapter", "run", "--agency", recipient, "--drop", str(drop)],
+        env=b.env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    b.procs.append(receiver)
+    routers = [b.router() for _ in range(workers)]
     time.sleep(2.0)  # routers and receiver connected
+
+    def stored() -> dict[str, float]:
+        """DocumentId -> when its drop file was written, for this run's documents."""
+        files = {f.name[:16]: f.stat().st_mtime for f in drop.glob("*.edxml")} if drop.is_dir() else {}
+        return {doc: files[digest] for doc, digest in digests.items() if digest in files}
+
+    digests: dict[str, str] = {}
     with Adapter(b.settings, sender) as s:
         start = time.perf_counter()
         for i, edoc in enumerate(edocs):
@@ -299,17 +307,17 @@ def latency(b: Bench, count: int, rate: float) -> dict[str, Any]:
             delay = target - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            sent_at[edoc.document_id] = time.perf_counter()
-            if not s.submit(edoc).published:  # sign, outbox, publish: what an agency's system calls
+            sent_at[edoc.document_id] = time.time()
+            result = s.submit(edoc)  # sign, outbox, publish: what an agency's system calls
+            digests[edoc.document_id] = result.digest[:16]
+            if not result.published:
                 log.warning("benchmark document %s stayed in the outbox", edoc.document_id)
         deadline = time.monotonic() + 30
-        # the recipient may also be taking older mail (the throughput run's): count only these
-        while sum(1 for d in sent_at if d in stored_at) < len(edocs) and time.monotonic() < deadline:
+        while len(stored()) < len(edocs) and time.monotonic() < deadline:
             s.flush()  # what `docbus adapter run` does with whatever the broker did not take
-            time.sleep(0.1)
+            time.sleep(0.2)
         unsent = s.pending()
-    stop.set()
-    rt.join(timeout=10)
+    stored_at = stored()
     b.stop()
     del routers
     samples = [stored_at[d] - sent_at[d] for d in sent_at if d in stored_at]
@@ -436,7 +444,7 @@ def run(
             ratio = router["docs_per_s"] / relay["msgs_per_s"] if router["docs_per_s"] and relay["msgs_per_s"] else None
             out |= {"raw_relay": relay, "router": router, "router_vs_relay": round(ratio, 3) if ratio else None}
         if "latency" in parts:
-            out["latency"] = latency(b, max(10, int(rate * latency_seconds)), rate)
+            out["latency"] = latency(b, max(10, int(rate * latency_seconds)), rate, workers)
         if "large" in parts:
             out["large_attachment"] = large_attachment(b, large_bytes)
     finally:
