@@ -281,6 +281,7 @@ def latency(b: Bench, count: int, rate: float, workers: int = 3) -> dict[str, An
         for i in range(count)
     ]
     sent_at: dict[str, float] = {}
+    _purge(b.settings.amqp_url, Names(b.settings.namespace).inboxes(recipient))  # the throughput run's mail
     drop = b.settings.home / "latency-drop"
     shutil.rmtree(drop, ignore_errors=True)
     receiver = subprocess.Popen(
@@ -327,6 +328,16 @@ def latency(b: Bench, count: int, rate: float, workers: int = 3) -> dict[str, An
         "stored": len(samples),
         "left_in_outbox": unsent,
     } | summary_ms(samples)
+
+
+def _purge(amqp_url: str, queues: list[str]) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        ch = conn.channel()
+        for q in queues:
+            ch.queue_purge(q)
+    finally:
+        conn.close()
 
 
 def large_attachment(b: Bench, size: int) -> dict[str, Any]:
