@@ -454,6 +454,9 @@ def run(
             router = router_throughput(b, docs, workers, tick)
             ratio = router["docs_per_s"] / relay["msgs_per_s"] if router["docs_per_s"] and relay["msgs_per_s"] else None
             out |= {"raw_relay": relay, "router": router, "router_vs_relay": round(ratio, 3) if ratio else None}
+            # the 20,000 delivered documents would sit in the inboxes (and the broker's memory)
+            names = Names(b.settings.namespace)
+            _purge(settings.amqp_url, [q for code in b.codes for q in names.inboxes(code)])
         if "latency" in parts:
             out["latency"] = latency(b, max(10, int(rate * latency_seconds)), rate, workers)
         if "large" in parts:
