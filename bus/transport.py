@@ -1,10 +1,11 @@
 """Transports: the real one over RabbitMQ (pika) and an in-memory one for fast unit tests.
 
 Both offer the same small surface: ``apply`` a topology, ``publish`` with a confirm (it
-returns only once the broker has taken responsibility, or raises), ``get`` one delivery,
-and ``consume`` deliveries into a handler that acks or rejects each one explicitly.
-Callers never see pika: every broker failure becomes :class:`BrokerUnavailable` or
-:class:`DeliveryFailed`.
+returns only once the broker has taken responsibility, or raises), ``publish_many`` with
+confirms streamed (one wait for a whole batch, a bounded window for a lazy stream of
+chunks), ``get`` one delivery, and ``consume`` / ``consume_batches`` deliveries into a
+handler that acks or rejects each one explicitly.  Callers never see pika: every broker
+failure becomes :class:`BrokerUnavailable` or :class:`DeliveryFailed`.
 """
 
 from __future__ import annotations
