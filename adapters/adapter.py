@@ -528,6 +528,7 @@ class Adapter:
         """Send the outbox and receive, forever: reconnects with backoff when the broker goes away."""
         stop = stop or (lambda: False)
         self.hand_pending()
+        self.chunks.sweep()  # chunks of deliveries whose envelope never came
         backoff = 0.5
         idle_since = time.monotonic()
         while not stop():

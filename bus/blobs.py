@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ CHUNK_BYTES = 1024 * 1024
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 MAX_FILE_BYTES = 16 * 1024 * 1024 * 1024
 READ_BYTES = 1024 * 1024
+STAGING_KEEP_SECONDS = 24 * 3600  # chunks whose envelope has not come by then are removed
 
 
 class AttachmentIncomplete(Refused):
@@ -187,6 +189,18 @@ class ChunkStore:
         os.replace(tmp, target)
         shutil.rmtree(folder, ignore_errors=True)
         return target
+
+    def sweep(self, older_than_seconds: float = STAGING_KEEP_SECONDS) -> int:
+        """Remove staged chunks nothing has added to for ``older_than_seconds`` (their envelope
+        never came, or was refused); returns how many uploads were removed."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for folder in self.root.glob("incoming/*/*"):
+            newest = max((f.stat().st_mtime for f in folder.iterdir()), default=folder.stat().st_mtime)
+            if newest < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
 
     def adopt(self, path: Path, ext: External) -> Path:
         """Keep a copy of a local file (the sender's spool) under its digest."""

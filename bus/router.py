@@ -169,6 +169,9 @@ class Router:
         prefetch: int = 200,
         max_batch: int = 100,
     ) -> None:
+        swept = self.chunks.sweep()
+        if swept:
+            log.info("removed the staged chunks of %d upload(s) whose envelope never came", swept)
         self.transport.consume_batches(
             # chunks first (each is a quick write), with a small prefetch: they are 1 MiB each
             [self.names.router_chunks, self.names.router_urgent, self.names.router_queue],

@@ -151,3 +151,14 @@ def test_archive_verify_rehashes_large_files(small_inline, tmp_path) -> None:
     assert not bad.ok and "altered" in bad.first_problem.problem
     kept.unlink()
     assert "missing" in verify_archive(trust, files=files).first_problem.problem
+
+
+def test_stale_staged_chunks_are_swept(tmp_path) -> None:
+    store = ChunkStore(tmp_path)
+    ext = External("b" * 64, 10, 4)
+    store.put("000.00.01.H61", blobs.chunk_headers(ext, 0), b"1234")
+    assert store.sweep(older_than_seconds=3600) == 0  # fresh: kept
+    old = tmp_path / "incoming" / "000.00.01.H61" / ext.sha256 / "0000000"
+    os.utime(old, (0, 0))
+    assert store.sweep(older_than_seconds=3600) == 1
+    assert not (tmp_path / "incoming" / "000.00.01.H61" / ext.sha256).exists()
