@@ -35,6 +35,7 @@ from adapters import Adapter
 from benchmarks.stats import machine, summary_ms
 from bus import compose, province, topology
 from bus.archive import Archive, Message, Recipient
+from bus.blobs import file_sha256
 from bus.config import Settings
 from bus.edxml import Attachment, Organ
 from bus.topology import Names
@@ -411,7 +412,7 @@ def large_attachment(b: Bench, size: int) -> dict[str, Any]:
     with Adapter(b.settings, recipient) as r:
         items = [i for i in r.inbox("edoc") if i.subject == "Tệp lớn"]
         stored = r.document(items[0].document_id).attachments[0].path if items else None
-    intact = stored is not None and _file_digest(stored) == digest
+    intact = stored is not None and file_sha256(stored)[0] == digest
     path.unlink()
     return {
         "bytes": size,
@@ -419,14 +420,6 @@ def large_attachment(b: Bench, size: int) -> dict[str, Any]:
         "intact": intact,
         "peak_rss_mib": peaks,
     }
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run(

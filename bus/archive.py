@@ -424,8 +424,8 @@ def _insert_many(model: type[Base], rows: list[dict[str, Any]], *, ignore: bool 
     per slice."""
     if not rows:
         return
+    rows = _uniform(model, rows)
     if isinstance(db.obj, SqliteDatabase):
-        rows = _uniform(model, rows)
         fields = [model._meta.fields[k] for k in rows[0]]
         columns = ", ".join(f'"{f.column_name}"' for f in fields)
         verb = "INSERT OR IGNORE" if ignore else "INSERT"
@@ -547,23 +547,20 @@ class Archive:
         thousands of documents a second: the per-commit cost, not the rows, dominates.
         """
         digests = [e.digest for e in entries]
-        found = self.find(digests)
-        if all(d in found for d in digests):
-            return [(found[d], False) for d in digests]
         try:
-            created, fresh = self._insert(entries, found)
+            found, fresh = self._insert(entries)
         except IntegrityError:
             if not _again:
                 raise
             # a writer outside the chain lock archived some of these first: take theirs
             return self.record_many(entries, _again=False)
-        found |= created
         return [(found[d], d in fresh and i == digests.index(d)) for i, d in enumerate(digests)]
 
-    def _insert(self, entries: Sequence[Entry], found: dict[str, Message]) -> tuple[dict[str, Message], set[str]]:
+    def _insert(self, entries: Sequence[Entry]) -> tuple[dict[str, Message], set[str]]:
+        """(every entry's record by digest, the digests archived now)."""
         with self.write():
             lock_chain_head()  # concurrent writers take turns from here on
-            found |= self.find([e.digest for e in entries if e.digest not in found])
+            found = self.find(e.digest for e in entries)
             fresh: dict[str, Entry] = {}
             for e in entries:
                 if e.digest not in found:
@@ -587,7 +584,6 @@ class Archive:
                     | {"digest": digest, "size": len(e.raw), "skeleton": skeleton_digest}
                 )
             _insert_many(Blob, [{"sha256": k, "size": len(v), "data": v} for k, v in blobs.items()], ignore=True)
-            rows = _uniform(Message, rows)
             _insert_many(Message, rows)
             ids = dict(self._ids(list(fresh)))
             # the records as written (no need to read every column back)
@@ -613,7 +609,7 @@ class Archive:
                 [{"received_at": now} | e.status | {"message": created[d].id} for d, e in fresh.items() if e.status],
             )
             append_chain_many(sorted(created.values(), key=lambda m: m.id))
-        return created, set(fresh)
+        return found | created, set(fresh)
 
     @staticmethod
     def _ids(digests: list[str]) -> list[tuple[str, int]]:
@@ -647,13 +643,6 @@ class Archive:
             .where(Recipient.message.in_(ids) & Recipient.delivered_at.is_null())
             .order_by(Recipient.id)
         )
-
-    def mark_delivered(self, message: Message, organ_ids: Iterable[str]) -> None:
-        ids = list(organ_ids)
-        if ids:
-            Recipient.update(delivered_at=utcnow()).where(
-                (Recipient.message == message) & (Recipient.organ_id.in_(ids))
-            ).execute()
 
     def mark_delivered_many(self, recipients: Sequence[Recipient]) -> None:
         """Mark these recipient rows delivered, in one transaction."""

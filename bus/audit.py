@@ -11,12 +11,11 @@ names the first entry that fails and why.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bus.archive import AttachmentRecord, ChainEntry, Message, assemble, entry_hash, sha256
-from bus.blobs import ChunkStore
+from bus.blobs import ChunkStore, file_sha256
 from bus.envelope import Trust, open_envelope
 from bus.errors import NotFound, Refused
 
@@ -100,10 +99,6 @@ def _large_files_problem(m: Message, files: ChunkStore) -> str:
         path = files.file(r.sha256)
         if not path.is_file():
             return f"the large file {r.name!r} (sha256:{r.sha256[:16]}...) is missing"
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-        if h.hexdigest() != r.sha256:
+        if file_sha256(path)[0] != r.sha256:
             return f"the large file {r.name!r} was altered (its digest is not the signed one)"
     return ""

@@ -78,13 +78,18 @@ class External:
     @classmethod
     def of_file(cls, path: Path, chunk_size: int = CHUNK_BYTES) -> External:
         """Describe ``path`` (read once, a MiB at a time)."""
-        h = hashlib.sha256()
-        size = 0
-        with path.open("rb") as fh:
-            while block := fh.read(READ_BYTES):
-                h.update(block)
-                size += len(block)
-        return cls(h.hexdigest(), size, chunk_size)
+        return cls(*file_sha256(path), chunk_size)
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """(SHA-256 hex, size) of a file of any size, read a MiB at a time."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while block := fh.read(READ_BYTES):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
 
 
 def chunk_headers(ext: External, index: int) -> dict[str, Any]:

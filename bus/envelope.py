@@ -77,15 +77,15 @@ def append_hub_trace(raw: bytes, hub_organ_id: str, at: dt.datetime | None = Non
     prefix, and every other byte stays as the sender wrote it.  Otherwise the tree is
     parsed and re-serialized.
     """
-    ends = _THL_END.findall(raw)
+    ends = list(_THL_END.finditer(raw))
     if len(ends) == 1 and hub_organ_id.replace(".", "").isalnum():
-        prefix = ends[0].decode("ascii")
+        prefix = (ends[0].group(1) or b"").decode("ascii")
         at_text = edxml.fmt_timestamp(at or edxml.now_vn())
         trace = (
             f"<{prefix}TraceHeader><{prefix}OrganId>{hub_organ_id}</{prefix}OrganId>"
             f"<{prefix}Timestamp>{at_text}</{prefix}Timestamp></{prefix}TraceHeader>"
         ).encode("ascii")
-        cut = _THL_END.search(raw).start()  # type: ignore[union-attr]
+        cut = ends[0].start()
         return raw[:cut] + trace + raw[cut:]
     root = safexml.parse(raw, Limits(max_envelope_bytes=len(raw) + 1))
     thl = root.find(f"{{{edxml.NS}}}edXMLEnvelope/{{{edxml.NS}}}edXMLHeader/{{{edxml.NS}}}TraceHeaderList")

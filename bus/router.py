@@ -328,8 +328,7 @@ class Router:
             try:
                 att.path = self.chunks.assemble(sub.claimed, att.external)
             except AttachmentIncomplete:
-                since = int(sub.headers.get(WAITING_SINCE, 0) or 0) or time.time()
-                if time.time() - since < CHUNK_WAIT_SECONDS:
+                if time.time() - _waiting_since(sub) < CHUNK_WAIT_SECONDS:
                     raise _Waiting from None
                 raise
 
@@ -338,8 +337,7 @@ class Router:
         reads them from their own queue; another router may hold some).  The wait queue's
         TTL sends it back to the router queue.  Republished, not requeued: a requeue would
         spend the delivery limit and spin."""
-        since = int(sub.headers.get(WAITING_SINCE, 0) or 0) or int(time.time())  # AMQP tables: no floats
-        headers = {REPLAY_KEY: sub.routing_key, REPLAY_USER: sub.user_id or "", WAITING_SINCE: since}
+        headers = {REPLAY_KEY: sub.routing_key, REPLAY_USER: sub.user_id or "", WAITING_SINCE: _waiting_since(sub)}
         self.transport.publish("", self.names.router_wait, sub.body, message_id=sub.digest, headers=headers)
 
     def _refuse_content_replays(self, batch: _Batch, subs: list[Submission], checked: list[tuple[int, Opened]]) -> None:
@@ -510,6 +508,12 @@ class Router:
         raw = compose.sign(status, self.hub)
         fields = self._fields(status, None) | {"reason": reason}
         batch.add(Entry(raw, fields, [claimed], status=self._status_event(status)), None)
+
+
+def _waiting_since(sub: Submission) -> int:
+    """When the envelope first waited for its chunks (now, if it has not); whole seconds:
+    AMQP header tables carry no floats."""
+    return int(sub.headers.get(WAITING_SINCE, 0) or 0) or int(time.time())
 
 
 class _Waiting(Exception):

@@ -20,7 +20,7 @@ from lxml import etree
 from bus.config import Limits
 from bus.errors import MalformedEnvelope
 
-_PARSER = etree.XMLParser(
+PARSER = etree.XMLParser(
     resolve_entities=False,
     no_network=True,
     load_dtd=False,
@@ -47,7 +47,7 @@ def parse(data: bytes, limits: Limits | None = None) -> etree._Element:
     if _DOCTYPE.search(data, 0, root_start):
         raise MalformedEnvelope("a DOCTYPE (DTD or entity declaration) is not allowed", reason="dtd-forbidden")
     try:
-        root = etree.fromstring(bytes(data), parser=_PARSER)
+        root = etree.fromstring(bytes(data), parser=PARSER)
     except etree.XMLSyntaxError as exc:
         reason = "bad-encoding" if "encoding" in str(exc).lower() or "utf-8" in str(exc).lower() else "malformed"
         if "depth" in str(exc).lower():

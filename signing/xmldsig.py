@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from lxml import etree
 from signxml import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 
+from bus import safexml
 from bus.edxml import serialize
 from bus.errors import SignatureRejected
 
@@ -34,8 +35,6 @@ SHA256_URI = DigestAlgorithm.SHA256.value
 ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
 EXC_C14N = CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0.value
 C14N_METHODS = frozenset({EXC_C14N, CanonicalizationMethod.CANONICAL_XML_1_0.value})
-# canonical XML has no DTD, entities or PIs to fear; the limits still apply
-_C14N_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 
 
 def sign(root: etree._Element, key: object, cert_pem: bytes, *, ecdsa: bool = False) -> bytes:
@@ -148,7 +147,7 @@ def verify(root: etree._Element, cert: x509.Certificate) -> etree._Element:
         signature_value,
     )
     try:
-        return etree.fromstring(payload, parser=_C14N_PARSER)
+        return etree.fromstring(payload, parser=safexml.PARSER)
     except etree.XMLSyntaxError as exc:  # canonical XML always parses; this is a defect, not input
         raise SignatureRejected(f"the signed content does not parse: {exc}", reason="signature-invalid") from exc
 

@@ -14,18 +14,24 @@ pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
-    env = dict(os.environ, DOCBUS_HOME=str(tmp_path / "home"), DOCBUS_AMQP_URL=broker_url)
-    env.pop("DOCBUS_DB_URL", None)
-    args = ["--documents", "30", "--agencies", "3", "--workers", "1", "--rate", "20", "--latency-seconds", "1"]
-    done = subprocess.run(
-        [sys.executable, "-m", "cli", "bench", *args, "--large-mib", "5", "--json"],
+SMALL = ["--documents", "30", "--agencies", "3", "--workers", "1", "--rate", "20", "--latency-seconds", "1"]
+
+
+def bench(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "bench", *SMALL, *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
+    env = dict(os.environ, DOCBUS_HOME=str(tmp_path / "home"), DOCBUS_AMQP_URL=broker_url)
+    env.pop("DOCBUS_DB_URL", None)
+    done = bench(env, "--large-mib", "5", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     assert report["router"]["delivered"] == report["router"]["documents"] == 30
@@ -35,13 +41,6 @@ def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
     large = report["large_attachment"]
     assert large["intact"] is True and large["bytes"] == 5 * 1024 * 1024
     assert set(large["peak_rss_mib"]) == {"docbus send (adapter)", "docbus router run", "docbus adapter run"}
-    table = subprocess.run(
-        [sys.executable, "-m", "cli", "bench", *args, "--only", "router"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    table = bench(env, "--only", "router")
     assert table.returncode == 0, table.stderr[-2000:]
     assert "router / relay" in table.stdout and "docs/s" in table.stdout
