@@ -42,7 +42,7 @@ from urllib.parse import unquote, urlsplit
 from peewee import OperationalError
 
 from adapters.store import open_store, utcnow
-from bus import compose, edxml
+from bus import compose, edxml, statements
 from bus.archive import sha256
 from bus.blobs import CHUNK_KIND, ChunkStore, External, chunk_headers, is_chunk, read_chunks
 from bus.brokeradmin import agency_url
@@ -62,6 +62,7 @@ log = logging.getLogger("docbus.adapter")
 SUPERSEDED = {REVOKE: "revoked", UPDATE: "updated", 3: "replaced"}
 RECEIVE_PREFETCH = 16  # deliveries held at once (chunks 1 MiB, envelopes at most 4 MiB): bounds memory
 UPLOAD_WINDOW = 8  # unconfirmed chunks in flight while a large file is sent
+ANSWER_EVERY = 0.1  # s: under load, the automatic 01s wait at most this long to go out together
 
 
 @dataclass
@@ -227,14 +228,15 @@ class Adapter:
         return digest
 
     def _outbox_row(self, msg: edxml.Message, raw: bytes, digest: str) -> None:
-        self.store.Outbox.insert(
-            digest=digest,
-            kind=msg.kind,
-            document_id=msg.document_id[:500],
-            recipients=",".join(o.organ_id for o in getattr(msg, "recipients", [])),
-            urgent=isinstance(msg, Edoc) and msg.priority >= URGENT_PRIORITY,
-            raw=raw,
-        ).on_conflict_ignore().execute()
+        row = {
+            "digest": digest,
+            "kind": msg.kind,
+            "document_id": msg.document_id[:500],
+            "recipients": ",".join(o.organ_id for o in getattr(msg, "recipients", [])),
+            "urgent": isinstance(msg, Edoc) and msg.priority >= URGENT_PRIORITY,
+            "raw": raw,
+        }
+        statements.insert_many(self.store.Outbox, [row], ignore=True)
 
     def _publish(self, item: Any) -> bool:
         Outbox = self.store.Outbox
@@ -250,9 +252,10 @@ class Adapter:
         except (BrokerUnavailable, DeliveryFailed) as exc:
             self._publish_failed(item, exc)
             return False
-        Outbox.update(published_at=utcnow(), attempts=Outbox.attempts + 1, last_error=None).where(
-            Outbox.id == item.id
-        ).execute()
+        with self.store.write(durable=False):  # lost to a power cut: published again
+            Outbox.update(published_at=utcnow(), attempts=Outbox.attempts + 1, last_error=None).where(
+                Outbox.id == item.id
+            ).execute()
         return True
 
     def _uploads(self, item: Any) -> list[External]:
@@ -300,9 +303,26 @@ class Adapter:
         returns how many went out.  What the broker did not take stays for the next flush."""
         Outbox = self.store.Outbox
         # a list, not a live cursor: SQLite would hold the write lock of each update until it closed
-        waiting = list(Outbox.select().where(Outbox.published_at.is_null()).order_by(Outbox.urgent.desc(), Outbox.id))
+        waiting = list(
+            statements.rows(
+                Outbox,
+                "outbox-waiting",
+                [],
+                lambda _: (
+                    Outbox.select().where(Outbox.published_at.is_null()).order_by(Outbox.urgent.desc(), Outbox.id)
+                ),
+            )
+        )
+        if not waiting:
+            return 0
         Upload = self.store.Upload
-        if len(waiting) == 1 or Upload.select().where(Upload.outbox_digest.in_([w.digest for w in waiting])).exists():
+        uploads = statements.rows(
+            Upload,
+            "uploads-of",
+            [w.digest for w in waiting],
+            lambda v: Upload.select(Upload.id).where(Upload.outbox_digest.in_(v)),
+        ).tuples()
+        if len(waiting) == 1 or list(uploads):
             sent = 0
             for item in waiting:
                 if not self._publish(item):
@@ -318,7 +338,7 @@ class Adapter:
                 self._publish_failed(chunk[0], exc)
                 return sent
             done = [item.id for item, failure in zip(chunk, results, strict=True) if failure is None]
-            with self.store.write():
+            with self.store.write(durable=False):  # lost to a power cut: published again
                 Outbox.update(published_at=utcnow(), attempts=Outbox.attempts + 1, last_error=None).where(
                     Outbox.id.in_(done)
                 ).execute()
@@ -369,14 +389,24 @@ class Adapter:
                     docs.append(d)
             for d in batch:
                 d.ack()  # only after the local store committed
-            for item, msg in accepted:
-                if item is not None:
-                    got.append(self._hand(item, msg))
-            self.flush()  # the automatic 01s
+            bodies = {d.message_id or sha256(d.body): d.body for d in batch}
+            got.extend(self._hand_many([(item, msg, bodies.get(item.digest)) for item, msg in accepted if item]))
+            if accepted:
+                waiting.append(time.monotonic())
+            answer(quiet=False)
+
+        def answer(*, quiet: bool) -> None:
+            """Publish the automatic 01s, already stored in the outbox: at once when the inbox
+            is quiet; under load at most every ANSWER_EVERY s, so one confirm round covers many
+            and the next documents are not kept waiting behind it."""
+            if waiting and (quiet or time.monotonic() - waiting[0] >= ANSWER_EVERY):
+                waiting.clear()
+                self.flush()
 
         def done() -> bool:
             return (limit is not None and len(got) >= limit) or (stop is not None and stop())
 
+        waiting: list[float] = []  # when the oldest answer not yet published was stored
         self.transport.consume_batches(
             self.names.inboxes(self.organ_id),
             handle,
@@ -384,7 +414,9 @@ class Adapter:
             max_batch=RECEIVE_PREFETCH if limit is None else 1,
             idle_timeout=idle_timeout,
             stop=done,
+            on_idle=lambda: answer(quiet=True),
         )
+        answer(quiet=True)  # after a failure, the next flush (run's loop) sends them
         return got
 
     def _stage_chunk(self, d: Delivery) -> None:
@@ -426,7 +458,12 @@ class Adapter:
         """
         Inbox = self.store.Inbox
         digests = [message_id or sha256(body) for body, message_id in deliveries]
-        known = {r.digest for r in Inbox.select(Inbox.digest).where(Inbox.digest.in_(digests))}
+        known = set(
+            statements.rows(
+                Inbox, "inbox-known", digests, lambda v: Inbox.select(Inbox.digest).where(Inbox.digest.in_(v))
+            ).tuples()
+        )
+        known = {d for (d,) in known}
         rows: list[dict[str, Any] | None] = []
         messages: list[Any] = []
         answers: list[tuple[edxml.Message, bytes]] = []
@@ -445,7 +482,7 @@ class Adapter:
         stored: list[str] = []
         with self.store.write():  # the documents and their 01 answers, or none of them
             for row, msg in zip(rows, messages, strict=True):
-                if row is None or not Inbox.insert(**row).on_conflict_ignore().execute():
+                if row is None or not statements.insert_many(Inbox, [row], ignore=True):
                     continue
                 stored.append(row["digest"])
                 if isinstance(msg, Edoc) and msg.business.doc_type in SUPERSEDED:
@@ -457,7 +494,10 @@ class Adapter:
                         ).execute()
             for arrived, raw in answers:
                 self._outbox_row(arrived, raw, sha256(raw))
-        by_digest = {r.digest: self._item(r) for r in Inbox.select().where(Inbox.digest.in_(stored))}
+        by_digest = {
+            r.digest: self._item(r)
+            for r in statements.rows(Inbox, "inbox-rows", stored, lambda v: Inbox.select().where(Inbox.digest.in_(v)))
+        }
         for item in by_digest.values():
             if item.state == "invalid" and item.reason:  # "[reason] detail": callers get the reason
                 item.reason = item.reason[1:].split("]", 1)[0]
@@ -498,27 +538,48 @@ class Adapter:
             row.update(status_code=msg.status_code, subject=msg.description, code=msg.response_for.code)
         return row, msg
 
-    def _hand(self, item: InboxItem, msg: edxml.Message | None = None) -> InboxItem:
-        """Give a stored item to the agency's system, once; mark it handed.
+    def _hand(self, item: InboxItem, msg: edxml.Message | None = None, raw: bytes | None = None) -> InboxItem:
+        return self._hand_many([(item, msg, raw)])[0]
 
-        ``msg``: the message as verified when it was stored (else it is verified again)."""
+    def _hand_many(self, items: Sequence[tuple[InboxItem, edxml.Message | None, bytes | None]]) -> list[InboxItem]:
+        """Give stored items to the agency's system, in order, once each; mark them handed.
+
+        ``msg`` and ``raw``: the message as verified when it was stored and its bytes (else
+        they are read back and verified again).  The marks are written together, in one
+        transaction, including when the agency's handler fails part-way: what it took is
+        not handed twice, the rest is handed at the next start.
+        """
         Inbox = self.store.Inbox
-        if self.on_receive is not None and item.state == "new":
-            row = Inbox.get(Inbox.digest == item.digest)
-            if msg is None:
-                msg = open_envelope(bytes(row.raw), self.trust, from_hub=True).message
-            self.on_receive(item, msg, bytes(row.raw))
-        if item.state == "new":
-            Inbox.update(state="handed").where(Inbox.digest == item.digest).execute()
-            item.state = "handed"
-        return item
+        handed: list[InboxItem] = []
+        try:
+            for item, msg, raw in items:
+                if item.state != "new":
+                    continue
+                if self.on_receive is not None:
+                    if raw is None:
+                        raw = bytes(Inbox.get(Inbox.digest == item.digest).raw)
+                    if msg is None:
+                        msg = open_envelope(raw, self.trust, from_hub=True).message
+                    self.on_receive(item, msg, raw)
+                handed.append(item)
+        finally:
+            if handed:
+                with self.store.write(durable=False):  # lost to a power cut: handed again at start
+                    statements.execute(
+                        Inbox,
+                        "inbox-handed",
+                        ["handed", *(i.digest for i in handed)],
+                        lambda v: Inbox.update(state=v[0]).where(Inbox.digest.in_(v[1:])),
+                    )
+                for item in handed:
+                    item.state = "handed"
+        return [item for item, _, _ in items]
 
     def hand_pending(self) -> int:
         """Hand over what was stored but not handed (the process stopped in between)."""
         Inbox = self.store.Inbox
         rows = list(Inbox.select().where(Inbox.state == "new").order_by(Inbox.priority.desc(), Inbox.id))
-        for row in rows:
-            self._hand(self._item(row))
+        self._hand_many([(self._item(row), None, bytes(row.raw)) for row in rows])
         return len(rows)
 
     # -- the long-running process

@@ -7,7 +7,9 @@ process (the demo, the tests) without sharing tables.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,27 @@ class Store:
     Inbox: Any
     Upload: Any
 
-    def write(self) -> Any:
+    @contextlib.contextmanager
+    def write(self, *, durable: bool = True) -> Iterator[None]:
         """A write transaction that takes SQLite's write lock at BEGIN: the adapter process and a
-        'docbus send' in another process wait for each other instead of failing."""
-        return self.db.atomic(lock_type="IMMEDIATE")
+        'docbus send' in another process wait for each other instead of failing.
+
+        ``durable=False`` for bookkeeping that may be redone (a document marked handed over,
+        an answer marked published): its commit is not flushed to disk on its own, so a
+        power cut may undo it, never a process crash.  SQLite keeps the order of commits, so
+        the next durable commit makes it durable too.  Documents and outbox entries are
+        always written durably: stored and acked must mean stored.
+        """
+        if durable or self.db.in_transaction():  # the enclosing transaction decides
+            with self.db.atomic(lock_type="IMMEDIATE"):
+                yield
+            return
+        self.db.execute_sql("PRAGMA synchronous = NORMAL")
+        try:
+            with self.db.atomic(lock_type="IMMEDIATE"):
+                yield
+        finally:
+            self.db.execute_sql("PRAGMA synchronous = FULL")
 
     def close(self) -> None:
         self.db.close()

@@ -38,9 +38,11 @@ from peewee import (
     OperationalError,
     SqliteDatabase,
     TextField,
+    Tuple,
 )
 from playhouse.db_url import connect
 
+from bus import statements
 from bus.errors import ConfigError, NotFound
 
 db = DatabaseProxy()
@@ -245,7 +247,15 @@ def open_database(url: str) -> Any:
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
             database = connect(
-                url, pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10000, "synchronous": "normal"}
+                url,
+                pragmas={
+                    "journal_mode": "wal",
+                    "foreign_keys": 1,
+                    "busy_timeout": 10000,
+                    "synchronous": "normal",
+                    "wal_autocheckpoint": 10000,
+                    "cache_size": -65536,
+                },
             )
         else:
             database = connect(url)
@@ -351,11 +361,14 @@ def lock_chain_head() -> ChainHead:
     """The chain's head row, locked for this transaction (PostgreSQL: FOR UPDATE; SQLite's
     IMMEDIATE transaction already holds the only write lock)."""
 
+    locking = not isinstance(db.obj, SqliteDatabase)
+
+    def build(v: list[Any]) -> Any:
+        query = ChainHead.select().where(ChainHead.id == v[0])
+        return query.for_update() if locking else query
+
     def head() -> ChainHead | None:
-        query = ChainHead.select().where(ChainHead.id == 1)
-        if not isinstance(db.obj, SqliteDatabase):
-            query = query.for_update()
-        return query.first()
+        return next(iter(statements.rows(ChainHead, "chain-head", [1], build)), None)
 
     current = head()
     if current is None:
@@ -370,19 +383,27 @@ def append_chain(message: Message) -> ChainEntry:
     return ChainEntry.get(ChainEntry.message == message)
 
 
-def append_chain_many(messages: Sequence[Message]) -> None:
-    """Add ``messages`` to the chain in this order (inside the caller's write transaction)."""
+def append_chain_many(messages: Sequence[Message], head: ChainHead | None = None) -> None:
+    """Add ``messages`` to the chain in this order (inside the caller's write transaction).
+
+    ``head``: the head as :func:`lock_chain_head` returned it in this transaction."""
     if not messages:
         return
-    prev = lock_chain_head().entry_hash
+    prev = (head or lock_chain_head()).entry_hash
     rows = []
     for m in messages:
         entry = entry_hash(prev, m)
         rows.append({"message": m.id, "prev_hash": prev, "entry_hash": entry})
         prev = entry
-    _insert_many(ChainEntry, rows)
-    last = ChainEntry.get(ChainEntry.message == messages[-1].id)
-    ChainHead.update(seq=last.seq, entry_hash=last.entry_hash).where(ChainHead.id == 1).execute()
+    statements.insert_many(ChainEntry, rows)
+    statements.execute(
+        ChainHead,
+        "chain-advance",
+        [messages[-1].id, prev, 1],
+        lambda v: ChainHead.update(
+            seq=ChainEntry.select(ChainEntry.seq).where(ChainEntry.message == v[0]), entry_hash=v[1]
+        ).where(ChainHead.id == v[2]),
+    )
 
 
 @dataclass(frozen=True)
@@ -399,45 +420,6 @@ class Entry:
     @functools.cached_property
     def digest(self) -> str:
         return sha256(self.raw)
-
-
-def _uniform(model: type[Base], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with the same keys, every field with a default included (a bulk INSERT takes its
-    columns from the first row)."""
-    fields = model._meta.fields
-    keys = dict.fromkeys(k for row in rows for k in row)
-    keys |= dict.fromkeys(k for k, f in fields.items() if f.default is not None and k not in keys)
-    out = []
-    for row in rows:
-        full = dict(row)
-        for k in keys:
-            if k not in full:
-                default = fields[k].default
-                full[k] = default() if callable(default) else default
-        out.append(full)
-    return out
-
-
-def _insert_many(model: type[Base], rows: list[dict[str, Any]], *, ignore: bool = False) -> None:
-    """Bulk INSERT.  On SQLite one prepared statement run for every row (building SQL per row
-    in Python cost more than SQLite's work); elsewhere multi-row INSERTs, one round trip
-    per slice."""
-    if not rows:
-        return
-    rows = _uniform(model, rows)
-    if isinstance(db.obj, SqliteDatabase):
-        fields = [model._meta.fields[k] for k in rows[0]]
-        columns = ", ".join(f'"{f.column_name}"' for f in fields)
-        verb = "INSERT OR IGNORE" if ignore else "INSERT"
-        sql = f'{verb} INTO "{model._meta.table_name}" ({columns}) VALUES ({", ".join("?" * len(fields))})'
-        plain = (str, int, float, bytes, type(None))
-        params = [tuple(v if isinstance(v := row[f.name], plain) else f.db_value(v) for f in fields) for row in rows]
-        db.obj.cursor().executemany(sql, params)
-        return
-    step = max(1, 900 // max(1, len(rows[0])))
-    for i in range(0, len(rows), step):
-        query = model.insert_many(rows[i : i + step])
-        (query.on_conflict_ignore() if ignore else query).execute()
 
 
 class Archive:
@@ -535,7 +517,9 @@ class Archive:
         entry = Entry(raw, fields, tuple(recipients), status, keep, tuple(attachments))
         return self.record_many([entry])[0]
 
-    def record_many(self, entries: Sequence[Entry], *, _again: bool = True) -> list[tuple[Message, bool]]:
+    def record_many(
+        self, entries: Sequence[Entry], *, absent: bool = False, _again: bool = True
+    ) -> list[tuple[Message, bool]]:
         """Archive ``entries`` in one transaction; return (record, created) for each, in order.
 
         Idempotent by digest: bytes already archived (by anyone, or earlier in ``entries``)
@@ -545,10 +529,14 @@ class Archive:
         says how many bytes arrived).  Every new message joins the hash chain in the same
         transaction.  One transaction for many messages is what lets a router archive
         thousands of documents a second: the per-commit cost, not the rows, dominates.
+
+        ``absent``: the caller has just looked these digests up and found none archived, so
+        they are inserted without looking again; one archived meanwhile by another writer
+        fails the insert, and the whole call is retried the careful way.
         """
         digests = [e.digest for e in entries]
         try:
-            found, fresh = self._insert(entries)
+            found, fresh = self._insert(entries, absent)
         except IntegrityError:
             if not _again:
                 raise
@@ -556,11 +544,11 @@ class Archive:
             return self.record_many(entries, _again=False)
         return [(found[d], d in fresh and i == digests.index(d)) for i, d in enumerate(digests)]
 
-    def _insert(self, entries: Sequence[Entry]) -> tuple[dict[str, Message], set[str]]:
+    def _insert(self, entries: Sequence[Entry], absent: bool = False) -> tuple[dict[str, Message], set[str]]:
         """(every entry's record by digest, the digests archived now)."""
         with self.write():
-            lock_chain_head()  # concurrent writers take turns from here on
-            found = self.find(e.digest for e in entries)
+            head = lock_chain_head()  # concurrent writers take turns from here on
+            found = {} if absent else self.find(e.digest for e in entries)
             fresh: dict[str, Entry] = {}
             for e in entries:
                 if e.digest not in found:
@@ -583,12 +571,14 @@ class Archive:
                     | e.fields
                     | {"digest": digest, "size": len(e.raw), "skeleton": skeleton_digest}
                 )
-            _insert_many(Blob, [{"sha256": k, "size": len(v), "data": v} for k, v in blobs.items()], ignore=True)
-            _insert_many(Message, rows)
+            statements.insert_many(
+                Blob, [{"sha256": k, "size": len(v), "data": v} for k, v in blobs.items()], ignore=True
+            )
+            statements.insert_many(Message, rows)
             ids = dict(self._ids(list(fresh)))
             # the records as written (no need to read every column back)
             created = {row["digest"]: Message(id=ids[row["digest"]], **row) for row in rows}
-            _insert_many(
+            statements.insert_many(
                 Recipient,
                 [
                     {"message": created[d].id, "organ_id": r}
@@ -596,7 +586,7 @@ class Archive:
                     for r in dict.fromkeys(e.recipients)
                 ],
             )
-            _insert_many(
+            statements.insert_many(
                 AttachmentRecord,
                 [
                     {k: v for k, v in part.items() if not k.startswith("_")} | {"message": created[d].id}
@@ -604,11 +594,11 @@ class Archive:
                     for part in parts
                 ],
             )
-            _insert_many(
+            statements.insert_many(
                 StatusEvent,
                 [{"received_at": now} | e.status | {"message": created[d].id} for d, e in fresh.items() if e.status],
             )
-            append_chain_many(sorted(created.values(), key=lambda m: m.id))
+            append_chain_many(sorted(created.values(), key=lambda m: m.id), head)
         return found | created, set(fresh)
 
     @staticmethod
@@ -616,7 +606,12 @@ class Archive:
         out: list[tuple[str, int]] = []
         for i in range(0, len(digests), 500):
             out.extend(
-                Message.select(Message.digest, Message.id).where(Message.digest.in_(digests[i : i + 500])).tuples()
+                statements.rows(
+                    Message,
+                    "ids",
+                    digests[i : i + 500],
+                    lambda v: Message.select(Message.digest, Message.id).where(Message.digest.in_(v)),
+                ).tuples()
             )
         return out
 
@@ -626,7 +621,13 @@ class Archive:
         wanted = list(dict.fromkeys(digests))
         found: dict[str, Message] = {}
         for i in range(0, len(wanted), 500):
-            found |= {m.digest: m for m in Message.select().where(Message.digest.in_(wanted[i : i + 500]))}
+            chunk = wanted[i : i + 500]
+            found |= {
+                m.digest: m
+                for m in statements.rows(
+                    Message, "find", chunk, lambda v: Message.select().where(Message.digest.in_(v))
+                )
+            }
         return found
 
     def undelivered(self, message: Message) -> list[str]:
@@ -639,20 +640,34 @@ class Archive:
         if not ids:
             return []
         return list(
-            Recipient.select(Recipient.id, Recipient.message, Recipient.organ_id)
-            .where(Recipient.message.in_(ids) & Recipient.delivered_at.is_null())
-            .order_by(Recipient.id)
+            statements.rows(
+                Recipient,
+                "undelivered",
+                ids,
+                lambda v: (
+                    Recipient.select(Recipient.id, Recipient.message, Recipient.organ_id)
+                    .where(Recipient.message.in_(v) & Recipient.delivered_at.is_null())
+                    .order_by(Recipient.id)
+                ),
+            )
         )
 
-    def mark_delivered_many(self, recipients: Sequence[Recipient]) -> None:
-        """Mark these recipient rows delivered, in one transaction."""
-        if not recipients:
+    def mark_delivered_many(self, deliveries: Sequence[tuple[int, str]]) -> None:
+        """Mark these deliveries, (message id, recipient OrganId), done, in one transaction."""
+        if not deliveries:
             return
-        now = utcnow()
+        now = Recipient.delivered_at.db_value(utcnow())
         with self.write():
-            ids = [r.id for r in recipients]
-            for i in range(0, len(ids), 500):
-                Recipient.update(delivered_at=now).where(Recipient.id.in_(ids[i : i + 500])).execute()
+            for i in range(0, len(deliveries), 400):
+                pairs = deliveries[i : i + 400]
+                statements.execute(
+                    Recipient,
+                    "delivered",
+                    [now, *(v for pair in pairs for v in pair)],
+                    lambda v: Recipient.update(delivered_at=v[0]).where(
+                        Tuple(Recipient.message, Recipient.organ_id).in_(list(zip(v[1::2], v[2::2], strict=True)))
+                    ),
+                )
 
     def raw(self, message: Message) -> bytes:
         """The message exactly as received (attachment payloads put back in place)."""

@@ -16,6 +16,7 @@ import hashlib
 import io
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -52,7 +53,13 @@ VN_TZ = timezone(timedelta(hours=7), "ICT")
 
 def q(name: str) -> str:
     """The qualified tag of an edXML element."""
-    return f"{{{NS}}}{name}"
+    tag = _QUALIFIED.get(name)
+    if tag is None:
+        tag = _QUALIFIED[name] = f"{{{NS}}}{name}"
+    return tag
+
+
+_QUALIFIED: dict[str, str] = {}  # the reader looks up a few dozen names thousands of times a second
 
 
 def fmt_date(value: date) -> str:
@@ -367,7 +374,8 @@ def _children(el: etree._Element, name: str) -> list[etree._Element]:
 
 
 def _child(el: etree._Element | None, name: str) -> etree._Element | None:
-    return el.find(q(name)) if el is not None else None
+    # iterchildren(tag) is a C loop; find() first compiles its argument as a path
+    return next(el.iterchildren(q(name)), None) if el is not None else None
 
 
 def _nested(el: etree._Element | None, container: str, name: str) -> list[etree._Element]:
@@ -381,8 +389,25 @@ def _text(el: etree._Element | None, name: str) -> str:
     return (c.text or "").strip() if c is not None else ""
 
 
+def _first(el: etree._Element | None) -> dict[Any, etree._Element]:
+    """The first child of each tag, in one pass over the children (cheaper than a lookup per name)."""
+    return {} if el is None else {c.tag: c for c in reversed(el)}
+
+
+def _texts(el: etree._Element | None) -> Callable[[str], str]:
+    """``name -> stripped text of the first child name`` ('' when absent), over one pass."""
+    first = _first(el)
+
+    def text(name: str) -> str:
+        c = first.get(q(name))
+        return (c.text or "").strip() if c is not None else ""
+
+    return text
+
+
 def _read(cls: type, el: etree._Element | None, fields: tuple[tuple[str, str], ...]) -> Any:
-    return cls(**{attr: _text(el, tag) for attr, tag in fields})
+    text = _texts(el)
+    return cls(**{attr: text(tag) for attr, tag in fields})
 
 
 def _int(value: str, what: str, default: int = 0) -> int:
@@ -436,10 +461,13 @@ def parse_tree(root: etree._Element, limits: Limits | None = None) -> Message:
             traces=traces,
             signature=signature,
         )
-    code = _child(mh, "Code")
-    prom = _child(mh, "PromulgationInfo")
-    dtype = _child(mh, "DocumentType")
-    other = _child(mh, "OtherInfo")
+    kids = _first(mh)
+    at = _texts(mh)
+    code = _texts(kids.get(q("Code")))
+    prom = _texts(kids.get(q("PromulgationInfo")))
+    dtype = _texts(kids.get(q("DocumentType")))
+    other = kids.get(q("OtherInfo"))
+    other_text = _texts(other)
     modelled = {
         "Priority",
         "SphereOfPromulgation",
@@ -473,26 +501,26 @@ def parse_tree(root: etree._Element, limits: Limits | None = None) -> Message:
     return Edoc(
         sender=sender,
         recipients=[_read(Organ, t, _ORGAN_FIELDS) for t in _children(mh, "To")],
-        document_id=_text(mh, "DocumentId"),
-        code_number=_text(code, "CodeNumber"),
-        code_notation=_text(code, "CodeNotation"),
-        subject=_text(mh, "Subject"),
-        promulgation_place=_text(prom, "Place"),
-        promulgation_date=_text(prom, "PromulgationDate"),
-        doc_type=_text(dtype, "Type"),
-        type_detail=_text(dtype, "TypeDetail"),
-        type_name=_text(dtype, "TypeName"),
-        content=_text(mh, "Content"),
-        signer=_read(SignerInfo, _child(mh, "SignerInfo"), _SIGNER_FIELDS),
-        due_date=_text(mh, "DueDate"),
-        priority=_int(_text(other, "Priority"), "OtherInfo/Priority"),
-        sphere=_text(other, "SphereOfPromulgation"),
-        typer_notation=_text(other, "TyperNotation"),
-        promulgation_amount=_text(other, "PromulgationAmount"),
-        page_amount=_text(other, "PageAmount"),
-        direction=_text(other, "Direction"),
+        document_id=at("DocumentId"),
+        code_number=code("CodeNumber"),
+        code_notation=code("CodeNotation"),
+        subject=at("Subject"),
+        promulgation_place=prom("Place"),
+        promulgation_date=prom("PromulgationDate"),
+        doc_type=dtype("Type"),
+        type_detail=dtype("TypeDetail"),
+        type_name=dtype("TypeName"),
+        content=at("Content"),
+        signer=_read(SignerInfo, kids.get(q("SignerInfo")), _SIGNER_FIELDS),
+        due_date=at("DueDate"),
+        priority=_int(other_text("Priority"), "OtherInfo/Priority"),
+        sphere=other_text("SphereOfPromulgation"),
+        typer_notation=other_text("TyperNotation"),
+        promulgation_amount=other_text("PromulgationAmount"),
+        page_amount=other_text("PageAmount"),
+        direction=other_text("Direction"),
         appendixes=[(a.text or "").strip() for a in _nested(other, "Appendixes", "Appendix")],
-        steering_type=_text(mh, "SteeringType"),
+        steering_type=at("SteeringType"),
         to_places=[(p.text or "").strip() for p in _nested(mh, "ToPlaces", "Place")],
         response_for=[_read(ResponseFor, r, _RESPONSE_FIELDS) for r in _children(mh, "ResponseFor")],
         traces=traces,

@@ -13,7 +13,9 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import replace
 
-from bus import edxml
+from peewee import JOIN
+
+from bus import edxml, statements
 from bus.archive import Message, Recipient
 from bus.config import Settings
 from bus.edxml import Edoc
@@ -111,14 +113,19 @@ def recipients_of(
 
 
 def _archived_recipients_of(document_id: str, sender: str) -> set[str] | None:
-    edocs = list(
-        Message.select(Message.id).where(
-            (Message.document_id == document_id)
-            & (Message.kind == "edoc")
-            & (Message.state == "accepted")
-            & (Message.sender == sender)
-        )
-    )
-    if not edocs:
+    # only the DocumentId in SQL: given the other conditions too, SQLite without statistics
+    # walks an index of every accepted edoc instead of the DocumentId's
+    rows = statements.rows(
+        Message,
+        "recipients-of",
+        [document_id],
+        lambda v: (
+            Message.select(Message.kind, Message.state, Message.sender, Recipient.organ_id)
+            .join(Recipient, JOIN.LEFT_OUTER)
+            .where(Message.document_id == v[0])
+        ),
+    ).tuples()
+    found = [organ for kind, state, by, organ in rows if (kind, state, by) == ("edoc", "accepted", sender)]
+    if not found:
         return None
-    return {r.organ_id for r in Recipient.select(Recipient.organ_id).where(Recipient.message.in_(edocs))}
+    return {organ for organ in found if organ is not None}

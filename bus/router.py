@@ -25,7 +25,7 @@ from typing import Any
 
 from peewee import OperationalError
 
-from bus import compose, edxml, search
+from bus import compose, edxml, search, statements
 from bus.archive import Archive, AttachmentRecord, Entry, Message, sha256
 from bus.blobs import AttachmentIncomplete, ChunkStore, External, chunk_headers, is_chunk, read_chunks
 from bus.config import Settings
@@ -87,6 +87,7 @@ class _Batch:
     deliver: list[tuple[int | None, Message, bytes]] = field(default_factory=list)
     earlier: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # accepted in this batch
     contents: set[tuple[str, str, str]] = field(default_factory=set)  # (content digest, sender, DocumentId)
+    fresh: dict[int, Entry] = field(default_factory=dict)  # record id -> entry, archived by this batch
 
     def add(self, entry: Entry, owner: int | None) -> None:
         self.entries.append(entry)
@@ -263,10 +264,12 @@ class Router:
             except Refused as exc:
                 self._quarantine(batch, i, sub, exc)
         self._refuse_content_replays(batch, subs, checked)
-        records = self.archive.record_many(batch.entries)
-        for owner, (record, _), entry in zip(batch.owners, records, batch.entries, strict=True):
+        records = self.archive.record_many(batch.entries, absent=True)  # looked up above
+        for owner, (record, created), entry in zip(batch.owners, records, batch.entries, strict=True):
             if record.state == "accepted" and record.kind in ("edoc", "status"):
                 batch.deliver.append((owner, record, entry.raw))
+                if created:
+                    batch.fresh[record.id] = entry
         self._deliver_all(batch)
         return [
             o if o is not None else Outcome("duplicate", s.digest) for o, s in zip(batch.outcomes, subs, strict=True)
@@ -345,11 +348,19 @@ class Router:
         contents = {_content_digest(o) for _, o in checked} - {""}
         if not contents:
             return
+        # the state is checked here, not in SQL: given "state = ?", SQLite without statistics
+        # walks the state index (every accepted message) instead of the content digest's
         known = {
-            (m.content_digest, m.sender, m.document_id)
-            for m in Message.select(Message.content_digest, Message.sender, Message.document_id).where(
-                Message.content_digest.in_(list(contents)) & (Message.state == "accepted")
-            )
+            (content, sender, document_id)
+            for content, sender, document_id, state in statements.rows(
+                Message,
+                "contents",
+                list(contents),
+                lambda v: Message.select(
+                    Message.content_digest, Message.sender, Message.document_id, Message.state
+                ).where(Message.content_digest.in_(v)),
+            ).tuples()
+            if state == "accepted"
         }
         for i, opened in checked:
             msg = opened.message
@@ -414,20 +425,36 @@ class Router:
         same queue, read from disk as they are sent."""
         if not batch.deliver:
             return
-        pending = self.archive.undelivered_many(record for _, record, _ in batch.deliver)
+        # archived just now: every recipient is pending; archived before: ask the archive
+        earlier = self.archive.undelivered_many(r for _, r, _ in batch.deliver if r.id not in batch.fresh)
+        pending = [(row.message_id, row.organ_id) for row in earlier] + [
+            (record.id, organ)
+            for _, record, _ in batch.deliver
+            if record.id in batch.fresh
+            for organ in dict.fromkeys(batch.fresh[record.id].recipients)
+        ]
         if not pending:
             return
         by_id = {record.id: (owner, record, body) for owner, record, body in batch.deliver}
-        files = self._large_files([row.message_id for row in pending])
+        files = self._large_files(
+            list(
+                dict.fromkeys(
+                    message_id
+                    for message_id, _ in pending
+                    if message_id not in batch.fresh
+                    or any(a.external is not None for a in batch.fresh[message_id].attachments)
+                )
+            )
+        )
         owners: list[int | None] = []  # per published item: the submission it delivers
         rows_of: list[int] = []  # ... and its recipient row
         traced: dict[int, bytes] = {}
 
         def outgoing() -> Iterator[Outgoing]:
-            for n, row in enumerate(pending):
-                owner, record, body = by_id[row.message_id]
+            for n, (message_id, organ_id) in enumerate(pending):
+                owner, record, body = by_id[message_id]
                 urgent = record.kind == "edoc" and record.priority >= URGENT_PRIORITY
-                key = Names.deliver_key(row.organ_id, urgent=urgent)
+                key = Names.deliver_key(organ_id, urgent=urgent)
                 for ext, path in files.get(record.id, []):
                     for index, data in read_chunks(path, ext):
                         owners.append(owner)
@@ -462,11 +489,18 @@ class Router:
 
     def _large_files(self, message_ids: list[int]) -> dict[int, list[tuple[External, Path]]]:
         """The large files (bus.blobs) of these archived messages, by message id."""
-        rows = AttachmentRecord.select().where(
-            AttachmentRecord.message.in_(message_ids) & AttachmentRecord.payload.startswith("file:")
+        if not message_ids:
+            return {}
+        rows = statements.rows(
+            AttachmentRecord,
+            "attachments-of",
+            message_ids,
+            lambda v: AttachmentRecord.select().where(AttachmentRecord.message.in_(v)),
         )
         out: dict[int, list[tuple[External, Path]]] = {}
         for r in rows:
+            if not r.payload.startswith("file:"):
+                continue
             ext = External(r.sha256, r.size, int(r.payload.split(":")[1]))  # payload "file:<chunk size>"
             out.setdefault(r.message_id, []).append((ext, self.chunks.file(ext.sha256)))
         return out

@@ -26,6 +26,7 @@ from bus.errors import BrokerUnavailable, DocbusError
 from bus.topology import Topology
 
 log = logging.getLogger(__name__)
+QUIET_AFTER = 0.02  # s without deliveries before consume_batches calls on_idle
 
 
 class DeliveryFailed(DocbusError):
@@ -91,6 +92,7 @@ class Transport(Protocol):
         max_batch: int = 100,
         idle_timeout: float | None = None,
         stop: Callable[[], bool] | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None: ...
     def consume(
         self,
@@ -372,6 +374,7 @@ class AmqpTransport:
         max_batch: int = 100,
         idle_timeout: float | None = None,
         stop: Callable[[], bool] | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         """Feed deliveries to ``handler`` until ``stop()`` is true or nothing came for ``idle_timeout`` s.
 
@@ -380,7 +383,9 @@ class AmqpTransport:
         per-batch costs such as a database commit are shared).  ``queues`` are in priority
         order: whatever the first one holds comes before anything of the next (how urgent
         documents overtake a backlog without queue priorities).  ``prefetch``: one for all
-        queues, or one per queue (a queue of 1 MiB chunks gets a small one).
+        queues, or one per queue (a queue of 1 MiB chunks gets a small one).  ``on_idle``:
+        called while nothing has come for ``QUIET_AFTER`` s (work deferred while busy, done
+        when quiet); not on the brief gaps between batches of a steady stream.
         """
         names = [queues] if isinstance(queues, str) else list(queues)
         buffers: dict[str, deque[tuple[Any, Any, bytes]]] = {q: deque() for q in names}
@@ -402,6 +407,8 @@ class AmqpTransport:
                     while buffers[q] and len(batch) < max_batch:
                         batch.append(self._delivery(*buffers[q].popleft()))
                 if not batch:
+                    if on_idle is not None and time.monotonic() - last >= QUIET_AFTER:
+                        on_idle()
                     if idle_timeout is not None and time.monotonic() - last > idle_timeout:
                         break
                     self._pump(0.05)
@@ -569,6 +576,7 @@ class MemoryTransport:
         max_batch: int = 100,
         idle_timeout: float | None = None,
         stop: Callable[[], bool] | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         """Until the queues are empty (or ``stop()``): batches of up to ``max_batch``, first queues first."""
         names = [queues] if isinstance(queues, str) else list(queues)
@@ -578,6 +586,8 @@ class MemoryTransport:
                 while len(batch) < max_batch and (d := self.get(q)) is not None:
                     batch.append(d)
             if not batch:
+                if on_idle is not None:
+                    on_idle()
                 return
             handler(batch)
 
