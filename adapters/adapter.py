@@ -202,9 +202,14 @@ class Adapter:
 
     def submit(self, msg: edxml.Message) -> SendResult:
         digest = self._to_outbox(msg)
-        return SendResult(
-            msg.document_id, digest, self._publish(self.store.Outbox.get(self.store.Outbox.digest == digest))
+        Outbox = self.store.Outbox
+        item = next(
+            iter(
+                statements.rows(Outbox, "outbox-row", [digest], lambda v: Outbox.select().where(Outbox.digest == v[0]))
+            )
         )
+        large = any(a.external is not None for a in getattr(msg, "attachments", []))
+        return SendResult(msg.document_id, digest, self._publish(item, uploads=large))
 
     def _to_outbox(self, msg: edxml.Message) -> str:
         """Sign ``msg`` and commit it to the outbox; returns its digest.
@@ -238,10 +243,12 @@ class Adapter:
         }
         statements.insert_many(self.store.Outbox, [row], ignore=True)
 
-    def _publish(self, item: Any) -> bool:
+    def _publish(self, item: Any, *, uploads: bool = True) -> bool:
+        """Publish one outbox item, its large files first; ``uploads=False``: it has none."""
         Outbox = self.store.Outbox
         try:
-            self._upload(item)
+            if uploads:
+                self._upload(item)
             self.transport.publish(
                 self.names.submit,
                 Names.submit_key(item.kind, self.organ_id, urgent=bool(item.urgent)),
@@ -253,9 +260,14 @@ class Adapter:
             self._publish_failed(item, exc)
             return False
         with self.store.write(durable=False):  # lost to a power cut: published again
-            Outbox.update(published_at=utcnow(), attempts=Outbox.attempts + 1, last_error=None).where(
-                Outbox.id == item.id
-            ).execute()
+            statements.execute(
+                Outbox,
+                "outbox-published",
+                [Outbox.published_at.db_value(utcnow()), 1, None, item.id],
+                lambda v: Outbox.update(published_at=v[0], attempts=Outbox.attempts + v[1], last_error=v[2]).where(
+                    Outbox.id == v[3]
+                ),
+            )
         return True
 
     def _uploads(self, item: Any) -> list[External]:

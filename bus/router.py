@@ -26,7 +26,7 @@ from typing import Any
 from peewee import OperationalError
 
 from bus import compose, edxml, search, statements
-from bus.archive import Archive, AttachmentRecord, Entry, Message, sha256
+from bus.archive import Archive, AttachmentRecord, Delivered, Entry, Message, sha256, utcnow
 from bus.blobs import AttachmentIncomplete, ChunkStore, External, chunk_headers, is_chunk, read_chunks
 from bus.config import Settings
 from bus.deadletter import REPLAY_KEY, REPLAY_USER, record_failure
@@ -106,6 +106,11 @@ class Router:
         self.registry = self.gate.registry
         self.chunks = ChunkStore(settings.home / "blobs")
         self.processed = 0
+        # deliveries the broker confirmed, marked in the archive with the next batch's
+        # transaction (one commit per batch instead of two), and the submissions whose ack
+        # waits for that: "acked" still means "archived, delivered and marked"
+        self._unmarked: list[Delivered] = []
+        self._held: list[Delivery] = []
 
     # -- the AMQP side
     def submission(self, delivery: Delivery) -> Submission:
@@ -128,7 +133,7 @@ class Router:
         """
         subs = [self.submission(d) for d in deliveries]
         try:
-            outcomes = self._process_retrying(subs)
+            outcomes = self._process_retrying(subs, defer=True)
         except BrokerUnavailable:
             raise
         except Exception as exc:
@@ -141,26 +146,42 @@ class Router:
             record_failure(subs[0].digest, subs[0].routing_key, f"{type(exc).__name__}: {exc}")
             deliveries[0].reject(requeue=True)
             return
+        self._ack_held()  # their marks were committed with this batch
         for d, out in zip(deliveries, outcomes, strict=True):
             if out.state == "retry":
                 log.error("delivery failed, will retry: %s", out.error)
                 d.reject(requeue=True)
+            elif self._unmarked:
+                self._held.append(d)
             else:
                 d.ack()
                 self.processed += 1
 
-    def _process_retrying(self, subs: list[Submission]) -> list[Outcome]:
+    def settle(self) -> None:
+        """Mark the confirmed deliveries and ack what waited for that (the bus is quiet)."""
+        if self._unmarked:
+            self.archive.record_many([], delivered=self._unmarked)
+            self._unmarked = []
+        self._ack_held()
+
+    def _ack_held(self) -> None:
+        for d in self._held:
+            d.ack()
+            self.processed += 1
+        self._held.clear()
+
+    def _process_retrying(self, subs: list[Submission], *, defer: bool = False) -> list[Outcome]:
         """A busy or briefly unreachable database is retried here: requeueing would spend the
         messages' delivery limit on a fault that is not theirs."""
         for attempt in range(TRANSIENT_RETRIES):
             try:
-                return self.process_batch(subs)
+                return self.process_batch(subs, defer=defer)
             except OperationalError as exc:
                 log.warning("archive busy or unreachable (%s), retrying", exc)
                 for s in subs:
                     s.redelivered = True  # a half-done attempt may have archived some of them
                 time.sleep(0.5 * (attempt + 1))
-        return self.process_batch(subs)
+        return self.process_batch(subs, defer=defer)
 
     def run(
         self,
@@ -181,7 +202,9 @@ class Router:
             max_batch=max_batch,
             idle_timeout=idle_timeout,
             stop=stop,
+            on_idle=self.settle,
         )
+        self.settle()
 
     def serve(
         self,
@@ -207,6 +230,7 @@ class Router:
                 if idle_exit is not None:
                     return
             except BrokerUnavailable as exc:
+                self._held.clear()  # their channel is gone: the broker hands them out again
                 log.warning("broker unavailable, reconnecting in %.1f s: %s", backoff, exc.message)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, max_backoff)
@@ -225,9 +249,12 @@ class Router:
             raise out.error
         return out
 
-    def process_batch(self, subs: list[Submission]) -> list[Outcome]:
+    def process_batch(self, subs: list[Submission], *, defer: bool = False) -> list[Outcome]:
         """Check each submission, archive the batch in one transaction, deliver with streamed
         confirms, mark the deliveries; the outcomes are in the submissions' order.
+
+        ``defer``: leave the marks for the next batch's transaction or :meth:`settle` (the
+        consuming loop, which holds the acks until then).
 
         ``Submission.redelivered``: the broker's flag; a fresh copy of bytes already
         archived is a replay, a redelivered one is a router that died mid-way.  Within a
@@ -264,13 +291,18 @@ class Router:
             except Refused as exc:
                 self._quarantine(batch, i, sub, exc)
         self._refuse_content_replays(batch, subs, checked)
-        records = self.archive.record_many(batch.entries, absent=True)  # looked up above
+        marks, self._unmarked = self._unmarked, []
+        try:  # with the marks of the batch before
+            records = self.archive.record_many(batch.entries, absent=True, delivered=marks)  # looked up above
+        except BaseException:
+            self._unmarked = marks + self._unmarked
+            raise
         for owner, (record, created), entry in zip(batch.owners, records, batch.entries, strict=True):
             if record.state == "accepted" and record.kind in ("edoc", "status"):
                 batch.deliver.append((owner, record, entry.raw))
                 if created:
                     batch.fresh[record.id] = entry
-        self._deliver_all(batch)
+        self._deliver_all(batch, defer)
         return [
             o if o is not None else Outcome("duplicate", s.digest) for o, s in zip(batch.outcomes, subs, strict=True)
         ]
@@ -417,7 +449,7 @@ class Router:
             "timestamp": msg.timestamp,
         }
 
-    def _deliver_all(self, batch: _Batch) -> None:
+    def _deliver_all(self, batch: _Batch, defer: bool = False) -> None:
         """Publish every pending delivery of the batch with streamed confirms, then mark the
         confirmed ones delivered (one transaction).  A failed delivery makes its submission
         ``retry``: the broker redelivers it and only what is still pending goes out again.
@@ -477,7 +509,10 @@ class Router:
         results = self.transport.publish_many(outgoing(), window=CHUNK_WINDOW if files else None)
         failed = {rows_of[k] for k, failure in enumerate(results) if failure is not None}
         done = [row for n, row in enumerate(pending) if n not in failed]
-        self.archive.mark_delivered_many(done)
+        if defer:
+            self._unmarked.append(Delivered(utcnow(), done))
+        else:
+            self.archive.mark_delivered_many(done)
         for owner, failure in zip(owners, results, strict=True):
             if failure is None:
                 continue

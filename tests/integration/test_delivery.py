@@ -47,10 +47,10 @@ def test_poison_message_is_dead_lettered_listed_and_replayed(broker_province, tm
     f.write_bytes(b"%PDF")
     real_process = Router.process_batch
 
-    def crashing(self, subs):
+    def crashing(self, subs, **kw):
         if any("ĐỘC".encode() in s.body for s in subs):
             raise RuntimeError("simulated router bug")
-        return real_process(self, subs)
+        return real_process(self, subs, **kw)
 
     monkeypatch.setattr(Router, "process_batch", crashing)
     with Adapter(p.settings, DEPT) as dept, Adapter(p.settings, PC) as pc:

@@ -8,7 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from bus import report, search
+from bus import report, search, statements
 from bus.archive import AttachmentRecord, Blob, ChainEntry, Message, StatusEvent, utcnow
 from bus.audit import verify_archive
 from bus.router import Router, load_trust
@@ -183,3 +183,18 @@ def test_bench_archive_smoke_reports_every_query(tmp_path) -> None:
     data = json.loads(res.output[res.output.index("{") :])
     assert data["documents"] == 300 and set(data["queries"]) >= {"full text", "sender + month", "recipient"}
     assert all(v["n"] == 3 and v["p95_ms"] >= 0 for v in data["queries"].values())
+
+
+def test_cached_statements_bind_values_and_refuse_a_shape_that_inlines_them(filled) -> None:
+    """A statement is built once per shape; one whose values peewee would not pass as
+    parameters (here a LIMIT) is refused rather than cached with the first call's values."""
+    _, _, _, outs = filled
+    digests = [o.digest for o in outs[:2]]
+    found = statements.rows(Message, "test-find", digests, lambda v: Message.select().where(Message.digest.in_(v)))
+    assert sorted(m.digest for m in found) == sorted(digests)
+    other = statements.rows(
+        Message, "test-find", [*digests[:1], "0" * 64], lambda v: Message.select().where(Message.digest.in_(v))
+    )
+    assert [m.digest for m in other] == digests[:1]  # same shape, new values
+    with pytest.raises(ValueError, match="in order as parameters"):
+        statements.sql(Message, "test-limited", 1, lambda v: Message.select().where(Message.digest == v[0]).limit(5))

@@ -9,6 +9,7 @@ from bus.archive import Message, Recipient, StatusEvent
 from bus.policy import fold
 from bus.router import Router, load_trust
 from bus.topology import Names
+from bus.transport import Delivery
 from tests.helpers import signed_edoc
 
 PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
@@ -169,3 +170,29 @@ def _pdf(p):
     path = p.settings.home / "cv.pdf"
     path.write_bytes(b"%PDF-1.4\n%%EOF\n")
     return path
+
+
+def test_consuming_router_marks_deliveries_with_the_next_batch_and_acks_only_after(memory_province, router) -> None:
+    """The loop's router saves a commit per batch: a batch's confirmed deliveries are marked in
+    the next batch's transaction (or when the bus is quiet), and its submissions are acked
+    only once their marks are written."""
+    p = memory_province
+    acked: list[str] = []
+
+    def delivery(data: bytes, name: str) -> Delivery:
+        return Delivery(data, f"edoc.{PC}", user_id="guest", _ack=lambda: acked.append(name))
+
+    first = signed_edoc(p.settings, PC, [DEPT], number="1")
+    second = signed_edoc(p.settings, PC, [FIN], number="2")
+    router.handle_batch([delivery(first, "first")])
+    assert len(inbox(p, DEPT)) == 1  # delivered at once
+    assert [r.delivered_at for r in Recipient.select()] == [None]  # not marked yet
+    assert acked == []  # so not acked either
+    router.handle_batch([delivery(second, "second")])
+    marks = {r.organ_id: r.delivered_at for r in Recipient.select()}
+    assert marks[DEPT] is not None and marks[FIN] is None
+    assert acked == ["first"]
+    router.settle()  # what the loop does when nothing comes for a moment
+    assert all(r.delivered_at is not None for r in Recipient.select())
+    assert acked == ["first", "second"]
+    assert router.processed == 2
