@@ -203,11 +203,7 @@ class Adapter:
     def submit(self, msg: edxml.Message) -> SendResult:
         digest = self._to_outbox(msg)
         Outbox = self.store.Outbox
-        item = next(
-            iter(
-                statements.rows(Outbox, "outbox-row", [digest], lambda v: Outbox.select().where(Outbox.digest == v[0]))
-            )
-        )
+        item = statements.first(Outbox, "outbox-row", [digest], lambda v: Outbox.select().where(Outbox.digest == v[0]))
         large = any(a.external is not None for a in getattr(msg, "attachments", []))
         return SendResult(msg.document_id, digest, self._publish(item, uploads=large))
 
@@ -470,12 +466,12 @@ class Adapter:
         """
         Inbox = self.store.Inbox
         digests = [message_id or sha256(body) for body, message_id in deliveries]
-        known = set(
-            statements.rows(
+        known = {
+            d
+            for (d,) in statements.rows(
                 Inbox, "inbox-known", digests, lambda v: Inbox.select(Inbox.digest).where(Inbox.digest.in_(v))
             ).tuples()
-        )
-        known = {d for (d,) in known}
+        }
         rows: list[dict[str, Any] | None] = []
         messages: list[Any] = []
         answers: list[tuple[edxml.Message, bytes]] = []

@@ -368,7 +368,7 @@ def lock_chain_head() -> ChainHead:
         return query.for_update() if locking else query
 
     def head() -> ChainHead | None:
-        return next(iter(statements.rows(ChainHead, "chain-head", [1], build)), None)
+        return statements.first(ChainHead, "chain-head", [1], build)
 
     current = head()
     if current is None:

@@ -43,6 +43,11 @@ def rows(model: Any, name: str, values: Sequence[Any], build: Builder) -> Any:
     return ModelRaw(model, sql(model, name, len(values), build), tuple(values))
 
 
+def first(model: Any, name: str, values: Sequence[Any], build: Builder) -> Any:
+    """The first row of :func:`rows`, or None."""
+    return next(iter(rows(model, name, values, build)), None)
+
+
 def execute(model: Any, name: str, values: Sequence[Any], build: Builder) -> int:
     """Run a cached write statement on ``model``'s database; returns the rows it changed."""
     cursor = model._meta.database.execute_sql(sql(model, name, len(values), build), list(values))
