@@ -253,8 +253,6 @@ def open_database(url: str) -> Any:
                     "foreign_keys": 1,
                     "busy_timeout": 10000,
                     "synchronous": "normal",
-                    "wal_autocheckpoint": 10000,
-                    "cache_size": -65536,
                 },
             )
         else:
