@@ -1085,7 +1085,13 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
     show_default=True,
     help="Router processes (they overlap confirm waits).",
 )
-@click.option("--rate", type=float, default=200, show_default=True, help="Offered documents/s for the latency run.")
+@click.option(
+    "--rate",
+    type=float,
+    default=200,
+    show_default=True,
+    help="Documents/s offered in the latency run, from four agencies at once (the rate achieved is reported).",
+)
 @click.option("--latency-seconds", type=float, default=10, show_default=True)
 @click.option("--large-mib", type=float, default=1024, show_default=True, help="Size of the large-attachment run.")
 @click.option(
