@@ -158,9 +158,15 @@ class Router:
                 self.processed += 1
 
     def settle(self) -> None:
-        """Mark the confirmed deliveries and ack what waited for that (the bus is quiet)."""
+        """Mark the confirmed deliveries and ack what waited for that (the bus is quiet).
+
+        A busy or unreachable archive leaves both for the next batch or the next quiet moment."""
         if self._unmarked:
-            self.archive.record_many([], delivered=self._unmarked)
+            try:
+                self.archive.record_many([], delivered=self._unmarked)
+            except OperationalError as exc:
+                log.warning("archive busy or unreachable (%s), marking deliveries later", exc)
+                return
             self._unmarked = []
         self._ack_held()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from peewee import OperationalError
 
 from adapters import Adapter
 from bus.archive import Message, Recipient, StatusEvent
@@ -196,3 +197,21 @@ def test_consuming_router_marks_deliveries_with_the_next_batch_and_acks_only_aft
     assert all(r.delivered_at is not None for r in Recipient.select())
     assert acked == ["first", "second"]
     assert router.processed == 2
+
+
+def test_settle_keeps_marks_and_acks_for_later_when_the_archive_is_busy(memory_province, router, monkeypatch) -> None:
+    p = memory_province
+    acked: list[bool] = []
+    data = signed_edoc(p.settings, PC, [DEPT])
+    router.handle_batch([Delivery(data, f"edoc.{PC}", user_id="guest", _ack=lambda: acked.append(True))])
+    real = p.archive.record_many
+
+    def busy(*a, **kw):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(p.archive, "record_many", busy)
+    router.settle()  # no exception out of the consuming loop
+    assert acked == [] and [r.delivered_at for r in Recipient.select()] == [None]
+    monkeypatch.setattr(p.archive, "record_many", real)
+    router.settle()
+    assert acked == [True] and Recipient.get().delivered_at is not None
