@@ -13,6 +13,7 @@ turns bytes into a tree, and it refuses, before and while parsing:
 
 from __future__ import annotations
 
+import functools
 import re
 
 from lxml import etree
@@ -61,9 +62,15 @@ def parse(data: bytes, limits: Limits | None = None) -> etree._Element:
         raise MalformedEnvelope(
             f"encoding {encoding} is not allowed; edXML on this bus is UTF-8", reason="bad-encoding"
         )
-    if root.xpath("boolean(/*" + "/*" * limits.max_depth + ")"):
+    if _deeper_than(limits.max_depth)(root):
         raise MalformedEnvelope(f"document is nested deeper than {limits.max_depth} levels", reason="too-deep")
     return root
+
+
+@functools.lru_cache(maxsize=8)
+def _deeper_than(depth: int) -> etree.XPath:
+    """True when an element sits more than ``depth`` levels down (compiled once per limit)."""
+    return etree.XPath("boolean(/*" + "/*" * depth + ")")
 
 
 def _root_start(data: bytes) -> int:
