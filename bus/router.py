@@ -474,16 +474,13 @@ class Router:
         if not pending:
             return
         by_id = {record.id: (owner, record, body) for owner, record, body in batch.deliver}
-        files = self._large_files(
-            list(
-                dict.fromkeys(
-                    message_id
-                    for message_id, _ in pending
-                    if message_id not in batch.fresh
-                    or any(a.external is not None for a in batch.fresh[message_id].attachments)
-                )
-            )
-        )
+        # a message archived just now names its large files in its entry; others are looked up
+        maybe_files = [
+            m
+            for m in dict.fromkeys(m for m, _ in pending)
+            if m not in batch.fresh or any(a.external is not None for a in batch.fresh[m].attachments)
+        ]
+        files = self._large_files(maybe_files)
         owners: list[int | None] = []  # per published item: the submission it delivers
         rows_of: list[int] = []  # ... and its recipient row
         traced: dict[int, bytes] = {}

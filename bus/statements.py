@@ -1,4 +1,4 @@
-"""SQL for the router's hot path, built by peewee once per shape and then reused.
+"""SQL for the router's and the adapter's hot paths, built by peewee once per shape and then reused.
 
 Why: peewee builds a statement's SQL in Python on every call, 0.1-0.6 ms for the archive's
 queries, which is more than SQLite takes to run them; a router batch of one document ran

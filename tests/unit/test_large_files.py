@@ -34,6 +34,13 @@ def big_file(tmp_path, size: int = SIZE):
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def send_big(p, tmp_path, number: str, size: int = SIZE, subject: str = "Bản đồ"):
+    """DEPT sends PC one large file of ``size`` bytes; (the send result, the file's digest)."""
+    path, digest = big_file(tmp_path, size)
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        return dept.send([PC], subject=subject, number=number, notation="SNV", files=[path]), digest
+
+
 def router_of(p) -> Router:
     return Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
 
@@ -44,10 +51,8 @@ def queue(p, name: str):
 
 def test_large_file_goes_in_chunks_and_arrives_intact(small_inline, tmp_path) -> None:
     p = small_inline
-    path, digest = big_file(tmp_path)
+    sent, digest = send_big(p, tmp_path, "7", subject="Bản đồ quy hoạch")
     names = Names(p.settings.namespace)
-    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
-        sent = dept.send([PC], subject="Bản đồ quy hoạch", number="7", notation="SNV", files=[path])
     chunks = list(queue(p, names.router_chunks))
     envelope = list(queue(p, names.router_queue))
     assert len(chunks) == 3 and max(len(c.body) for c in chunks) <= blobs.CHUNK_BYTES
@@ -71,10 +76,8 @@ def test_large_file_goes_in_chunks_and_arrives_intact(small_inline, tmp_path) ->
 
 def test_chunks_that_do_not_make_the_signed_digest_are_refused(small_inline, tmp_path) -> None:
     p = small_inline
-    path, _ = big_file(tmp_path)
+    sent, _ = send_big(p, tmp_path, "8")
     names = Names(p.settings.namespace)
-    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
-        sent = dept.send([PC], subject="Bản đồ", number="8", notation="SNV", files=[path])
     chunk = queue(p, names.router_chunks)[1]
     chunk.body = bytes([chunk.body[0] ^ 1]) + chunk.body[1:]  # one flipped bit in transit
     router_of(p).run()
@@ -85,10 +88,8 @@ def test_chunks_that_do_not_make_the_signed_digest_are_refused(small_inline, tmp
 
 def test_envelope_waits_for_its_chunks_then_goes(small_inline, tmp_path) -> None:
     p = small_inline
-    path, _ = big_file(tmp_path)
+    sent, _ = send_big(p, tmp_path, "9")
     names = Names(p.settings.namespace)
-    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
-        sent = dept.send([PC], subject="Bản đồ", number="9", notation="SNV", files=[path])
     held = list(queue(p, names.router_chunks))
     queue(p, names.router_chunks).clear()  # another router still holds them
     router = router_of(p)
@@ -123,9 +124,7 @@ def test_external_reference_is_inside_the_signature(small_inline, tmp_path) -> N
     from bus.envelope import open_envelope
 
     p = small_inline
-    path, digest = big_file(tmp_path, 100_000)
-    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
-        dept.send([PC], subject="Bản đồ", number="10", notation="SNV", files=[path])
+    _, digest = send_big(p, tmp_path, "10", 100_000)
     body = queue(p, Names(p.settings.namespace).router_queue)[0].body
     forged = body.replace(digest.encode(), ("0" * 64).encode())
     safexml.parse(forged)
@@ -138,9 +137,7 @@ def test_archive_verify_rehashes_large_files(small_inline, tmp_path) -> None:
     from bus.audit import verify_archive
 
     p = small_inline
-    path, digest = big_file(tmp_path, 200_000)
-    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
-        dept.send([PC], subject="Bản đồ", number="11", notation="SNV", files=[path])
+    _, digest = send_big(p, tmp_path, "11", 200_000)
     router_of(p).run()
     files = ChunkStore(p.settings.home / "blobs")
     trust = load_trust(p.settings)
