@@ -1083,7 +1083,15 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
     type=click.IntRange(1),
     default=3,
     show_default=True,
-    help="Router processes (they overlap confirm waits).",
+    help="Router processes in the throughput run (they overlap confirm waits).",
+)
+@click.option(
+    "--latency-workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Router processes in the latency run: at 200/s one router takes the submissions in batches, "
+    "where several would each take batches of one and leave less CPU to the adapters.",
 )
 @click.option(
     "--rate",
@@ -1109,6 +1117,7 @@ def bench(
     documents: int,
     agencies: int,
     workers: int,
+    latency_workers: int,
     rate: float,
     latency_seconds: float,
     large_mib: float,
@@ -1131,6 +1140,7 @@ def bench(
             documents=documents,
             agencies=agencies,
             workers=workers,
+            latency_workers=latency_workers,
             rate=rate,
             latency_seconds=latency_seconds,
             large_bytes=int(large_mib * 1024 * 1024),

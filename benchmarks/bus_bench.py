@@ -266,7 +266,7 @@ def raw_relay(amqp_url: str, bodies: list[bytes], namespace: str, prefetch: int 
 SENDERS = 4  # agencies submitting at once in the latency part (one agency's submit waits for its confirm)
 
 
-def latency(b: Bench, count: int, rate: float, workers: int = 3, senders: int = SENDERS) -> dict[str, Any]:
+def latency(b: Bench, count: int, rate: float, workers: int = 1, senders: int = SENDERS) -> dict[str, Any]:
     """Offer ``rate`` documents/s in total from ``senders`` agencies (threads of this process,
     each with its own adapter, as each agency runs its own); time each document from
     ``submit()`` until the recipient's adapter (``docbus adapter run --drop``, its own
@@ -346,6 +346,7 @@ def latency(b: Bench, count: int, rate: float, workers: int = 3, senders: int = 
         "offered_per_s": rate,
         "achieved_per_s": round((len(sent_at) - 1) / window, 1) if window else None,
         "senders": len(codes),
+        "workers": workers,
         "documents": count,
         "stored": len(samples),
         "left_in_outbox": sum(unsent),
@@ -452,10 +453,16 @@ def run(
     rate: float,
     latency_seconds: float,
     large_bytes: int,
+    latency_workers: int = 1,
     parts: frozenset[str] = PARTS,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the ``parts`` asked for (``PARTS``: router, latency, large) in one setup."""
+    """Run the ``parts`` asked for (``PARTS``: router, latency, large) in one setup.
+
+    ``workers`` routers in the throughput run, ``latency_workers`` in the latency run: a
+    backlog of thousands is drained fastest by several routers overlapping their confirm
+    waits, a steady 200/s with the lowest delay by one, whose batches grow with the load
+    while several would each work on batches of one (docs/PERFORMANCE.md)."""
     namespace = f"bench{os.getpid()}"
     b = setup(settings.home / "bench-bus", settings.amqp_url, agencies, namespace)
     out: dict[str, Any] = {"machine": machine()}
@@ -472,7 +479,7 @@ def run(
             names = Names(b.settings.namespace)
             _purge(settings.amqp_url, [q for code in b.codes for q in names.inboxes(code)])
         if "latency" in parts:
-            out["latency"] = latency(b, max(10, int(rate * latency_seconds)), rate, workers)
+            out["latency"] = latency(b, max(10, int(rate * latency_seconds)), rate, latency_workers)
         if "large" in parts:
             out["large_attachment"] = large_attachment(b, large_bytes)
     finally:
@@ -502,7 +509,8 @@ def rows(data: dict[str, Any]) -> list[list[str]]:
         lat = data["latency"]
         out.append(
             [
-                f"latency at {lat['offered_per_s']}/s (achieved {lat['achieved_per_s']}/s, {lat['senders']} senders)",
+                f"latency at {lat['offered_per_s']}/s (achieved {lat['achieved_per_s']}/s, "
+                f"{lat['senders']} senders, router x{lat['workers']})",
                 f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms",
                 f"{lat['stored']}/{lat['documents']} stored",
             ]

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
 
 
-SMALL = ["--documents", "30", "--agencies", "3", "--workers", "1", "--rate", "20", "--latency-seconds", "1"]
+SMALL = ["--documents", "30", "--agencies", "3", "--workers", "2", "--latency-workers", "1"]
+SMALL += ["--rate", "20", "--latency-seconds", "1"]
 
 
 def bench(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -36,6 +37,7 @@ def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
     report = json.loads(done.stdout)
     assert report["router"]["delivered"] == report["router"]["documents"] == 30
     assert report["raw_relay"]["relayed"] == 30 and report["router_vs_relay"] > 0
+    assert report["router"]["workers"] == 2 and report["latency"]["workers"] == 1
     assert report["latency"]["stored"] == report["latency"]["documents"] == 20
     assert {"p50_ms", "p95_ms", "p99_ms"} <= set(report["latency"])
     large = report["large_attachment"]
