@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import random
 import shutil
@@ -32,7 +33,7 @@ from typing import Any
 import pika
 
 from adapters import Adapter
-from benchmarks.stats import machine, summary_ms
+from benchmarks.stats import cpu_seconds, local_broker_pid, machine, machine_ticks, summary_ms
 from bus import compose, province, topology
 from bus.archive import Archive, Message, Recipient
 from bus.blobs import file_sha256
@@ -274,7 +275,10 @@ def latency(b: Bench, count: int, rate: float, workers: int = 1, senders: int = 
     modification time, written after the store's commit.
 
     One agency alone cannot offer 200/s: its ``submit`` signs, commits the outbox with an
-    fsync and waits for the broker's confirm.  The rate actually achieved is reported."""
+    fsync and waits for the broker's confirm.  The rate actually achieved is reported, with
+    the CPU time each part of the bus spent per document (the routers, the recipient, the
+    sending agencies, a local RabbitMQ) and how busy the whole machine was while sending:
+    latency climbs steeply as that nears 100 %."""
     recipient = b.codes[1]
     codes = [c for c in b.codes if c != recipient][:senders]
     payload = b"%PDF-1.4 " + os.urandom(2500)
@@ -313,6 +317,17 @@ def latency(b: Bench, count: int, rate: float, workers: int = 1, senders: int = 
         return {doc: files[digest] for doc, digest in list(digests.items()) if digest in files}
 
     start = time.perf_counter() + 0.5
+    # CPU per document, by process: how close the machine is to full, and who spends it
+    broker = local_broker_pid()
+    watched = {"routers": [r.pid for r in routers], "recipient": [receiver.pid]}
+    if broker is not None:
+        watched["RabbitMQ"] = [broker]
+    cpu_before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in watched.items()}
+    senders_before = cpu_seconds()
+    sending = [len(codes)]
+    senders_cpu: list[float] = []
+    busy: list[tuple[int, int]] = []  # the machine's CPU ticks when sending starts and ends
+    lock = threading.Lock()
 
     def send(code: str) -> None:
         with Adapter(b.settings, code) as s:
@@ -325,6 +340,11 @@ def latency(b: Bench, count: int, rate: float, workers: int = 1, senders: int = 
                 digests[edoc.document_id] = result.digest[:16]
                 if not result.published:
                     log.warning("benchmark document %s stayed in the outbox", edoc.document_id)
+            with lock:  # the last agency to finish sending reads the senders' CPU
+                sending[0] -= 1
+                if sending[0] == 0:
+                    senders_cpu.append(cpu_seconds() - senders_before)
+                    busy.append(machine_ticks())
             deadline = time.monotonic() + 30
             mine = {e.document_id for _, e in plans[code]}
             while not mine <= stored().keys() and time.monotonic() < deadline:
@@ -335,9 +355,14 @@ def latency(b: Bench, count: int, rate: float, workers: int = 1, senders: int = 
     threads = [threading.Thread(target=send, args=(c,), daemon=True) for c in codes]
     for t in threads:
         t.start()
+    time.sleep(max(0.0, start - time.perf_counter()))
+    busy.insert(0, machine_ticks())
     for t in threads:
         t.join()
     stored_at = stored()
+    cpu = {name: sum(cpu_seconds(p) for p in pids) - cpu_before[name] for name, pids in watched.items()}
+    if senders_cpu:
+        cpu["senders"] = senders_cpu[0]
     b.stop()
     del routers
     samples = [stored_at[d] - sent_at[d] for d in sent_at if d in stored_at]
@@ -350,7 +375,19 @@ def latency(b: Bench, count: int, rate: float, workers: int = 1, senders: int = 
         "documents": count,
         "stored": len(samples),
         "left_in_outbox": sum(unsent),
+        "cpu_ms_per_doc": {
+            name: round(1000 * v / len(samples), 2) for name, v in cpu.items() if samples and not math.isnan(v)
+        },
+        "cpu_busy_pct": _busy_pct(busy),
     } | summary_ms(samples)
+
+
+def _busy_pct(ticks: list[tuple[int, int]]) -> float | None:
+    """How busy the machine was between two ``machine_ticks()`` readings, in percent."""
+    if len(ticks) < 2:
+        return None
+    (busy0, total0), (busy1, total1) = ticks[0], ticks[-1]
+    return round(100 * (busy1 - busy0) / max(1, total1 - total0), 1)
 
 
 def _purge(amqp_url: str, queues: list[str]) -> None:
@@ -513,6 +550,13 @@ def rows(data: dict[str, Any]) -> list[list[str]]:
                 f"{lat['senders']} senders, router x{lat['workers']})",
                 f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms",
                 f"{lat['stored']}/{lat['documents']} stored",
+            ]
+        )
+        out.append(
+            [
+                "CPU per document, ms (latency run)",
+                ", ".join(f"{name} {ms}" for name, ms in lat["cpu_ms_per_doc"].items()),
+                f"machine {lat['cpu_busy_pct']} % busy",
             ]
         )
     if "large_attachment" in data:

@@ -40,6 +40,9 @@ def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
     assert report["router"]["workers"] == 2 and report["latency"]["workers"] == 1
     assert report["latency"]["stored"] == report["latency"]["documents"] == 20
     assert {"p50_ms", "p95_ms", "p99_ms"} <= set(report["latency"])
+    cpu = report["latency"]["cpu_ms_per_doc"]  # every docbus process of the run, and its share of the machine
+    assert {"routers", "recipient", "senders"} <= set(cpu) and all(ms > 0 for ms in cpu.values())
+    assert 0 < report["latency"]["cpu_busy_pct"] <= 100
     large = report["large_attachment"]
     assert large["intact"] is True and large["bytes"] == 5 * 1024 * 1024
     assert set(large["peak_rss_mib"]) == {"docbus send (adapter)", "docbus router run", "docbus adapter run"}

@@ -1,0 +1,31 @@
+"""The measuring helpers behind `docbus bench` (benchmarks/stats.py)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from benchmarks.bus_bench import _busy_pct
+from benchmarks.stats import cpu_seconds, machine_ticks, percentile
+
+
+def test_cpu_seconds_counts_this_process_and_not_a_missing_one() -> None:
+    before = cpu_seconds()
+    x = 0
+    while cpu_seconds() - before < 0.05:  # spin until the kernel has charged some CPU time
+        x += 1
+    assert cpu_seconds(os.getpid()) >= before + 0.05
+    assert math.isnan(cpu_seconds(2**22 + 12345))  # beyond pid_max: no such process
+
+
+def test_machine_ticks_and_busy_share() -> None:
+    busy, total = machine_ticks()
+    assert 0 <= busy <= total
+    assert _busy_pct([(100, 1000), (250, 1200)]) == 75.0  # 150 busy ticks of 200
+    assert _busy_pct([(100, 1000)]) is None
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([5], 99) == 5
+    assert math.isnan(percentile([], 50))
