@@ -33,7 +33,7 @@ from typing import Any
 import pika
 
 from adapters import Adapter
-from benchmarks.stats import cpu_seconds, local_broker_pid, machine, machine_ticks, summary_ms
+from benchmarks.stats import busy_pct, cpu_seconds, local_broker_pid, machine, machine_ticks, summary_ms
 from bus import compose, province, topology
 from bus.archive import Archive, Message, Recipient
 from bus.blobs import file_sha256
@@ -378,16 +378,8 @@ def latency(b: Bench, count: int, rate: float, workers: int = 1, senders: int = 
         "cpu_ms_per_doc": {
             name: round(1000 * v / len(samples), 2) for name, v in cpu.items() if samples and not math.isnan(v)
         },
-        "cpu_busy_pct": _busy_pct(busy),
+        "cpu_busy_pct": busy_pct(busy),
     } | summary_ms(samples)
-
-
-def _busy_pct(ticks: list[tuple[int, int]]) -> float | None:
-    """How busy the machine was between two ``machine_ticks()`` readings, in percent."""
-    if len(ticks) < 2:
-        return None
-    (busy0, total0), (busy1, total1) = ticks[0], ticks[-1]
-    return round(100 * (busy1 - busy0) / max(1, total1 - total0), 1)
 
 
 def _purge(amqp_url: str, queues: list[str]) -> None:

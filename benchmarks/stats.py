@@ -59,6 +59,14 @@ def machine_ticks() -> tuple[int, int]:
     return sum(values) - values[3] - values[4], sum(values)
 
 
+def busy_pct(ticks: list[tuple[int, int]]) -> float | None:
+    """How busy the machine was between the first and last ``machine_ticks()`` readings, in percent."""
+    if len(ticks) < 2:
+        return None
+    (busy0, total0), (busy1, total1) = ticks[0], ticks[-1]
+    return round(100 * (busy1 - busy0) / max(1, total1 - total0), 1)
+
+
 def local_broker_pid() -> int | None:
     """The pid of a RabbitMQ node on this machine (``beam.smp``), if there is one."""
     for proc in Path("/proc").iterdir():

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from benchmarks.bus_bench import _busy_pct
-from benchmarks.stats import cpu_seconds, machine_ticks, percentile
+from benchmarks.stats import busy_pct, cpu_seconds, machine_ticks, percentile
 
 
 def test_cpu_seconds_counts_this_process_and_not_a_missing_one() -> None:
@@ -21,8 +20,8 @@ def test_cpu_seconds_counts_this_process_and_not_a_missing_one() -> None:
 def test_machine_ticks_and_busy_share() -> None:
     busy, total = machine_ticks()
     assert 0 <= busy <= total
-    assert _busy_pct([(100, 1000), (250, 1200)]) == 75.0  # 150 busy ticks of 200
-    assert _busy_pct([(100, 1000)]) is None
+    assert busy_pct([(100, 1000), (250, 1200)]) == 75.0  # 150 busy ticks of 200
+    assert busy_pct([(100, 1000)]) is None
 
 
 def test_percentile_interpolates() -> None:
