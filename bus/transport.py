@@ -27,6 +27,45 @@ from bus.topology import Topology
 
 log = logging.getLogger(__name__)
 QUIET_AFTER = 0.02  # s without deliveries before consume_batches calls on_idle
+COALESCE_BYTES = 256 * 1024  # frames joined into one socket write, at most
+
+
+def _produce_coalesced(self: Any) -> None:
+    """pika's ``_AsyncTransportBase._produce``, writing queued frames together.
+
+    pika hands every frame to the socket with its own ``send()``: a publish is three (method,
+    header, body), each ack one.  A router answering a batch queues dozens of frames, and on
+    this kind of host a ``send()`` to the broker costs 10-40 us of CPU in the kernel, about a
+    tenth of the router's time.  Joining the queued frames (up to ``COALESCE_BYTES``; large
+    file chunks go as they are) writes the same bytes in the same order with one call.
+    Partial sends and the byte count are kept exactly as pika keeps them.
+    """
+    buffers = self._tx_buffers
+    while buffers:
+        if len(buffers) > 1 and len(buffers[0]) < COALESCE_BYTES:
+            joined = [buffers.popleft()]
+            size = len(joined[0])
+            while buffers and size + len(buffers[0]) <= COALESCE_BYTES:
+                size += len(buffers[0])
+                joined.append(buffers.popleft())
+            buffers.appendleft(b"".join(joined))
+        sent = self._sigint_safe_send(self._sock, buffers[0])
+        chunk = buffers.popleft()
+        if sent < len(chunk):
+            buffers.appendleft(chunk[sent:])
+        self._tx_buffered_byte_count -= sent
+
+
+def _install_frame_coalescing() -> None:
+    """Use :func:`_produce_coalesced` for plain TCP connections (TLS keeps pika's own)."""
+    from pika.adapters.utils import io_services_utils as nbio
+
+    plain = getattr(nbio, "_AsyncPlaintextTransport", None)
+    if plain is not None and "_produce" not in vars(plain) and hasattr(nbio._AsyncTransportBase, "_produce"):
+        plain._produce = _produce_coalesced
+
+
+_install_frame_coalescing()
 
 
 class DeliveryFailed(DocbusError):

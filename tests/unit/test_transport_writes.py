@@ -1,0 +1,54 @@
+"""Queued AMQP frames leave in one socket write, byte for byte, partial sends included."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from pika.adapters.utils import io_services_utils as nbio
+
+from bus.transport import COALESCE_BYTES, _produce_coalesced
+
+
+class FakeTransport:
+    """The state pika's transport keeps for ``_produce``, with a socket that takes ``accept`` bytes a call."""
+
+    def __init__(self, frames: list[bytes], accept: int | None = None) -> None:
+        self._tx_buffers = deque(frames)
+        self._tx_buffered_byte_count = sum(map(len, frames))
+        self._sock = object()
+        self.accept = accept
+        self.sends: list[bytes] = []
+
+    def _sigint_safe_send(self, _sock: object, data: bytes) -> int:
+        taken = data if self.accept is None else data[: self.accept]
+        self.sends.append(bytes(taken))
+        return len(taken)
+
+
+def test_queued_frames_go_out_in_one_write_in_order() -> None:
+    frames = [b"method", b"header", b"body" * 1000, b"ack1", b"ack2"]
+    t = FakeTransport(frames)
+    _produce_coalesced(t)
+    assert t.sends == [b"".join(frames)]
+    assert not t._tx_buffers and t._tx_buffered_byte_count == 0
+
+
+def test_large_frames_are_not_copied_into_one_huge_write() -> None:
+    chunk = b"x" * COALESCE_BYTES  # a 1 MiB file chunk is cut into frames of this order
+    t = FakeTransport([b"method", b"header", chunk, b"next"])
+    _produce_coalesced(t)
+    assert t.sends == [b"methodheader", chunk, b"next"]
+    assert t._tx_buffered_byte_count == 0
+
+
+def test_partial_sends_keep_every_byte_and_the_count() -> None:
+    frames = [b"abc", b"defgh", b"ij"]
+    t = FakeTransport(frames, accept=4)
+    _produce_coalesced(t)
+    assert b"".join(t.sends) == b"abcdefghij"
+    assert t.sends[0] == b"abcd" and t._tx_buffered_byte_count == 0
+
+
+def test_plain_tcp_connections_use_it() -> None:
+    assert nbio._AsyncPlaintextTransport._produce is _produce_coalesced
+    assert nbio._AsyncSSLTransport._produce is not _produce_coalesced  # TLS keeps pika's own
