@@ -41,7 +41,7 @@ from bus.blobs import file_sha256
 from bus.config import Settings
 from bus.edxml import Attachment, Organ
 from bus.topology import Names
-from bus.transport import AmqpTransport, Outgoing
+from bus.transport import CONNECT_ERRORS, AmqpTransport, Outgoing, broker_unavailable
 from signing.identity import Identity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -504,6 +504,37 @@ def run(
     waits, a steady 200/s with the lowest delay by one, whose batches grow with the load
     while several would each work on batches of one (docs/PERFORMANCE.md)."""
     namespace = f"bench{os.getpid()}"
+    try:
+        return _run(
+            settings,
+            documents,
+            agencies,
+            workers,
+            rate,
+            latency_seconds,
+            large_bytes,
+            latency_workers,
+            parts,
+            namespace,
+            progress,
+        )
+    except CONNECT_ERRORS as exc:  # the raw relay and the queue purges talk to pika directly
+        raise broker_unavailable(settings.amqp_url, exc) from exc
+
+
+def _run(
+    settings: Settings,
+    documents: int,
+    agencies: int,
+    workers: int,
+    rate: float,
+    latency_seconds: float,
+    large_bytes: int,
+    latency_workers: int,
+    parts: frozenset[str],
+    namespace: str,
+    progress: Callable[[str, int, int], None] | None,
+) -> dict[str, Any]:
     b = setup(settings.home / "bench-bus", settings.amqp_url, agencies, namespace)
     out: dict[str, Any] = {"machine": machine()}
     try:

@@ -21,11 +21,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pika
 import pika.exceptions as pex
+from pika.adapters.utils.connection_workflow import AMQPConnectorException, AMQPConnectorStackTimeout
 
 from bus.errors import BrokerUnavailable, DocbusError
 from bus.topology import Topology
 
 log = logging.getLogger(__name__)
+# What pika raises when a connection cannot be made: its AMQP errors, the socket's, and the
+# connector's own (a broker that takes the TCP connection but never answers the handshake
+# raises AMQPConnectorStackTimeout, which is none of the others).
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (pex.AMQPError, OSError, AMQPConnectorException)
 QUIET_AFTER = 0.02  # s without deliveries before consume_batches calls on_idle
 COALESCE_BYTES = 256 * 1024  # frames joined into one socket write, at most
 
@@ -170,12 +175,15 @@ def _describe(exc: BaseException) -> str:
         if not isinstance(inner, BaseException):
             break
         exc = inner
+    if isinstance(exc, AMQPConnectorStackTimeout):
+        return "it took the connection but did not answer the AMQP handshake: restart it"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
 
 
-def _unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
+def broker_unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
+    """The one error a pika failure to reach ``url`` becomes (``exc`` is one of ``CONNECT_ERRORS``)."""
     detail = _describe(exc)
     return BrokerUnavailable(
         f"RabbitMQ is not reachable at {redact(url)} ({detail}); start it with 'rabbitmq-server -detached' "
@@ -190,13 +198,16 @@ class AmqpTransport:
     a long-running process from hanging silently on a dead or blocked broker.
     """
 
-    def __init__(self, url: str, *, heartbeat: int = 30, blocked_timeout: float = 60.0) -> None:
+    def __init__(
+        self, url: str, *, heartbeat: int = 30, blocked_timeout: float = 60.0, connect_timeout: float = 15.0
+    ) -> None:
         self.url = url
         params = pika.URLParameters(url)
         params.heartbeat = heartbeat
         params.blocked_connection_timeout = blocked_timeout
         params.connection_attempts = 1
-        params.socket_timeout = 5
+        params.socket_timeout = min(5.0, connect_timeout)
+        params.stack_timeout = connect_timeout  # TCP connect + AMQP handshake, together
         self._params = params
         self._stream: Any = None  # the channel for publish_many, opened on first use
         self._seq = 0
@@ -215,10 +226,8 @@ class AmqpTransport:
             raise BrokerUnavailable(
                 f"RabbitMQ at {redact(url)} refused the credentials", reason="access-refused"
             ) from exc
-        except (pex.AMQPConnectionError, OSError) as exc:
-            raise _unavailable(url, exc) from exc
-        except pex.AMQPError as exc:
-            raise _unavailable(url, exc) from exc
+        except CONNECT_ERRORS as exc:
+            raise broker_unavailable(url, exc) from exc
 
     # -- topology
     def apply(self, topology: Topology) -> None:
@@ -232,7 +241,7 @@ class AmqpTransport:
         except pex.ChannelClosedByBroker as exc:
             raise DocbusError(f"the broker refused the topology: {exc.reply_text}", reason="topology") from exc
         except pex.AMQPError as exc:
-            raise _unavailable(self.url, exc) from exc
+            raise broker_unavailable(self.url, exc) from exc
 
     def delete(self, topology: Topology) -> None:
         try:
@@ -243,7 +252,7 @@ class AmqpTransport:
         except pex.ChannelClosedByBroker as exc:
             raise DocbusError(f"the broker refused to delete: {exc.reply_text}", reason="access-refused") from exc
         except pex.AMQPError as exc:
-            raise _unavailable(self.url, exc) from exc
+            raise broker_unavailable(self.url, exc) from exc
 
     # -- messages
     def publish(
@@ -279,7 +288,7 @@ class AmqpTransport:
                 f"the broker closed the channel: {exc.reply_code} {exc.reply_text}", reason="refused-by-broker"
             ) from exc
         except (pex.AMQPError, OSError) as exc:
-            raise _unavailable(self.url, exc) from exc
+            raise broker_unavailable(self.url, exc) from exc
 
     def publish_many(self, items: Iterable[Outgoing], *, window: int | None = None) -> list[DeliveryFailed | None]:
         """Publish ``items`` with confirms streamed, not one round trip each; wait for all.
@@ -326,7 +335,7 @@ class AmqpTransport:
             ) from exc
         except (pex.AMQPError, OSError) as exc:
             self._stream = None
-            raise _unavailable(self.url, exc) from exc
+            raise broker_unavailable(self.url, exc) from exc
         results: list[DeliveryFailed | None] = [None] * count
         for i, failure in self._failed.items():
             results[i] = failure
@@ -343,7 +352,7 @@ class AmqpTransport:
                 ch._impl.add_on_return_callback(self._on_stream_return)
                 ch._flush_output(lambda: bool(ready))
             except (pex.AMQPError, OSError) as exc:
-                raise _unavailable(self.url, exc) from exc
+                raise broker_unavailable(self.url, exc) from exc
             self._stream, self._seq = ch, 0
         return self._stream
 
@@ -385,7 +394,7 @@ class AmqpTransport:
         except pex.ChannelClosedByBroker as exc:
             raise DocbusError(f"cannot read {queue}: {exc.reply_text}", reason="access-refused") from exc
         except (pex.AMQPError, OSError) as exc:
-            raise _unavailable(self.url, exc) from exc
+            raise broker_unavailable(self.url, exc) from exc
         if method is None:
             return None
         return self._delivery(method, props, body)
@@ -462,7 +471,7 @@ class AmqpTransport:
         except pex.ChannelClosedByBroker as exc:
             raise DocbusError(f"cannot consume {', '.join(names)}: {exc.reply_text}", reason="access-refused") from exc
         except (pex.AMQPError, OSError) as exc:
-            raise _unavailable(self.url, exc) from exc
+            raise broker_unavailable(self.url, exc) from exc
 
     def _fill(self, buffers: dict[str, deque[tuple[Any, Any, bytes]]], want: int) -> None:
         """Read what the broker has already sent, up to ``want`` buffered deliveries: one
@@ -480,10 +489,10 @@ class AmqpTransport:
         try:
             self._conn.process_data_events(time_limit=time_limit)
         except (pex.AMQPError, OSError) as exc:
-            raise _unavailable(self.url, exc) from exc
+            raise broker_unavailable(self.url, exc) from exc
         except Exception as exc:  # pika raises odd errors (ValueError, AssertionError) on a dying socket
             if self._conn.is_closed:
-                raise _unavailable(self.url, exc) from exc
+                raise broker_unavailable(self.url, exc) from exc
             raise
 
     def close(self) -> None:

@@ -112,16 +112,18 @@ def broker_province(tmp_path: Path, broker_url: str, namespace: str, keys_templa
     transport = AmqpTransport(broker_url)
     p = _make(tmp_path, transport, namespace, keys_template, broker_users=True)
     yield p
-    province.remove_broker_users(p.settings, p.archive)
-    names = Names(namespace)
-    full = topology.core(names)
-    for code, _ in AGENCIES:
-        full = full + topology.agency(names, code)
-    cleanup = AmqpTransport(broker_url)
-    cleanup.delete(full)
-    cleanup.close()
-    transport.close()
-    p.archive.close()
+    try:
+        province.remove_broker_users(p.settings, p.archive)
+    finally:  # the queues go even when the users could not: leftover quorum queues pile up in the broker
+        names = Names(namespace)
+        full = topology.core(names)
+        for code, _ in AGENCIES:
+            full = full + topology.agency(names, code)
+        cleanup = AmqpTransport(broker_url)
+        cleanup.delete(full)
+        cleanup.close()
+        transport.close()
+        p.archive.close()
 
 
 PG_URL = os.environ.get("DOCBUS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")

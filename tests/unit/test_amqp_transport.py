@@ -1,12 +1,15 @@
-"""Queued AMQP frames leave in one socket write, byte for byte, partial sends included."""
+"""The real transport without a broker: how it writes frames, and what it says when it cannot connect."""
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 
+import pytest
 from pika.adapters.utils import io_services_utils as nbio
 
-from bus.transport import COALESCE_BYTES, _produce_coalesced
+from bus.errors import BrokerUnavailable
+from bus.transport import COALESCE_BYTES, AmqpTransport, _produce_coalesced
 
 
 class FakeTransport:
@@ -52,3 +55,22 @@ def test_partial_sends_keep_every_byte_and_the_count() -> None:
 def test_plain_tcp_connections_use_it() -> None:
     assert nbio._AsyncPlaintextTransport._produce is _produce_coalesced
     assert nbio._AsyncSSLTransport._produce is not _produce_coalesced  # TLS keeps pika's own
+
+
+def test_a_broker_that_never_answers_the_handshake_is_one_clear_error() -> None:
+    """RabbitMQ can take TCP connections and never answer (seen after heavy quorum-queue churn)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        with pytest.raises(BrokerUnavailable, match="did not answer the AMQP handshake") as caught:
+            AmqpTransport(f"amqp://guest:secret@127.0.0.1:{port}/%2F", connect_timeout=1.0)
+    assert "secret" not in caught.value.message
+
+
+def test_nothing_listening_is_one_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: refused
+        with pytest.raises(BrokerUnavailable, match="not reachable"):
+            AmqpTransport(f"amqp://guest:guest@127.0.0.1:{port}/%2F", connect_timeout=1.0)
