@@ -622,7 +622,9 @@ def router_run(idle_exit: float | None, prefetch: int, batch: int) -> None:
     hub = Identity.load(s.hub_organ_id, s.home / "hub")
     r = Router(s, amqp(s), archive, load_trust(s), hub)
     click.echo(
-        f"router consuming {r.names.router_urgent}, {r.names.router_queue} and {r.names.router_chunks}", err=True
+        f"router consuming {r.names.router_urgent}, {r.names.router_queue}, {r.names.router_status}"
+        f" and {r.names.router_chunks}",
+        err=True,
     )
     try:
         r.serve(lambda: AmqpTransport(s.amqp_url), idle_exit=idle_exit, prefetch=prefetch, max_batch=batch)

@@ -41,6 +41,12 @@ from signing.identity import Identity
 
 log = logging.getLogger("docbus.router")
 RECALL_REQUEST = "13"
+# statuses in one batch, at most: a batch of them takes about a millisecond each, and the
+# documents that arrive meanwhile wait for the batch to end (docs/PERFORMANCE.md)
+STATUS_SHARE = 4
+# and held, at most: RabbitMQ 3.10 counts every held delivery a router dies with toward the
+# queue's delivery limit, so statuses waiting their turn are not held by the hundred
+STATUS_PREFETCH = 2 * STATUS_SHARE
 CHUNK_PREFETCH = 8  # chunks are up to 1 MiB: this bounds what a router holds of them
 CHUNK_WAIT_SECONDS = 600.0  # an envelope waits this long for its chunks, then is refused
 WAITING_SINCE = "x-docbus-waiting-since"
@@ -115,7 +121,12 @@ class Router:
     # -- the AMQP side
     def submission(self, delivery: Delivery) -> Submission:
         routing_key, user_id = delivery.routing_key, delivery.user_id
-        if routing_key in (self.names.router_queue, self.names.router_urgent, self.names.router_wait):
+        if routing_key in (
+            self.names.router_queue,
+            self.names.router_urgent,
+            self.names.router_status,
+            self.names.router_wait,
+        ):
             # replayed by an operator through the default exchange, which no agency may write to
             routing_key = str(delivery.headers.get(REPLAY_KEY, ""))
             user_id = delivery.headers.get(REPLAY_USER) or None
@@ -201,11 +212,13 @@ class Router:
         if swept:
             log.info("removed the staged chunks of %d upload(s) whose envelope never came", swept)
         self.transport.consume_batches(
-            # chunks first (each is a quick write), with a small prefetch: they are 1 MiB each
-            [self.names.router_chunks, self.names.router_urgent, self.names.router_queue],
+            # chunks first (each is a quick write), with a small prefetch: they are 1 MiB each;
+            # statuses last, a few per batch: a recipient's burst of 01s never holds up documents
+            [self.names.router_chunks, self.names.router_urgent, self.names.router_queue, self.names.router_status],
             self.handle_batch,
-            prefetch=[CHUNK_PREFETCH, prefetch, prefetch],
+            prefetch=[CHUNK_PREFETCH, prefetch, prefetch, STATUS_PREFETCH],
             max_batch=max_batch,
+            share=[None, None, None, STATUS_SHARE],
             idle_timeout=idle_timeout,
             stop=stop,
             on_idle=self.settle,

@@ -3,18 +3,22 @@
 ::
 
     agency adapter --(user_id, key [urgent.]edoc.<OrganId> | status.<OrganId>)--> <ns>.submit (topic)
-        <ns>.submit --edoc.#, status.#--> <ns>.router        (quorum; delivery limit; DLX <ns>.dead)
+        <ns>.submit --edoc.#----------> <ns>.router        (quorum; delivery limit; DLX <ns>.dead)
         <ns>.submit --urgent.#--------> <ns>.router.urgent (same, consumed first)
+        <ns>.submit --status.#--------> <ns>.router.status (same, consumed last, a few per batch)
     router --(key <OrganId>[.urgent])--> <ns>.deliver (direct)
         --> <ns>.inbox.<OrganId> and <ns>.inbox.<OrganId>.urgent (quorum; the adapter reads urgent first)
     <ns>.dead (fanout) --> <ns>.dead (quorum): poison messages, never silently dropped
 
 Quorum queues in RabbitMQ 3.10 have no priorities, so hỏa tốc documents (priority 3-4) travel
 in queues of their own, and every consumer drains the urgent queue before the ordinary one.
+Statuses have a queue of their own for the same reason: a recipient answers its 01s in
+bursts, and documents must not wait behind a burst of receipts.
 
 ``<ns>`` is ``docbus`` in production (``DOCBUS_NAMESPACE``); tests use their own so they
 can run beside a live bus on one vhost.  Re-applying a topology is a no-op; a queue that
-exists with other arguments is reported, not replaced.
+exists with other arguments is reported, not replaced; a binding an earlier version made and
+this one no longer wants is listed in ``Topology.retired`` and removed.
 """
 
 from __future__ import annotations
@@ -48,9 +52,15 @@ class Topology:
     exchanges: tuple[Exchange, ...] = ()
     queues: tuple[Queue, ...] = ()
     bindings: tuple[Binding, ...] = ()
+    retired: tuple[Binding, ...] = ()  # made by an earlier version; applying removes them
 
     def __add__(self, other: Topology) -> Topology:
-        return Topology(self.exchanges + other.exchanges, self.queues + other.queues, self.bindings + other.bindings)
+        return Topology(
+            self.exchanges + other.exchanges,
+            self.queues + other.queues,
+            self.bindings + other.bindings,
+            self.retired + other.retired,
+        )
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,11 @@ class Names:
     @property
     def router_urgent(self) -> str:
         return f"{self.namespace}.router.urgent"
+
+    @property
+    def router_status(self) -> str:
+        """Statuses on their way to the router: read after the documents, a few per batch."""
+        return f"{self.namespace}.router.status"
 
     @property
     def router_chunks(self) -> str:
@@ -133,6 +148,7 @@ def core(names: Names) -> Topology:
         queues=(
             Queue(names.router_urgent, _quorum(names.dead)),
             Queue(names.router_queue, _quorum(names.dead)),
+            Queue(names.router_status, _quorum(names.dead)),
             Queue(names.router_chunks, _quorum(names.dead)),
             Queue(
                 names.router_wait,
@@ -148,10 +164,12 @@ def core(names: Names) -> Topology:
         bindings=(
             Binding(names.submit, names.router_urgent, "urgent.#"),
             Binding(names.submit, names.router_queue, "edoc.#"),
-            Binding(names.submit, names.router_queue, "status.#"),
+            Binding(names.submit, names.router_status, "status.#"),
             Binding(names.submit, names.router_chunks, "chunk.#"),
             Binding(names.dead, names.dead, ""),
         ),
+        # statuses shared the documents' queue before they had their own: never both
+        retired=(Binding(names.submit, names.router_queue, "status.#"),),
     )
 
 

@@ -134,6 +134,7 @@ class Transport(Protocol):
         *,
         prefetch: int | Sequence[int] = 10,
         max_batch: int = 100,
+        share: Sequence[int | None] | None = None,
         idle_timeout: float | None = None,
         stop: Callable[[], bool] | None = None,
         on_idle: Callable[[], None] | None = None,
@@ -157,6 +158,14 @@ def _one_by_one(handler: Handler) -> BatchHandler:
             handler(delivery)
 
     return each
+
+
+def _caps(names: list[str], max_batch: int, share: Sequence[int | None] | None) -> dict[str, int]:
+    """How many of each queue's deliveries one batch may hold."""
+    shares = list(share) if share is not None else [None] * len(names)
+    if len(shares) != len(names) or any(n is not None and n < 1 for n in shares):
+        raise ValueError("share needs one positive count (or None) per queue")
+    return {q: max_batch if n is None else min(n, max_batch) for q, n in zip(names, shares, strict=True)}
 
 
 def redact(url: str) -> str:
@@ -238,6 +247,8 @@ class AmqpTransport:
                 self._ch.queue_declare(q.name, durable=True, arguments=dict(q.arguments))
             for b in topology.bindings:
                 self._ch.queue_bind(b.queue, b.exchange, routing_key=b.routing_key)
+            for b in topology.retired:  # after the bindings that replace them: nothing goes unrouted
+                self._ch.queue_unbind(b.queue, b.exchange, routing_key=b.routing_key)
         except pex.ChannelClosedByBroker as exc:
             raise DocbusError(f"the broker refused the topology: {exc.reply_text}", reason="topology") from exc
         except pex.AMQPError as exc:
@@ -420,6 +431,7 @@ class AmqpTransport:
         *,
         prefetch: int | Sequence[int] = 10,
         max_batch: int = 100,
+        share: Sequence[int | None] | None = None,
         idle_timeout: float | None = None,
         stop: Callable[[], bool] | None = None,
         on_idle: Callable[[], None] | None = None,
@@ -431,11 +443,15 @@ class AmqpTransport:
         per-batch costs such as a database commit are shared).  ``queues`` are in priority
         order: whatever the first one holds comes before anything of the next (how urgent
         documents overtake a backlog without queue priorities).  ``prefetch``: one for all
-        queues, or one per queue (a queue of 1 MiB chunks gets a small one).  ``on_idle``:
+        queues, or one per queue (a queue of 1 MiB chunks gets a small one).  ``share``: per
+        queue, at most this many of its deliveries in one batch (None: no limit of its own),
+        so a burst in a late queue is taken a little at a time, between the batches that
+        whatever arrives meanwhile in the earlier queues gets.  ``on_idle``:
         called while nothing has come for ``QUIET_AFTER`` s (work deferred while busy, done
         when quiet); not on the brief gaps between batches of a steady stream.
         """
         names = [queues] if isinstance(queues, str) else list(queues)
+        caps = _caps(names, max_batch, share)
         buffers: dict[str, deque[tuple[Any, Any, bytes]]] = {q: deque() for q in names}
         tags: list[str] = []
         prefetches = [prefetch] * len(names) if isinstance(prefetch, int) else list(prefetch)
@@ -452,7 +468,8 @@ class AmqpTransport:
                 self._fill(buffers, max_batch)
                 batch: list[Delivery] = []
                 for q in names:
-                    while buffers[q] and len(batch) < max_batch:
+                    limit = min(max_batch, len(batch) + caps[q])
+                    while buffers[q] and len(batch) < limit:
                         batch.append(self._delivery(*buffers[q].popleft()))
                 if not batch:
                     if on_idle is not None and time.monotonic() - last >= QUIET_AFTER:
@@ -523,6 +540,9 @@ class MemoryTransport:
         for b in topology.bindings:
             if (b.exchange, b.queue, b.routing_key) not in self.bindings:
                 self.bindings.append((b.exchange, b.queue, b.routing_key))
+        for b in topology.retired:
+            if (b.exchange, b.queue, b.routing_key) in self.bindings:
+                self.bindings.remove((b.exchange, b.queue, b.routing_key))
 
     def delete(self, topology: Topology) -> None:
         for q in topology.queues:
@@ -622,16 +642,20 @@ class MemoryTransport:
         *,
         prefetch: int | Sequence[int] = 10,
         max_batch: int = 100,
+        share: Sequence[int | None] | None = None,
         idle_timeout: float | None = None,
         stop: Callable[[], bool] | None = None,
         on_idle: Callable[[], None] | None = None,
     ) -> None:
-        """Until the queues are empty (or ``stop()``): batches of up to ``max_batch``, first queues first."""
+        """Until the queues are empty (or ``stop()``): batches of up to ``max_batch``, first
+        queues first, at most ``share[i]`` from queue i (as :meth:`AmqpTransport.consume_batches`)."""
         names = [queues] if isinstance(queues, str) else list(queues)
+        caps = _caps(names, max_batch, share)
         while not (stop is not None and stop()):
             batch: list[Delivery] = []
             for q in names:
-                while len(batch) < max_batch and (d := self.get(q)) is not None:
+                limit = min(max_batch, len(batch) + caps[q])
+                while len(batch) < limit and (d := self.get(q)) is not None:
                     batch.append(d)
             if not batch:
                 if on_idle is not None:

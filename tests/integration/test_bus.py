@@ -10,6 +10,7 @@ from adapters import Adapter
 from bus.archive import Message
 from bus.demo import RouterThread
 from bus.errors import DocbusError
+from bus.topology import Binding, Names, Topology, core
 from bus.transport import AmqpTransport
 from tests.helpers import receive_until
 
@@ -181,3 +182,23 @@ def test_hostile_corpus_through_the_broker(broker_province) -> None:
     assert reasons == sorted(c.reason for c in corpus)
     assert [d.document_id.endswith("500/SNV-VP") for d in delivered] == [True]
     assert Message.select().where(Message.state == "quarantined").count() == len(corpus)
+
+
+def test_applying_the_topology_moves_statuses_off_the_documents_queue(broker_province) -> None:
+    """A broker set up before statuses had their own queue still binds status.# to the
+    documents' queue; applying the topology again binds the new queue, then retires the old."""
+    p = broker_province
+    names = Names(p.settings.namespace)
+    t = p.transport
+    old = Binding(names.submit, names.router_queue, "status.#")
+    t.apply(Topology(bindings=(old,)))  # as the earlier version left it
+    t.apply(core(names))
+    t.apply(core(names))  # again: retiring a binding that is gone is no error
+    t.publish(names.submit, f"status.{PC}", b"<status/>", user_id="guest")
+    t.publish(names.submit, f"edoc.{PC}", b"<edoc/>", user_id="guest")
+    status, edoc = t.get(names.router_status), t.get(names.router_queue)
+    assert status is not None and status.body == b"<status/>"
+    assert edoc is not None and edoc.body == b"<edoc/>"
+    assert t.get(names.router_queue) is None and t.get(names.router_status) is None
+    status.ack()
+    edoc.ack()

@@ -8,9 +8,9 @@ from peewee import OperationalError
 from adapters import Adapter
 from bus.archive import Message, Recipient, StatusEvent
 from bus.policy import fold
-from bus.router import Router, load_trust
-from bus.topology import Names
-from bus.transport import Delivery
+from bus.router import STATUS_SHARE, Router, load_trust
+from bus.topology import Names, Queue, Topology
+from bus.transport import Delivery, MemoryTransport
 from tests.helpers import signed_edoc
 
 PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
@@ -215,3 +215,47 @@ def test_settle_keeps_marks_and_acks_for_later_when_the_archive_is_busy(memory_p
     monkeypatch.setattr(p.archive, "record_many", real)
     router.settle()
     assert acked == [True] and Recipient.get().delivered_at is not None
+
+
+def test_documents_are_not_held_up_by_a_burst_of_statuses(memory_province, router, monkeypatch) -> None:
+    """Statuses have their own queue, read after the documents and a few per batch: a burst
+    of 01s answered together never makes a document wait for all of them."""
+    p = memory_province
+    names = Names(p.settings.namespace)
+    with Adapter(p.settings, PC, transport=p.transport) as pc, Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        for n in range(6):
+            pc.send([DEPT], subject=f"Công văn {n}", number=str(n), notation="UBND-VP", files=[_pdf(p)])
+        router.run()
+        dept.receive()  # six 01s, published together
+        assert len(p.transport.queues[names.router_status]) == 6
+        assert not p.transport.queues[names.router_queue]  # statuses never share the documents' queue
+        pc.send([DEPT], subject="Công văn mới", number="7", notation="UBND-VP", files=[_pdf(p)])
+    batches: list[list[str]] = []
+    handle = router.handle_batch
+    monkeypatch.setattr(
+        router, "handle_batch", lambda ds: (batches.append([d.routing_key[:4] for d in ds]), handle(ds))
+    )
+    router.run()
+    assert batches[0] == ["edoc"] + ["stat"] * STATUS_SHARE  # the new document first, then a few statuses
+    assert batches[1] == ["stat"] * (6 - STATUS_SHARE)
+    assert StatusEvent.select().count() == 6
+
+
+def test_a_share_caps_each_queue_in_a_batch_and_must_fit_the_queues() -> None:
+    t = MemoryTransport()
+    t.apply(Topology(queues=(Queue("a"), Queue("b"))))
+    for i in range(3):
+        t.publish("", "a", b"a%d" % i)
+    for i in range(7):
+        t.publish("", "b", b"b%d" % i)
+    seen: list[list[bytes]] = []
+
+    def take(batch: list[Delivery]) -> None:
+        seen.append([d.body for d in batch])
+        for d in batch:
+            d.ack()
+
+    t.consume_batches(["a", "b"], take, max_batch=5, share=[None, 2])
+    assert seen == [[b"a0", b"a1", b"a2", b"b0", b"b1"], [b"b2", b"b3"], [b"b4", b"b5"], [b"b6"]]
+    with pytest.raises(ValueError):
+        t.consume_batches(["a", "b"], take, share=[2])
