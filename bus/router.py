@@ -35,7 +35,7 @@ from bus.envelope import Opened, Trust, append_hub_trace
 from bus.errors import BrokerUnavailable, PolicyRefusal, Refused
 from bus.gate import Gate, recipients_of
 from bus.policy import related_document_ids
-from bus.topology import URGENT_PRIORITY, Names
+from bus.topology import URGENT_PRIORITY, Names, core
 from bus.transport import Delivery, DeliveryFailed, Outgoing, Transport
 from signing.identity import Identity
 
@@ -211,6 +211,9 @@ class Router:
         swept = self.chunks.sweep()
         if swept:
             log.info("removed the staged chunks of %d upload(s) whose envelope never came", swept)
+        # the bus's own queues as this version reads them (idempotent): a router started after
+        # an upgrade brings a running bus's topology along without waiting for 'docbus init'
+        self.transport.apply(core(self.names))
         self.transport.consume_batches(
             # chunks first (each is a quick write), with a small prefetch: they are 1 MiB each;
             # statuses last, a few per batch: a recipient's burst of 01s never holds up documents
