@@ -405,16 +405,24 @@ def append_chain_many(messages: Sequence[Message], head: ChainHead | None = None
 
 
 def _mark_delivered(deliveries: Sequence[tuple[int, str]], at: dt.datetime) -> None:
-    """The UPDATE behind :meth:`Archive.mark_delivered_many` (inside the caller's write transaction)."""
+    """The UPDATE behind :meth:`Archive.mark_delivered_many` (inside the caller's write transaction).
+
+    The message ids are named on their own as well: SQLite plans ``(message, organ_id) IN
+    (two or more pairs)`` as a scan of every recipient ever archived (2.6 ms per batch at
+    40,000 rows, growing with the archive), ``message IN (...)`` as index lookups.
+    """
     now = Recipient.delivered_at.db_value(at)
     for i in range(0, len(deliveries), 400):
         pairs = deliveries[i : i + 400]
+        ids = sorted({message for message, _ in pairs})
+        n = len(ids)
         statements.execute(
             Recipient,
-            "delivered",
-            [now, *(v for pair in pairs for v in pair)],
-            lambda v: Recipient.update(delivered_at=v[0]).where(
-                Tuple(Recipient.message, Recipient.organ_id).in_(list(zip(v[1::2], v[2::2], strict=True)))
+            f"delivered-{n}",  # the shape: how many ids, then how many pairs
+            [now, *ids, *(v for pair in pairs for v in pair)],
+            lambda v, n=n: Recipient.update(delivered_at=v[0]).where(
+                Recipient.message.in_(v[1 : 1 + n])
+                & Tuple(Recipient.message, Recipient.organ_id).in_(list(zip(v[1 + n :: 2], v[2 + n :: 2], strict=True)))
             ),
         )
 

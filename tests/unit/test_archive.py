@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from bus import report, search, statements
-from bus.archive import AttachmentRecord, Blob, ChainEntry, Message, StatusEvent, utcnow
+from bus.archive import AttachmentRecord, Blob, ChainEntry, Message, Recipient, StatusEvent, utcnow
 from bus.audit import verify_archive
 from bus.router import Router, load_trust
 from cli import main
@@ -198,3 +198,29 @@ def test_cached_statements_bind_values_and_refuse_a_shape_that_inlines_them(fill
     assert [m.digest for m in other] == digests[:1]  # same shape, new values
     with pytest.raises(ValueError, match="in order as parameters"):
         statements.sql(Message, "test-limited", 1, lambda v: Message.select().where(Message.digest == v[0]).limit(5))
+
+
+def test_marking_deliveries_marks_exactly_those_through_the_index(filled, monkeypatch) -> None:
+    """(message, organ) IN (two or more pairs) alone makes SQLite scan every recipient ever
+    archived: each batch's marks would cost more as the archive grows."""
+    p, _, _, outs = filled
+    decision = Message.get(Message.digest == outs[1].digest)  # PC -> DEPT and FIN
+    report_ = Message.get(Message.digest == outs[2].digest)  # FIN -> PC
+    Recipient.update(delivered_at=None).execute()
+    database = Recipient._meta.database.obj  # the proxy passes calls to it
+    seen: list[tuple[str, list]] = []
+    execute_sql = database.execute_sql
+
+    def spy(sql: str, params=None, *args, **kwargs):
+        seen.append((sql, list(params or [])))
+        return execute_sql(sql, params, *args, **kwargs)
+
+    monkeypatch.setattr(database, "execute_sql", spy)
+    p.archive.mark_delivered_many([(decision.id, DEPT), (report_.id, PC)])
+    monkeypatch.undo()
+    marked = {(r.message_id, r.organ_id) for r in Recipient.select() if r.delivered_at is not None}
+    assert marked == {(decision.id, DEPT), (report_.id, PC)}  # not FIN's copy of the decision
+    if p.archive.url.startswith("sqlite"):
+        sql, params = next((s, v) for s, v in seen if s.lstrip().upper().startswith("UPDATE"))
+        plan = " ".join(row[-1] for row in database.execute_sql("EXPLAIN QUERY PLAN " + sql, params).fetchall())
+        assert "USING INDEX" in plan and "SCAN recipient" not in plan
