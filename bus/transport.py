@@ -160,12 +160,25 @@ def _one_by_one(handler: Handler) -> BatchHandler:
     return each
 
 
-def _caps(names: list[str], max_batch: int, share: Sequence[int | None] | None) -> dict[str, int]:
-    """How many of each queue's deliveries one batch may hold."""
+def _caps(names: list[str], max_batch: int, share: Sequence[int | None] | None) -> dict[str, int | None]:
+    """Each queue's share of a batch (None: no share of its own), checked."""
     shares = list(share) if share is not None else [None] * len(names)
     if len(shares) != len(names) or any(n is not None and n < 1 for n in shares):
         raise ValueError("share needs one positive count (or None) per queue")
-    return {q: max_batch if n is None else min(n, max_batch) for q, n in zip(names, shares, strict=True)}
+    return {q: None if n is None else min(n, max_batch) for q, n in zip(names, shares, strict=True)}
+
+
+def _quotas(names: list[str], max_batch: int, caps: dict[str, int | None], waiting: dict[str, int]) -> dict[str, int]:
+    """How many of each queue's waiting deliveries go into the next batch: queues in order,
+    none more than its share, and the places of later queues with a share kept for them."""
+    kept = {q: min(cap, waiting[q]) if cap is not None else 0 for q, cap in caps.items()}
+    room, quotas = max_batch, {}
+    for i, q in enumerate(names):
+        later = sum(kept[x] for x in names[i + 1 :])
+        cap = caps[q] if caps[q] is not None else max_batch
+        quotas[q] = max(0, min(waiting[q], cap, room - later))
+        room -= quotas[q]
+    return quotas
 
 
 def redact(url: str) -> str:
@@ -444,9 +457,11 @@ class AmqpTransport:
         order: whatever the first one holds comes before anything of the next (how urgent
         documents overtake a backlog without queue priorities).  ``prefetch``: one for all
         queues, or one per queue (a queue of 1 MiB chunks gets a small one).  ``share``: per
-        queue, at most this many of its deliveries in one batch (None: no limit of its own),
+        queue, at most this many of its deliveries in one batch (None: no share of its own),
         so a burst in a late queue is taken a little at a time, between the batches that
-        whatever arrives meanwhile in the earlier queues gets.  ``on_idle``:
+        whatever arrives meanwhile in the earlier queues gets; and as many places as it has
+        deliveries waiting, up to its share, are kept for it, so a backlog in the earlier
+        queues never starves it.  ``on_idle``:
         called while nothing has come for ``QUIET_AFTER`` s (work deferred while busy, done
         when quiet); not on the brief gaps between batches of a steady stream.
         """
@@ -467,10 +482,8 @@ class AmqpTransport:
             while not (stop is not None and stop()):
                 self._fill(buffers, max_batch)
                 batch: list[Delivery] = []
-                for q in names:
-                    limit = min(max_batch, len(batch) + caps[q])
-                    while buffers[q] and len(batch) < limit:
-                        batch.append(self._delivery(*buffers[q].popleft()))
+                for q, n in _quotas(names, max_batch, caps, {q: len(buffers[q]) for q in names}).items():
+                    batch.extend(self._delivery(*buffers[q].popleft()) for _ in range(n))
                 if not batch:
                     if on_idle is not None and time.monotonic() - last >= QUIET_AFTER:
                         on_idle()
@@ -653,10 +666,8 @@ class MemoryTransport:
         caps = _caps(names, max_batch, share)
         while not (stop is not None and stop()):
             batch: list[Delivery] = []
-            for q in names:
-                limit = min(max_batch, len(batch) + caps[q])
-                while len(batch) < limit and (d := self.get(q)) is not None:
-                    batch.append(d)
+            for q, n in _quotas(names, max_batch, caps, {q: len(self.queues[q]) for q in names}).items():
+                batch.extend(d for _ in range(n) if (d := self.get(q)) is not None)
             if not batch:
                 if on_idle is not None:
                     on_idle()

@@ -257,5 +257,13 @@ def test_a_share_caps_each_queue_in_a_batch_and_must_fit_the_queues() -> None:
 
     t.consume_batches(["a", "b"], take, max_batch=5, share=[None, 2])
     assert seen == [[b"a0", b"a1", b"a2", b"b0", b"b1"], [b"b2", b"b3"], [b"b4", b"b5"], [b"b6"]]
+    # a backlog in the first queue does not starve the second: its share keeps its places
+    seen.clear()
+    for i in range(8):
+        t.publish("", "a", b"a%d" % i)
+    for i in range(3):
+        t.publish("", "b", b"b%d" % i)
+    t.consume_batches(["a", "b"], take, max_batch=5, share=[None, 2])
+    assert seen == [[b"a0", b"a1", b"a2", b"b0", b"b1"], [b"a3", b"a4", b"a5", b"a6", b"b2"], [b"a7"]]
     with pytest.raises(ValueError):
         t.consume_batches(["a", "b"], take, share=[2])
