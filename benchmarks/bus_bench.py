@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -37,7 +38,7 @@ from typing import Any
 import pika
 
 from adapters import Adapter
-from benchmarks.stats import busy_pct, cpu_seconds, local_broker_pid, machine, machine_ticks, summary_ms
+from benchmarks.stats import CpuPeak, busy_pct, cpu_seconds, local_broker_pid, machine, machine_ticks, summary_ms
 from bus import compose, province, topology
 from bus.archive import Archive, Message, Recipient
 from bus.blobs import file_sha256
@@ -371,8 +372,10 @@ def latency(b: Bench, count: int, rate: float, workers: int = 1, senders: int = 
         t.start()
     time.sleep(max(0.0, start - time.perf_counter()))
     busy.insert(0, machine_ticks())
-    for t in threads:
-        t.join()
+    broker_peak = CpuPeak(broker) if broker is not None else None
+    with broker_peak or contextlib.nullcontext():  # until every document is in
+        for t in threads:
+            t.join()
     stored_at = stored()
     cpu = {name: sum(cpu_seconds(p) for p in pids) - cpu_before[name] for name, pids in watched.items()}
     if senders_cpu:
@@ -393,6 +396,8 @@ def latency(b: Bench, count: int, rate: float, workers: int = 1, senders: int = 
             name: round(1000 * v / len(samples), 2) for name, v in cpu.items() if samples and not math.isnan(v)
         },
         "cpu_busy_pct": busy_pct(busy),
+        # RabbitMQ's busiest half second, in % of a core: a write-ahead-log roll-over shows here
+        "broker_peak_pct": broker_peak.peak if broker_peak is not None else None,
     } | summary_ms(samples)
 
 
@@ -593,7 +598,8 @@ def rows(data: dict[str, Any]) -> list[list[str]]:
             [
                 "CPU per document, ms (latency run)",
                 ", ".join(f"{name} {ms}" for name, ms in lat["cpu_ms_per_doc"].items()),
-                f"machine {lat['cpu_busy_pct']} % busy",
+                f"machine {lat['cpu_busy_pct']} % busy"
+                + (f"; RabbitMQ peak {lat['broker_peak_pct']} % (0.5 s)" if lat.get("broker_peak_pct") else ""),
             ]
         )
     if "large_attachment" in data:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,6 +67,39 @@ def busy_pct(ticks: list[tuple[int, int]]) -> float | None:
         return None
     (busy0, total0), (busy1, total1) = ticks[0], ticks[-1]
     return round(100 * (busy1 - busy0) / max(1, total1 - total0), 1)
+
+
+class CpuPeak:
+    """The busiest ``interval`` of one process while in use, in percent of one core.
+
+    Why: averages hide a burst.  RabbitMQ rolling its quorum queues' write-ahead log over
+    takes most of a core for a second, and the documents sent meanwhile make the latency's
+    tail; the peak says whether a run's window held one.  Sampled from ``/proc`` on a
+    thread that sleeps between readings.
+    """
+
+    def __init__(self, pid: int | str, interval: float = 0.5) -> None:
+        self.pid, self.interval = pid, interval
+        self.peak: float | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> CpuPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        last = (time.monotonic(), cpu_seconds(self.pid))
+        while not self._done.wait(self.interval):
+            now = (time.monotonic(), cpu_seconds(self.pid))
+            if now[0] > last[0] and not math.isnan(now[1] - last[1]):
+                pct = round(100 * (now[1] - last[1]) / (now[0] - last[0]), 1)
+                self.peak = pct if self.peak is None else max(self.peak, pct)
+            last = now
 
 
 def local_broker_pid() -> int | None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
-from benchmarks.stats import busy_pct, cpu_seconds, machine_ticks, percentile
+from benchmarks.stats import CpuPeak, busy_pct, cpu_seconds, machine_ticks, percentile
 
 
 def test_cpu_seconds_counts_this_process_and_not_a_missing_one() -> None:
@@ -28,3 +29,17 @@ def test_percentile_interpolates() -> None:
     assert percentile([1, 2, 3, 4], 50) == 2.5
     assert percentile([5], 99) == 5
     assert math.isnan(percentile([], 50))
+
+
+def test_cpu_peak_finds_the_busy_stretch() -> None:
+    with CpuPeak("self", interval=0.05) as idle:
+        time.sleep(0.3)
+    with CpuPeak("self", interval=0.05) as busy:
+        end = time.monotonic() + 0.4
+        while time.monotonic() < end:  # one core's worth, for a while
+            pass
+    assert idle.peak is not None and busy.peak is not None
+    assert busy.peak > 50 and busy.peak > idle.peak
+    with CpuPeak(2**22 + 12345, interval=0.05) as gone:  # no such process: no figure, no error
+        time.sleep(0.15)
+    assert gone.peak is None
