@@ -512,58 +512,32 @@ def run(
     waits, a steady 200/s with the lowest delay by one, whose batches grow with the load
     while several would each work on batches of one (docs/PERFORMANCE.md)."""
     namespace = f"bench{os.getpid()}"
-    try:
-        return _run(
-            settings,
-            documents,
-            agencies,
-            workers,
-            rate,
-            latency_seconds,
-            large_bytes,
-            latency_workers,
-            parts,
-            namespace,
-            progress,
-        )
-    except CONNECT_ERRORS as exc:  # the raw relay and the queue purges talk to pika directly
+    try:  # the raw relay and the queue purges talk to pika directly
+        b = setup(settings.home / "bench-bus", settings.amqp_url, agencies, namespace)
+        out: dict[str, Any] = {"machine": machine()}
+        try:
+            if "router" in parts:
+                docs = presign(b, documents)
+                out["envelope_bytes_avg"] = round(sum(len(d) for _, d in docs) / len(docs))
+                relay = raw_relay(settings.amqp_url, [d for _, d in docs], namespace)
+                tick = (lambda k: progress("router", k, documents)) if progress else None
+                router = router_throughput(b, docs, workers, tick)
+                ratio = (
+                    router["docs_per_s"] / relay["msgs_per_s"] if router["docs_per_s"] and relay["msgs_per_s"] else None
+                )
+                out |= {"raw_relay": relay, "router": router, "router_vs_relay": round(ratio, 3) if ratio else None}
+                # the 20,000 delivered documents would sit in the inboxes (and the broker's memory)
+                names = Names(b.settings.namespace)
+                _purge(settings.amqp_url, [q for code in b.codes for q in names.inboxes(code)])
+            if "latency" in parts:
+                out["latency"] = latency(b, max(10, int(rate * latency_seconds)), rate, latency_workers)
+            if "large" in parts:
+                out["large_attachment"] = large_attachment(b, large_bytes)
+        finally:
+            teardown(b)
+        return out
+    except CONNECT_ERRORS as exc:
         raise broker_unavailable(settings.amqp_url, exc) from exc
-
-
-def _run(
-    settings: Settings,
-    documents: int,
-    agencies: int,
-    workers: int,
-    rate: float,
-    latency_seconds: float,
-    large_bytes: int,
-    latency_workers: int,
-    parts: frozenset[str],
-    namespace: str,
-    progress: Callable[[str, int, int], None] | None,
-) -> dict[str, Any]:
-    b = setup(settings.home / "bench-bus", settings.amqp_url, agencies, namespace)
-    out: dict[str, Any] = {"machine": machine()}
-    try:
-        if "router" in parts:
-            docs = presign(b, documents)
-            out["envelope_bytes_avg"] = round(sum(len(d) for _, d in docs) / len(docs))
-            relay = raw_relay(settings.amqp_url, [d for _, d in docs], namespace)
-            tick = (lambda k: progress("router", k, documents)) if progress else None
-            router = router_throughput(b, docs, workers, tick)
-            ratio = router["docs_per_s"] / relay["msgs_per_s"] if router["docs_per_s"] and relay["msgs_per_s"] else None
-            out |= {"raw_relay": relay, "router": router, "router_vs_relay": round(ratio, 3) if ratio else None}
-            # the 20,000 delivered documents would sit in the inboxes (and the broker's memory)
-            names = Names(b.settings.namespace)
-            _purge(settings.amqp_url, [q for code in b.codes for q in names.inboxes(code)])
-        if "latency" in parts:
-            out["latency"] = latency(b, max(10, int(rate * latency_seconds)), rate, latency_workers)
-        if "large" in parts:
-            out["large_attachment"] = large_attachment(b, large_bytes)
-    finally:
-        teardown(b)
-    return out
 
 
 def rows(data: dict[str, Any]) -> list[list[str]]:
