@@ -51,10 +51,13 @@ def test_router_killed_repeatedly_while_documents_flow(fault_province) -> None:
     sender = threading.Thread(target=p.send, args=(n,))
     sender.start()
     kills, last = 0, 0
+    # kill -9 every few hundred archived messages (each document and its two 01s), spread
+    # over the whole run whatever its size: about 40 kills
+    every = max(150, 3 * n // 40)
     while sender.is_alive() or archived_count(p) < n:
         time.sleep(0.2)
         count = archived_count(p)
-        if count - last >= 150:  # kill -9 every few hundred messages (documents and statuses)
+        if count - last >= every:
             p.kill(router)
             kills += 1
             last = count
