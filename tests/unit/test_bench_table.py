@@ -1,0 +1,69 @@
+"""`docbus bench` prints every figure of a full run whole: a table cell is cut at 60 characters."""
+
+from __future__ import annotations
+
+from benchmarks.bus_bench import rows
+from cli import table
+
+FULL_RUN = {  # the shape `docbus bench --json` reports for a full run (docs/PERFORMANCE.md, run M)
+    "machine": {"cpus": 2, "python": "3.11.7", "platform": "Linux"},
+    "envelope_bytes_avg": 5391,
+    "raw_relay": {"messages": 20000, "relayed": 20000, "seconds": 1.55, "msgs_per_s": 12876.1},
+    "router": {
+        "documents": 20000,
+        "delivered": 20000,
+        "workers": 3,
+        "seconds": 11.61,
+        "docs_per_s": 1723.0,
+        "router_peak_rss_mib": [70.5, 70.7, 70.9],
+    },
+    "router_vs_relay": 0.134,
+    "latency": {
+        "offered_per_s": 200.0,
+        "achieved_per_s": 200.0,
+        "senders": 4,
+        "workers": 1,
+        "documents": 2000,
+        "stored": 2000,
+        "left_in_outbox": 0,
+        "cpu_ms_per_doc": {"routers": 2.72, "recipient": 1.98, "RabbitMQ": 2.03, "senders": 1.71},
+        "cpu_busy_pct": 87.0,
+        "broker_peak_pct": 45.8,
+        "n": 2000,
+        "p50_ms": 29.82,
+        "p95_ms": 49.44,
+        "p99_ms": 75.74,
+        "mean_ms": 31.66,
+        "max_ms": 97.5,
+    },
+    "large_attachment": {
+        "bytes": 1073741824,
+        "seconds": 41.33,
+        "intact": True,
+        "peak_rss_mib": {"docbus send (adapter)": 71.4, "docbus router run": 72.6, "docbus adapter run": 62.9},
+    },
+}
+
+
+def test_every_figure_of_a_full_run_is_printed_whole() -> None:
+    out = table(rows(FULL_RUN), ["Measure", "Result", "Detail"])
+    assert "…" not in out
+    for figure in ("12876.1 msg/s", "1723.0 docs/s", "0.134", "70.5, 70.7, 70.9 MiB", "p99 75.74 ms"):
+        assert figure in out
+    for name, ms in FULL_RUN["latency"]["cpu_ms_per_doc"].items():
+        assert f"CPU per document, {name}" in out and f"{ms} ms" in out
+    for name, mib in FULL_RUN["large_attachment"]["peak_rss_mib"].items():
+        line = next(line for line in out.splitlines() if f"peak RSS, {name}" in line)
+        assert f"{mib} MiB" in line
+    assert "intact (SHA-256 checked)" in out and "45.8 % of a core" in out
+
+
+def test_a_corrupted_large_file_says_so() -> None:
+    broken = FULL_RUN | {"large_attachment": FULL_RUN["large_attachment"] | {"intact": False}}
+    assert "NOT intact" in table(rows(broken), ["Measure", "Result", "Detail"])
+
+
+def test_one_part_alone_prints_only_its_rows() -> None:
+    only_router = {k: FULL_RUN[k] for k in ("machine", "envelope_bytes_avg", "raw_relay", "router", "router_vs_relay")}
+    out = table(rows(only_router), ["Measure", "Result", "Detail"])
+    assert "docs/s" in out and "latency" not in out and "large attachment" not in out
