@@ -40,6 +40,7 @@ import pika
 from adapters import Adapter
 from benchmarks.stats import CpuPeak, busy_pct, cpu_seconds, local_broker_pid, machine, machine_ticks, summary_ms
 from bus import compose, province, topology
+from bus.acks import AckRuns
 from bus.archive import Archive, Message, Recipient
 from bus.blobs import file_sha256
 from bus.config import Settings
@@ -198,8 +199,14 @@ def router_throughput(
     }
 
 
-def raw_relay(amqp_url: str, bodies: list[bytes], namespace: str, prefetch: int = 500) -> dict[str, Any]:
-    """Quorum queue A -> quorum queue B, streamed confirms, input acked when its output is confirmed."""
+def raw_relay(
+    amqp_url: str, bodies: list[bytes], namespace: str, prefetch: int = 500, connect_timeout: float = 15.0
+) -> dict[str, Any]:
+    """Quorum queue A -> quorum queue B, streamed confirms, input acked when its output is confirmed.
+
+    A broker that stops answering (RabbitMQ 3.10 has stopped completing handshakes here for
+    minutes after heavy quorum-queue churn) ends the relay with BrokerUnavailable, or with
+    what it relayed before the broker went quiet: it never waits forever."""
     qa, qb = f"{namespace}.relay.in", f"{namespace}.relay.out"
     setup_conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     ch = setup_conn.channel()
@@ -213,12 +220,14 @@ def raw_relay(amqp_url: str, bodies: list[bytes], namespace: str, prefetch: int 
 
     n = len(bodies)
     state: dict[str, Any] = {"acked": 0, "seq": 0, "pending": {}, "start": None, "end": None}
+    acks = AckRuns()
 
     def on_open(conn: Any) -> None:
         conn.channel(on_open_callback=on_channel)
 
     def on_channel(chan: Any) -> None:
         state["chan"] = chan
+        chan.add_on_close_callback(lambda _ch, _reason: conn.close() if conn.is_open else None)
         chan.confirm_delivery(on_confirm)
         chan.basic_qos(prefetch_count=prefetch)
         chan.basic_consume(qa, on_message)
@@ -234,21 +243,36 @@ def raw_relay(amqp_url: str, bodies: list[bytes], namespace: str, prefetch: int 
         tag, multiple = frame.method.delivery_tag, frame.method.multiple
         pending = state["pending"]
         seqs = [s for s in pending if s <= tag] if multiple else [tag]
-        inputs = sorted(pending.pop(s) for s in seqs if s in pending)
-        for i in inputs:  # each input once its output is safe
-            state["chan"].basic_ack(i)
+        inputs = [pending.pop(s) for s in seqs if s in pending]
+        for i in inputs:  # each input once its output is safe, as few ack frames as the bus sends
+            acks.ack(i)
+        for tag, multiple in acks.frames():
+            state["chan"].basic_ack(tag, multiple=multiple)
         state["acked"] += len(inputs)
         if state["acked"] >= n:
             state["end"] = time.perf_counter()
             conn.close()
 
+    params = pika.URLParameters(amqp_url)
+    params.stack_timeout = connect_timeout  # TCP connect + AMQP handshake
+    failed: list[BaseException] = []
+
+    def on_open_error(c: Any, exc: BaseException) -> None:
+        failed.append(exc)
+        c.ioloop.stop()
+
     conn = pika.SelectConnection(
-        pika.URLParameters(amqp_url), on_open_callback=on_open, on_close_callback=lambda c, _exc: c.ioloop.stop()
+        params,
+        on_open_callback=on_open,
+        on_open_error_callback=on_open_error,
+        on_close_callback=lambda c, _exc: c.ioloop.stop(),
     )
 
-    def give_up() -> None:
+    def give_up() -> None:  # the broker stopped answering: stop waiting, report what was relayed
         if conn.is_open:
             conn.close()
+        else:
+            conn.ioloop.stop()
 
     timer = threading.Timer(max(120, n / 100), lambda: conn.ioloop.add_callback_threadsafe(give_up))
     timer.start()
@@ -256,6 +280,8 @@ def raw_relay(amqp_url: str, bodies: list[bytes], namespace: str, prefetch: int 
         conn.ioloop.start()
     finally:
         timer.cancel()
+    if failed:
+        raise broker_unavailable(amqp_url, failed[0])
     cleanup = pika.BlockingConnection(pika.URLParameters(amqp_url))
     cch = cleanup.channel()
     for q in (qa, qb):

@@ -23,6 +23,7 @@ import pika
 import pika.exceptions as pex
 from pika.adapters.utils.connection_workflow import AMQPConnectorException, AMQPConnectorStackTimeout
 
+from bus.acks import AckRuns
 from bus.errors import BrokerUnavailable, DocbusError
 from bus.topology import Topology
 
@@ -236,6 +237,7 @@ class AmqpTransport:
         self._unconfirmed: dict[int, int] = {}  # publish sequence number -> index in the batch
         self._failed: dict[int, DeliveryFailed] = {}
         self._returned: dict[tuple[str, str], int] = {}
+        self._acks = AckRuns()  # of self._ch, written together by the next pump
         try:
             self._conn = pika.BlockingConnection(params)
             self._ch = self._conn.channel()
@@ -328,6 +330,7 @@ class AmqpTransport:
         confirms as they arrive (RabbitMQ numbers a channel's publishes 1, 2, 3...).
         """
         ch = self._stream_channel()
+        self._write_acks()  # the last batch's, written with these publishes
         self._unconfirmed.clear()
         self._failed.clear()
         self._returned.clear()
@@ -407,10 +410,18 @@ class AmqpTransport:
             headers=dict(props.headers or {}),
             user_id=props.user_id,
             redelivered=bool(method.redelivered),
-            # queued on the channel, written by the next pump: one write for a batch of acks
-            _ack=lambda: self._ch._impl.basic_ack(tag),
-            _reject=lambda requeue: self._ch.basic_nack(tag, requeue=requeue),
+            # written by the next pump, a batch's acks as one multiple ack where safe (bus.acks)
+            _ack=lambda: self._acks.ack(tag),
+            _reject=lambda requeue: self._nack(tag, requeue),
         )
+
+    def _nack(self, tag: int, requeue: bool) -> None:
+        self._acks.rejected(tag)
+        self._ch.basic_nack(tag, requeue=requeue)
+
+    def _write_acks(self) -> None:
+        for tag, multiple in self._acks.frames():
+            self._ch._impl.basic_ack(tag, multiple=multiple)  # queued: the pump writes them
 
     def get(self, queue: str) -> Delivery | None:
         try:
@@ -493,11 +504,12 @@ class AmqpTransport:
                     continue
                 handler(batch)
                 last = time.monotonic()
+            self._write_acks()
             for tag in tags:
                 self._ch.basic_cancel(tag)
             for q in names:  # taken from the broker but not handled: give them back
                 while buffers[q]:
-                    self._ch.basic_nack(buffers[q].popleft()[0].delivery_tag, requeue=True)
+                    self._nack(buffers[q].popleft()[0].delivery_tag, requeue=True)
         except pex.ChannelClosedByBroker as exc:
             raise DocbusError(f"cannot consume {', '.join(names)}: {exc.reply_text}", reason="access-refused") from exc
         except (pex.AMQPError, OSError) as exc:
@@ -517,6 +529,7 @@ class AmqpTransport:
     def _pump(self, time_limit: float) -> None:
         """Let pika read and write; any failure of a dead connection is BrokerUnavailable."""
         try:
+            self._write_acks()
             self._conn.process_data_events(time_limit=time_limit)
         except (pex.AMQPError, OSError) as exc:
             raise broker_unavailable(self.url, exc) from exc
@@ -528,6 +541,7 @@ class AmqpTransport:
     def close(self) -> None:
         try:
             if self._conn.is_open:
+                self._write_acks()  # sent ahead of the close
                 self._conn.close()
         except (pex.AMQPError, OSError):  # closing a dead connection is not an error
             pass

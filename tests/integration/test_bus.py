@@ -10,7 +10,7 @@ from adapters import Adapter
 from bus.archive import Message
 from bus.demo import RouterThread
 from bus.errors import DocbusError
-from bus.topology import Binding, Names, Topology, core
+from bus.topology import Binding, Names, Queue, Topology, core
 from bus.transport import AmqpTransport
 from tests.helpers import receive_until
 
@@ -202,3 +202,40 @@ def test_applying_the_topology_moves_statuses_off_the_documents_queue(broker_pro
     assert t.get(names.router_queue) is None and t.get(names.router_status) is None
     status.ack()
     edoc.ack()
+
+
+def test_a_batch_is_acked_in_one_frame_and_a_held_delivery_is_not_acked(broker_url, namespace) -> None:
+    """Acks of a batch go as one multiple ack where every earlier delivery is settled, and
+    never cover one the consumer held back: it is still on the queue after the channel closes."""
+    a, b = f"{namespace}.acks.a", f"{namespace}.acks.b"
+    queues = Topology(queues=(Queue(a, {"x-queue-type": "quorum"}), Queue(b, {"x-queue-type": "quorum"})))
+    t = AmqpTransport(broker_url)
+    again: AmqpTransport | None = None
+    try:
+        t.apply(queues)
+        for i in range(6):
+            t.publish("", a, b"a%d" % i)
+        t.publish("", b, b"b0")
+        sent: list[tuple[int, bool]] = []
+        real_ack = t._ch._impl.basic_ack
+        t._ch._impl.basic_ack = lambda tag, multiple=False: (sent.append((tag, multiple)), real_ack(tag, multiple))
+        seen: list[bytes] = []
+
+        def handle(batch) -> None:
+            for d in batch:
+                seen.append(d.body)
+                if d.body not in (b"a2", b"b0"):  # a2 held back; b0 (the other queue) never acked
+                    d.ack()
+
+        t.consume_batches([a, b], handle, prefetch=10, max_batch=10, idle_timeout=0.5)
+        t.close()  # what was not acked goes back to its queue
+        assert sorted(seen) == [b"a0", b"a1", b"a2", b"a3", b"a4", b"a5", b"b0"]
+        assert sent[0][1] is True and len(sent) < 5  # a0 and a1 in one frame, not five single acks
+        again = AmqpTransport(broker_url)
+        left = [again.get(a), again.get(a), again.get(b)]
+        assert [d.body if d else None for d in left] == [b"a2", None, b"b0"]
+    finally:
+        t.close()
+        cleanup = again or AmqpTransport(broker_url)
+        cleanup.delete(queues)
+        cleanup.close()

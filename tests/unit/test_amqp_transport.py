@@ -74,3 +74,41 @@ def test_nothing_listening_is_one_clear_error() -> None:
         port = s.getsockname()[1]  # bound, never listening: refused
         with pytest.raises(BrokerUnavailable, match="not reachable"):
             AmqpTransport(f"amqp://guest:guest@127.0.0.1:{port}/%2F", connect_timeout=1.0)
+
+
+class _SetupOnly:
+    """Stands in for the blocking connection the relay fills and empties its queues with."""
+
+    def __init__(self, *_args: object) -> None:
+        pass
+
+    def channel(self) -> _SetupOnly:
+        return self
+
+    def __getattr__(self, _name: str) -> object:
+        return lambda *_a, **_k: None
+
+
+def test_the_benchmarks_relay_gives_up_on_a_broker_that_never_answers(monkeypatch) -> None:
+    import threading
+
+    from benchmarks import bus_bench
+
+    monkeypatch.setattr(bus_bench.pika, "BlockingConnection", _SetupOnly)
+    outcome: list[BaseException | dict] = []
+
+    def relay(port: int) -> None:
+        try:
+            url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
+            outcome.append(bus_bench.raw_relay(url, [b"x"], "t", connect_timeout=1.0))
+        except BaseException as exc:  # reported to the test below
+            outcome.append(exc)
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        worker = threading.Thread(target=relay, args=(silent.getsockname()[1],), daemon=True)
+        worker.start()
+        worker.join(30)
+    assert not worker.is_alive(), "the relay still waits for a broker that never answered"
+    assert len(outcome) == 1 and isinstance(outcome[0], BrokerUnavailable)
