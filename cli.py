@@ -58,6 +58,12 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def json_option(what: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--json``: what a command prints for people, as JSON for machines (UTF-8, diacritics intact)."""
+    text = f"Print {what} as JSON, for machines." if what else "Print JSON for machines instead of text for people."
+    return click.option("--json", "as_json", is_flag=True, help=text)
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
@@ -193,7 +199,7 @@ def agency_add(code: str, name: str, parent: str | None) -> None:
 
 
 @agency.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON array for machines.")
+@json_option("the list")
 @guarded
 def agency_list(as_json: bool) -> None:
     """The registered agencies, as a tree order (parents first)."""
@@ -290,7 +296,7 @@ def cert() -> None:
 
 
 @cert.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @guarded
 def cert_list(as_json: bool) -> None:
     """Every certificate issued to an agency, with its state and expiry; flags those expiring within 30 days."""
@@ -410,7 +416,7 @@ def _adapter(s: Settings, code: str):
     multiple=True,
     help="Replace (thay thế) documents this agency sent.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @guarded
 def send(
@@ -467,7 +473,7 @@ def send(
 
 @main.group(invoke_without_command=True)
 @click.option("--agency", "code", help="OrganId whose inbox to show.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.option("--no-fetch", is_flag=True, help="Show the local store only; do not take new deliveries from the broker.")
 @click.pass_context
 @guarded
@@ -557,7 +563,7 @@ def status_send(code: str, status_code: str, description: str, edoc_sender: str 
 
 @main.command()
 @click.argument("document_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @guarded
 def trace(document_id: str, as_json: bool) -> None:
     """Every hop of DOCUMENT_ID and every status per recipient, with times (from the archive)."""
@@ -639,7 +645,7 @@ def adapter() -> None:
 
 
 @adapter.command("run")
-@click.option("--agency", "code", required=True)
+@click.option("--agency", "code", required=True, help="OrganId of the agency this adapter runs for.")
 @click.option("--idle-exit", type=float, default=None, help="Stop after this many seconds without a delivery.")
 @click.option(
     "--drop",
@@ -697,7 +703,7 @@ def _dead_context():
 
 
 @dead.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @guarded
 def dead_list(as_json: bool) -> None:
     """Move the dead queue into the archive and list every dead letter with its reason."""
@@ -819,15 +825,19 @@ def _date(value: str | None) -> dt.date | None:
 @click.option("--number", help="Số or Số/Ký hiệu, e.g. 125 or 125/SNV-VP.")
 @click.option("--since", help="Received on or after (YYYY-MM-DD).")
 @click.option("--until", help="Received on or before (YYYY-MM-DD).")
-@click.option("--priority", type=click.IntRange(0, 4))
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 4),
+    help="Only this priority: 0 thường, 1 khẩn, 2 thượng khẩn, 3 hỏa tốc, 4 hỏa tốc hẹn giờ.",
+)
 @click.option(
     "--status", "status_code", type=click.Choice(sorted(edxml.STATUS_CODES)), help="Has this status from a recipient."
 )
 @click.option("--text", help="Words of the subject, content or file names; diacritics and case do not matter.")
 @click.option("--refused", is_flag=True, help="Search refused (quarantined) submissions instead.")
-@click.option("--page", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--per-page", type=click.IntRange(1, 500), default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--page", type=click.IntRange(1), default=1, show_default=True, help="Which page of results.")
+@click.option("--per-page", type=click.IntRange(1, 500), default=20, show_default=True, help="Documents on a page.")
+@json_option()
 @guarded
 def archive_search(
     sender: str | None,
@@ -890,7 +900,7 @@ def archive_search(
 
 @archive.command("show")
 @click.argument("document_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @guarded
 def archive_show(document_id: str, as_json: bool) -> None:
     """Header, attachments and per-recipient status history of DOCUMENT_ID."""
@@ -962,7 +972,7 @@ def archive_export(document_id: str, folder: Path) -> None:
 
 @archive.command("verify")
 @click.option("--no-signatures", is_flag=True, help="Check the chain and the bytes only (faster).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @guarded
 def archive_verify(no_signatures: bool, as_json: bool) -> None:
     """Walk the hash chain: every row, every stored blob, every signature. Exit 1 at the first alteration."""
@@ -1034,7 +1044,12 @@ def report() -> None:
 @click.option("--month", required=True, help="YYYY-MM (Vietnam time).")
 @click.option("--agency", "code", help="One agency, or a department/district with its agencies.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "html"]),
+    default="table",
+    show_default=True,
+    help="table to read here, csv for a spreadsheet, json for machines, html to send (charts included).",
 )
 @click.option(
     "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout."
@@ -1079,7 +1094,13 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
     show_default=True,
     help="Pre-signed 5 KB edocs for the throughput runs.",
 )
-@click.option("--agencies", type=click.IntRange(2), default=150, show_default=True)
+@click.option(
+    "--agencies",
+    type=click.IntRange(2),
+    default=150,
+    show_default=True,
+    help="Agencies registered for the run; the throughput run's documents go between all of them.",
+)
 @click.option(
     "--workers",
     type=click.IntRange(1),
@@ -1102,7 +1123,9 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
     show_default=True,
     help="Documents/s offered in the latency run, from four agencies at once (the rate achieved is reported).",
 )
-@click.option("--latency-seconds", type=float, default=10, show_default=True)
+@click.option(
+    "--latency-seconds", type=float, default=10, show_default=True, help="How long the latency run offers its rate."
+)
 @click.option("--large-mib", type=float, default=1024, show_default=True, help="Size of the large-attachment run.")
 @click.option(
     "--only",
@@ -1111,7 +1134,7 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
     type=click.Choice(["router", "latency", "large"]),
     help="Run only these parts (repeatable); all three by default.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_context
 @guarded
 def bench(
@@ -1129,7 +1152,12 @@ def bench(
     """Measure the bus on the local broker: router vs raw relay, latency, a large file.
 
     Figures, not verdicts: the targets are in docs/PERFORMANCE.md.  'docbus bench archive'
-    measures search at scale.
+    measures search at scale.  Run it on an otherwise idle machine, never two at once.
+
+    \b
+    The full run of docs/PERFORMANCE.md (a few minutes):
+      docbus bench --documents 20000 --agencies 150 --rate 200 \\
+                   --latency-seconds 10 --large-mib 1024
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -1164,7 +1192,7 @@ def bench(
 @click.option(
     "--db", "db_url", help="Archive URL to load into (default: a fresh SQLite file under $DOCBUS_HOME/bench)."
 )
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @guarded
 def bench_archive(documents: int, queries: int, db_url: str | None, as_json: bool) -> None:
     """Load DOCUMENTS synthetic archived documents, then time metadata and full-text searches."""
@@ -1206,7 +1234,7 @@ def bench_archive(documents: int, queries: int, db_url: str | None, as_json: boo
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object for machines.")
+@json_option("the header")
 @guarded
 def inspect(file: Path, as_json: bool) -> None:
     """Print the header of any edXML FILE (read leniently; nothing is verified)."""
@@ -1253,7 +1281,7 @@ def inspect(file: Path, as_json: bool) -> None:
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.option(
     "--at",
     type=click.DateTime(["%Y-%m-%d %H:%M", "%Y-%m-%d"]),
