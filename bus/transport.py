@@ -541,7 +541,10 @@ class AmqpTransport:
     def close(self) -> None:
         try:
             if self._conn.is_open:
-                self._write_acks()  # sent ahead of the close
+                try:
+                    self._write_acks()  # sent ahead of the close
+                except (pex.AMQPError, OSError):  # the channel is gone: the broker redelivers those
+                    pass
                 self._conn.close()
         except (pex.AMQPError, OSError):  # closing a dead connection is not an error
             pass

@@ -239,3 +239,28 @@ def test_a_batch_is_acked_in_one_frame_and_a_held_delivery_is_not_acked(broker_u
         cleanup = again or AmqpTransport(broker_url)
         cleanup.delete(queues)
         cleanup.close()
+
+
+def test_close_after_the_broker_closed_the_channel_still_closes_the_connection(broker_url, namespace) -> None:
+    """An ack still waiting to be written cannot go out on a channel the broker closed; closing
+    the transport must still close its connection (and the broker redelivers the message)."""
+    q = f"{namespace}.acks.gone"
+    queues = Topology(queues=(Queue(q, {"x-queue-type": "quorum"}),))
+    t = AmqpTransport(broker_url)
+    try:
+        t.apply(queues)
+        t.publish("", q, b"x")
+        d = t.get(q)
+        assert d is not None
+        d.ack()  # waits for the next pump or the close
+        with pytest.raises(DocbusError):  # a declaration that contradicts the queue: the broker closes the channel
+            t.apply(Topology(queues=(Queue(q, {"x-queue-type": "classic"}),)))
+        t.close()
+        assert t._conn.is_closed
+    finally:
+        t.close()
+        cleanup = AmqpTransport(broker_url)
+        again = cleanup.get(q)
+        assert again is not None and again.body == b"x"
+        cleanup.delete(queues)
+        cleanup.close()
