@@ -300,6 +300,7 @@ class AmqpTransport:
             timestamp=int(time.time()),
         )
         try:
+            self._write_acks()  # acks decided so far go out with this publish
             self._ch.basic_publish(exchange, routing_key, body, properties=props, mandatory=True)
         except pex.UnroutableError as exc:
             raise DeliveryFailed(
@@ -425,6 +426,7 @@ class AmqpTransport:
 
     def get(self, queue: str) -> Delivery | None:
         try:
+            self._write_acks()  # the last one's ack goes out with this request
             method, props, body = self._ch.basic_get(queue, auto_ack=False)
         except pex.ChannelClosedByBroker as exc:
             raise DocbusError(f"cannot read {queue}: {exc.reply_text}", reason="access-refused") from exc

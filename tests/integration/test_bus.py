@@ -264,3 +264,35 @@ def test_close_after_the_broker_closed_the_channel_still_closes_the_connection(b
         assert again is not None and again.body == b"x"
         cleanup.delete(queues)
         cleanup.close()
+
+
+def test_an_ack_goes_out_with_the_next_request_not_at_close(broker_url, namespace) -> None:
+    """get, ack, get (how the dead queue is collected): a process that dies after the second
+    get must not see the first message again."""
+    import socket
+
+    q = f"{namespace}.acks.get"
+    queues = Topology(queues=(Queue(q, {"x-queue-type": "quorum"}),))
+    t = AmqpTransport(broker_url)
+    try:
+        t.apply(queues)
+        t.publish("", q, b"first")
+        t.publish("", q, b"second")
+        first = t.get(q)
+        assert first is not None and first.body == b"first"
+        first.ack()
+        second = t.get(q)
+        assert second is not None and second.body == b"second"
+        t._conn._impl._transport._sock.shutdown(socket.SHUT_RDWR)  # the process dies here
+        cleanup = AmqpTransport(broker_url)
+        try:
+            back = []
+            while (d := cleanup.get(q)) is not None:
+                back.append(d.body)
+                d.ack()
+            assert back == [b"second"]
+        finally:
+            cleanup.delete(queues)
+            cleanup.close()
+    finally:
+        t.close()
