@@ -11,10 +11,16 @@ pika kept after a consumer was cancelled).  Delivery tags of a channel are conse
 (1, 2, 3 ... for every ``basic.deliver`` and ``basic.get-ok``), so this only ever sends a
 multiple ack up to a tag when every tag before it is one this side has acked or rejected
 itself; anything else (a gap: a tag not yet settled, or never seen) stops the run, and the
-acks after it go one by one, as without this class.
+acks after it go one by one, as without this class.  Forgetting a settled tag is always safe
+(it only stops a run); assuming one is never done.
 """
 
 from __future__ import annotations
+
+# settled tags remembered above a gap, at most: pika rejects, without telling its caller, the
+# deliveries still waiting in its buffer when a consumer is cancelled, so a gap can stay
+# forever; past this many, what is remembered is dropped (acks then go one by one)
+MAX_REMEMBERED = 10_000
 
 
 class AckRuns:
@@ -56,6 +62,8 @@ class AckRuns:
         out += [(t, False) for t in rest]
         self._floor = top
         self._settled = {t for t in self._settled if t > top} | set(rest)
+        if len(self._settled) > MAX_REMEMBERED:  # a gap that does not close: stay bounded, and safe
+            self._settled.clear()
         self._to_ack.clear()
         return out
 

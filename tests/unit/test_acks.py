@@ -42,3 +42,14 @@ def test_an_ack_after_a_reject_or_twice_is_not_sent() -> None:
     assert acked(runs, 1) == []
     assert acked(runs, 2, 2) == [(2, False)]
     assert acked(runs, 2) == []
+
+
+def test_a_gap_that_never_closes_keeps_memory_bounded_and_acks_single(monkeypatch) -> None:
+    from bus import acks
+
+    monkeypatch.setattr(acks, "MAX_REMEMBERED", 50)
+    runs = AckRuns()  # tag 1 was rejected by pika unseen: no run may ever cover it
+    frames = [f for t in range(2, 200) for f in acked(runs, t)]
+    assert frames == [(t, False) for t in range(2, 200)]
+    assert len(runs._settled) <= 50
+    assert acked(runs, 200, 201) == [(200, False), (201, False)]
