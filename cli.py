@@ -58,6 +58,9 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+PRIORITY_NAMES = ", ".join(f"{code} {name}" for code, name in edxml.PRIORITIES.items())
+
+
 def json_option(what: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--json``: what a command prints for people, as JSON for machines (UTF-8, diacritics intact)."""
     text = f"Print {what} as JSON, for machines." if what else "Print JSON for machines instead of text for people."
@@ -402,7 +405,7 @@ def _adapter(s: Settings, code: str):
     type=click.IntRange(0, 4),
     default=0,
     show_default=True,
-    help="0 thường, 1 khẩn, 2 thượng khẩn, 3 hỏa tốc, 4 hỏa tốc hẹn giờ.",
+    help=f"{PRIORITY_NAMES}.",
 )
 @click.option("--content", default="", help="Body text (defaults to the subject).")
 @click.option("--paper-only", is_flag=True, help="Declare a paper-only technical dossier (no electronic file).")
@@ -828,7 +831,7 @@ def _date(value: str | None) -> dt.date | None:
 @click.option(
     "--priority",
     type=click.IntRange(0, 4),
-    help="Only this priority: 0 thường, 1 khẩn, 2 thượng khẩn, 3 hỏa tốc, 4 hỏa tốc hẹn giờ.",
+    help=f"Only this priority: {PRIORITY_NAMES}.",
 )
 @click.option(
     "--status", "status_code", type=click.Choice(sorted(edxml.STATUS_CODES)), help="Has this status from a recipient."

@@ -246,8 +246,8 @@ def raw_relay(
         inputs = [pending.pop(s) for s in seqs if s in pending]
         for i in inputs:  # each input once its output is safe, as few ack frames as the bus sends
             acks.ack(i)
-        for tag, multiple in acks.frames():
-            state["chan"].basic_ack(tag, multiple=multiple)
+        for input_tag, run in acks.frames():
+            state["chan"].basic_ack(input_tag, multiple=run)
         state["acked"] += len(inputs)
         if state["acked"] >= n:
             state["end"] = time.perf_counter()

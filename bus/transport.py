@@ -506,10 +506,9 @@ class AmqpTransport:
                     continue
                 handler(batch)
                 last = time.monotonic()
-            self._write_acks()
-            # what pika has read for us and not handed over yet: taken here, so it is given
-            # back below with the rest, rather than rejected by pika's cancel unseen (bus.acks)
-            self._conn.process_data_events(time_limit=0)
+            # the acks written, and what pika has read for us but not handed over taken, so it
+            # is given back below with the rest rather than rejected by pika's cancel unseen (bus.acks)
+            self._pump(0)
             for tag in tags:
                 self._ch.basic_cancel(tag)
             for q in names:  # taken from the broker but not handled: give them back

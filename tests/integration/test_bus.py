@@ -204,11 +204,16 @@ def test_applying_the_topology_moves_statuses_off_the_documents_queue(broker_pro
     edoc.ack()
 
 
+def quorum_queues(*names: str) -> Topology:
+    """The tests' own queues, quorum like the bus's."""
+    return Topology(queues=tuple(Queue(n, {"x-queue-type": "quorum"}) for n in names))
+
+
 def test_a_batch_is_acked_in_one_frame_and_a_held_delivery_is_not_acked(broker_url, namespace) -> None:
     """Acks of a batch go as one multiple ack where every earlier delivery is settled, and
     never cover one the consumer held back: it is still on the queue after the channel closes."""
     a, b = f"{namespace}.acks.a", f"{namespace}.acks.b"
-    queues = Topology(queues=(Queue(a, {"x-queue-type": "quorum"}), Queue(b, {"x-queue-type": "quorum"})))
+    queues = quorum_queues(a, b)
     t = AmqpTransport(broker_url)
     again: AmqpTransport | None = None
     try:
@@ -245,7 +250,7 @@ def test_close_after_the_broker_closed_the_channel_still_closes_the_connection(b
     """An ack still waiting to be written cannot go out on a channel the broker closed; closing
     the transport must still close its connection (and the broker redelivers the message)."""
     q = f"{namespace}.acks.gone"
-    queues = Topology(queues=(Queue(q, {"x-queue-type": "quorum"}),))
+    queues = quorum_queues(q)
     t = AmqpTransport(broker_url)
     try:
         t.apply(queues)
@@ -272,7 +277,7 @@ def test_an_ack_goes_out_with_the_next_request_not_at_close(broker_url, namespac
     import socket
 
     q = f"{namespace}.acks.get"
-    queues = Topology(queues=(Queue(q, {"x-queue-type": "quorum"}),))
+    queues = quorum_queues(q)
     t = AmqpTransport(broker_url)
     try:
         t.apply(queues)
