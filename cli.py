@@ -67,6 +67,35 @@ def json_option(what: str = "") -> Callable[[Callable[..., Any]], Callable[..., 
     return click.option("--json", "as_json", is_flag=True, help=text)
 
 
+class StageBars:
+    """One progress bar per stage of a long run, on stderr: called ``(stage, done, total)``.
+
+    A new stage closes the bar of the one before, so the output reads as a list of the steps
+    done; ``--json`` output on stdout is left clean."""
+
+    def __init__(self) -> None:
+        self._stage: str | None = None
+        self._bar: Any = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            self._bar = click.progressbar(length=total, label=stage, file=sys.stderr, show_pos=True).__enter__()
+        self._bar.update(done - self._bar.pos)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def __enter__(self) -> StageBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
@@ -1167,7 +1196,7 @@ def bench(
     from benchmarks import bus_bench
 
     s = settings()
-    with click.progressbar(length=documents, label="router throughput", file=sys.stderr, show_pos=True) as bar:
+    with StageBars() as bars:
         data = bus_bench.run(
             s,
             documents=documents,
@@ -1178,7 +1207,7 @@ def bench(
             latency_seconds=latency_seconds,
             large_bytes=int(large_mib * 1024 * 1024),
             parts=frozenset(parts) or bus_bench.PARTS,
-            progress=lambda _stage, k, _n: bar.update(k),
+            progress=bars,
         )
     if as_json:
         emit_json(data)

@@ -53,6 +53,12 @@ ROOT = Path(__file__).resolve().parents[1]
 HANDED_EDOC = re.compile(r"edoc from \S+: (\S+) ")  # what `docbus adapter run` prints per edoc
 log = logging.getLogger("docbus.bench")
 PARTS = frozenset({"router", "latency", "large"})
+Progress = Callable[[str, int, int], None]
+"""Told ``(stage, done, total)`` as each part of a run advances: the CLI draws one bar per stage."""
+
+
+def _quiet(stage: str, done: int, total: int) -> None:
+    """The ``Progress`` of a run nobody watches."""
 
 
 @dataclass
@@ -96,7 +102,7 @@ def peak_rss_of(pid: int) -> float:
     return float("nan")
 
 
-def setup(home: Path, amqp_url: str, agencies: int, namespace: str) -> Bench:
+def setup(home: Path, amqp_url: str, agencies: int, namespace: str, progress: Progress = _quiet) -> Bench:
     shutil.rmtree(home, ignore_errors=True)
     settings = Settings(amqp_url=amqp_url, home=home, namespace=namespace)
     archive = Archive(settings.archive_url)
@@ -105,9 +111,10 @@ def setup(home: Path, amqp_url: str, agencies: int, namespace: str) -> Bench:
         province.init(settings, archive, t)
         every = (f"000.{i // 100:02d}.{i % 100:02d}.H61" for i in range(1, agencies + 2))
         codes = [c for c in every if c != settings.hub_organ_id][:agencies]
-        for code in codes:
+        for k, code in enumerate(codes, 1):
             # no per-agency broker users: the benchmark publishes every agency's mail itself
             province.add_agency(settings, archive, t, code, f"Cơ quan {code}", broker_user=False)
+            progress("registering agencies", k, len(codes))
     finally:
         t.close()
         archive.close()
@@ -129,7 +136,9 @@ def teardown(b: Bench) -> None:
         t.close()
 
 
-def presign(b: Bench, n: int, *, size: int = 5000, seed: int = 3) -> list[tuple[str, bytes]]:
+def presign(
+    b: Bench, n: int, *, size: int = 5000, seed: int = 3, progress: Progress = _quiet
+) -> list[tuple[str, bytes]]:
     """``n`` signed edocs of about ``size`` bytes: (sender, bytes)."""
     rng = random.Random(seed)
     idents = {c: Identity.load(c, b.settings.agency_home(c)) for c in b.codes}
@@ -146,11 +155,13 @@ def presign(b: Bench, n: int, *, size: int = 5000, seed: int = 3) -> list[tuple[
             attachments=[Attachment.from_bytes("van-ban.pdf", payload, "application/pdf")],
         )
         out.append((sender, compose.sign(edoc, idents[sender])))
+        if i % 100 == 99 or i == n - 1:
+            progress("signing documents", i + 1, n)
     return out
 
 
 def router_throughput(
-    b: Bench, docs: list[tuple[str, bytes]], workers: int, progress: Callable[[int], None] | None
+    b: Bench, docs: list[tuple[str, bytes]], workers: int, progress: Progress = _quiet
 ) -> dict[str, Any]:
     names = Names(b.settings.namespace)
     t = AmqpTransport(b.settings.amqp_url)
@@ -170,10 +181,8 @@ def router_throughput(
     deadline = time.monotonic() + max(120, n / 20)
     peak: dict[int, float] = {}
     while time.monotonic() < deadline:
-        now_done = Recipient.select().where(Recipient.delivered_at.is_null(False)).count()
-        if progress is not None and now_done > done:
-            progress(now_done - done)
-        done = now_done
+        done = Recipient.select().where(Recipient.delivered_at.is_null(False)).count()
+        progress(f"router x{workers}, throughput", done, n)
         for r in routers:
             peak[r.pid] = max(peak.get(r.pid, 0.0), peak_rss_of(r.pid))
         if done >= n:
@@ -299,7 +308,9 @@ def raw_relay(
 SENDERS = 4  # agencies submitting at once in the latency part (one agency's submit waits for its confirm)
 
 
-def latency(b: Bench, count: int, rate: float, workers: int = 1, senders: int = SENDERS) -> dict[str, Any]:
+def latency(
+    b: Bench, count: int, rate: float, workers: int = 1, senders: int = SENDERS, progress: Progress = _quiet
+) -> dict[str, Any]:
     """Offer ``rate`` documents/s in total from ``senders`` agencies (threads of this process,
     each with its own adapter, as each agency runs its own); time each document from
     ``submit()`` until the recipient's adapter (``docbus adapter run``, its own process,
@@ -348,6 +359,8 @@ def latency(b: Bench, count: int, rate: float, workers: int = 1, senders: int = 
             found = HANDED_EDOC.match(line.decode("utf-8", "replace"))
             if found:
                 handed.setdefault(found.group(1), at)
+                if len(handed) % 50 == 0 or len(handed) == count:  # drawn in the senders' process: rarely
+                    progress(f"latency at {rate:g}/s", len(handed), count)
 
     threading.Thread(target=read_reports, daemon=True).start()
     routers = [b.router() for _ in range(workers)]
@@ -437,7 +450,7 @@ def _purge(amqp_url: str, queues: list[str]) -> None:
         conn.close()
 
 
-def large_attachment(b: Bench, size: int) -> dict[str, Any]:
+def large_attachment(b: Bench, size: int, progress: Progress = _quiet) -> dict[str, Any]:
     """One file of ``size`` bytes end to end (``docbus send``, ``docbus router run``, ``docbus
     adapter run`` one after the other); the peak RSS of each, the time, and the digest of
     what the recipient stored."""
@@ -452,6 +465,8 @@ def large_attachment(b: Bench, size: int) -> dict[str, Any]:
             fh.write(chunk)
             left -= len(chunk)
     digest = h.hexdigest()
+    stage = f"large file ({size / 2**20:g} MiB): send, route, receive"
+    progress(stage, 0, 3)
     send = subprocess.Popen(
         [
             sys.executable,
@@ -487,11 +502,13 @@ def large_attachment(b: Bench, size: int) -> dict[str, Any]:
     w.start()
     send.wait(timeout=600)
     w.join()
+    progress(stage, 1, 3)
     router = b.router("--idle-exit", "3")
     wr = threading.Thread(target=watch, args=("docbus router run", router))
     wr.start()
     router.wait(timeout=600)
     wr.join()
+    progress(stage, 2, 3)
     drop = b.settings.home / "drop"
     recv = subprocess.Popen(
         [sys.executable, "-m", "cli", "adapter", "run", "--agency", recipient, "--idle-exit", "2", "--drop", str(drop)],
@@ -504,6 +521,7 @@ def large_attachment(b: Bench, size: int) -> dict[str, Any]:
     wv.start()
     recv.wait(timeout=600)
     wv.join()
+    progress(stage, 3, 3)
     seconds = time.perf_counter() - start
     with Adapter(b.settings, recipient) as r:
         items = [i for i in r.inbox("edoc") if i.subject == "Tệp lớn"]
@@ -529,7 +547,7 @@ def run(
     large_bytes: int,
     latency_workers: int = 1,
     parts: frozenset[str] = PARTS,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress = _quiet,
 ) -> dict[str, Any]:
     """Run the ``parts`` asked for (``PARTS``: router, latency, large) in one setup.
 
@@ -539,15 +557,14 @@ def run(
     while several would each work on batches of one (docs/PERFORMANCE.md)."""
     namespace = f"bench{os.getpid()}"
     try:  # the raw relay and the queue purges talk to pika directly
-        b = setup(settings.home / "bench-bus", settings.amqp_url, agencies, namespace)
+        b = setup(settings.home / "bench-bus", settings.amqp_url, agencies, namespace, progress)
         out: dict[str, Any] = {"machine": machine()}
         try:
             if "router" in parts:
-                docs = presign(b, documents)
+                docs = presign(b, documents, progress=progress)
                 out["envelope_bytes_avg"] = round(sum(len(d) for _, d in docs) / len(docs))
                 relay = raw_relay(settings.amqp_url, [d for _, d in docs], namespace)
-                tick = (lambda k: progress("router", k, documents)) if progress else None
-                router = router_throughput(b, docs, workers, tick)
+                router = router_throughput(b, docs, workers, progress)
                 ratio = (
                     router["docs_per_s"] / relay["msgs_per_s"] if router["docs_per_s"] and relay["msgs_per_s"] else None
                 )
@@ -556,9 +573,10 @@ def run(
                 names = Names(b.settings.namespace)
                 _purge(settings.amqp_url, [q for code in b.codes for q in names.inboxes(code)])
             if "latency" in parts:
-                out["latency"] = latency(b, max(10, int(rate * latency_seconds)), rate, latency_workers)
+                count = max(10, int(rate * latency_seconds))
+                out["latency"] = latency(b, count, rate, latency_workers, progress=progress)
             if "large" in parts:
-                out["large_attachment"] = large_attachment(b, large_bytes)
+                out["large_attachment"] = large_attachment(b, large_bytes, progress)
         finally:
             teardown(b)
         return out

@@ -67,3 +67,19 @@ def test_one_part_alone_prints_only_its_rows() -> None:
     only_router = {k: FULL_RUN[k] for k in ("machine", "envelope_bytes_avg", "raw_relay", "router", "router_vs_relay")}
     out = table(rows(only_router), ["Measure", "Result", "Detail"])
     assert "docs/s" in out and "latency" not in out and "large attachment" not in out
+
+
+def test_each_stage_of_a_run_gets_its_own_bar_on_stderr(capsys) -> None:
+    from cli import StageBars
+
+    with StageBars() as bars:
+        for k in range(1, 4):
+            bars("registering agencies", k, 3)
+        bars("router x3, throughput", 500, 2000)
+        bars("router x3, throughput", 2000, 2000)
+        bars("latency at 200/s", 2000, 2000)
+    out = capsys.readouterr()
+    assert out.out == ""  # stdout stays for the table or --json
+    labels = ["registering agencies", "router x3, throughput", "latency at 200/s"]
+    at = [out.err.find(label) for label in labels]
+    assert all(i >= 0 for i in at) and at == sorted(at), out.err
