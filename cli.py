@@ -657,7 +657,7 @@ def router_run(idle_exit: float | None, prefetch: int, batch: int) -> None:
 
     s = settings()
     archive = open_archive(s)
-    hub = Identity.load(s.hub_organ_id, s.home / "hub")
+    hub = Identity.load(s.hub_organ_id, s.home / "hub", set_up_by="docbus init")
     r = Router(s, amqp(s), archive, load_trust(s), hub)
     click.echo(
         f"router consuming {r.names.router_urgent}, {r.names.router_queue}, {r.names.router_status}"

@@ -24,7 +24,7 @@ import pika.exceptions as pex
 from pika.adapters.utils.connection_workflow import AMQPConnectorException, AMQPConnectorStackTimeout
 
 from bus.acks import AckRuns
-from bus.errors import BrokerUnavailable, DocbusError
+from bus.errors import BrokerUnavailable, DocbusError, NotFound
 from bus.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,13 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def _refused_queue(what: str, exc: pex.ChannelClosedByBroker) -> DocbusError:
+    """A queue the broker would not let us read: missing (the bus is not set up) or forbidden."""
+    if exc.reply_code == 404:
+        return NotFound(f"{what}: it does not exist on the broker; run 'docbus init' to declare the bus")
+    return DocbusError(f"{what}: {exc.reply_text}", reason="access-refused")
 
 
 def broker_unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
@@ -429,7 +436,7 @@ class AmqpTransport:
             self._write_acks()  # the last one's ack goes out with this request
             method, props, body = self._ch.basic_get(queue, auto_ack=False)
         except pex.ChannelClosedByBroker as exc:
-            raise DocbusError(f"cannot read {queue}: {exc.reply_text}", reason="access-refused") from exc
+            raise _refused_queue(f"cannot read {queue}", exc) from exc
         except (pex.AMQPError, OSError) as exc:
             raise broker_unavailable(self.url, exc) from exc
         if method is None:
@@ -515,7 +522,7 @@ class AmqpTransport:
                 while buffers[q]:
                     self._nack(buffers[q].popleft()[0].delivery_tag, requeue=True)
         except pex.ChannelClosedByBroker as exc:
-            raise DocbusError(f"cannot consume {', '.join(names)}: {exc.reply_text}", reason="access-refused") from exc
+            raise _refused_queue(f"cannot consume {', '.join(names)}", exc) from exc
         except (pex.AMQPError, OSError) as exc:
             raise broker_unavailable(self.url, exc) from exc
 

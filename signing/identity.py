@@ -42,7 +42,8 @@ class Identity:
         return ident
 
     @classmethod
-    def load(cls, organ_id: str, folder: Path) -> Identity:
+    def load(cls, organ_id: str, folder: Path, *, set_up_by: str = "docbus agency add") -> Identity:
+        """The key and certificate ``set_up_by`` wrote under ``folder``."""
         try:
             return cls(
                 organ_id,
@@ -52,5 +53,5 @@ class Identity:
             )
         except FileNotFoundError as exc:
             raise ConfigError(
-                f"no key and certificate for {organ_id} under {folder}: run 'docbus agency add' first"
+                f"no key and certificate for {organ_id} under {folder}: run '{set_up_by}' first"
             ) from exc

@@ -301,3 +301,15 @@ def test_an_ack_goes_out_with_the_next_request_not_at_close(broker_url, namespac
             cleanup.close()
     finally:
         t.close()
+
+
+def test_reading_a_queue_that_was_never_declared_says_the_bus_is_not_set_up(broker_url, namespace) -> None:
+    """`docbus dead list` before `docbus init`: not found (exit 3) with what to run, not a refusal."""
+    from bus.errors import NotFound
+
+    t = AmqpTransport(broker_url)
+    try:
+        with pytest.raises(NotFound, match="docbus init"):
+            t.get(f"{namespace}.never.declared")
+    finally:
+        t.close()
