@@ -44,7 +44,8 @@ from bus.acks import AckRuns
 from bus.archive import Archive, Message, Recipient
 from bus.blobs import file_sha256
 from bus.config import Settings
-from bus.edxml import Attachment, Organ
+from bus.edxml import Attachment, Edoc, Organ
+from bus.errors import DocbusError
 from bus.topology import Names
 from bus.transport import CONNECT_ERRORS, AmqpTransport, Outgoing, broker_unavailable
 from signing.identity import Identity
@@ -327,18 +328,22 @@ def latency(
     recipient = b.codes[1]
     codes = [c for c in b.codes if c != recipient][:senders]
     payload = b"%PDF-1.4 " + os.urandom(2500)
-    plans: dict[str, list[tuple[int, Any]]] = {c: [] for c in codes}
-    for i in range(count):
-        code = codes[i % len(codes)]
-        edoc = compose.new_edoc(
+
+    def edoc_from(code: str, number: str) -> Edoc:
+        return compose.new_edoc(
             Organ(code, f"Cơ quan {code}"),
             [Organ(recipient)],
-            subject=f"Độ trễ {i}",
-            number=f"L{i}",
+            subject=f"Độ trễ {number}",
+            number=number,
             notation="HN",
             attachments=[Attachment.from_bytes("a.pdf", payload, "application/pdf")],
         )
-        plans[code].append((i, edoc))
+
+    plans: dict[str, list[tuple[int, Edoc]]] = {c: [] for c in codes}
+    for i in range(count):
+        code = codes[i % len(codes)]
+        plans[code].append((i, edoc_from(code, f"L{i}")))
+    warm_ups = {code: edoc_from(code, f"W{k}") for k, code in enumerate(codes)}
     sent_at: dict[str, float] = {}
     submitted: set[str] = set()
     unsent: list[int] = []
@@ -359,8 +364,8 @@ def latency(
             found = HANDED_EDOC.match(line.decode("utf-8", "replace"))
             if found:
                 handed.setdefault(found.group(1), at)
-                if len(handed) % 50 == 0 or len(handed) == count:  # drawn in the senders' process: rarely
-                    progress(f"latency at {rate:g}/s", len(handed), count)
+                if len(handed) % 50 == 0 or len(handed) == count + len(codes):  # drawn rarely: senders' process
+                    progress(f"latency at {rate:g}/s", len(handed), count + len(codes))
 
     threading.Thread(target=read_reports, daemon=True).start()
     routers = [b.router() for _ in range(workers)]
@@ -370,21 +375,32 @@ def latency(
         """DocumentId -> when the recipient reported it stored, for this run's documents."""
         return {doc: handed[doc] for doc in list(submitted) if doc in handed}
 
-    start = time.perf_counter() + 0.5
     # CPU per document, by process: how close the machine is to full, and who spends it
     broker = local_broker_pid()
     watched = {"routers": [r.pid for r in routers], "recipient": [receiver.pid]}
     if broker is not None:
         watched["RabbitMQ"] = [broker]
-    cpu_before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in watched.items()}
-    senders_before = cpu_seconds()
     sending = [len(codes)]
     senders_cpu: list[float] = []
     busy: list[tuple[int, int]] = []  # the machine's CPU ticks when sending starts and ends
     lock = threading.Lock()
+    ready = threading.Barrier(len(codes) + 1)  # every sender's adapter open and its warm-up sent
+    go = threading.Event()
+    clock: dict[str, float] = {}  # the timed run's start (perf_counter) and the senders' CPU then
+    failed: list[Exception] = []
 
     def send(code: str) -> None:
-        with Adapter(b.settings, code) as s:
+        try:
+            s = Adapter(b.settings, code)
+            s.submit(warm_ups[code])  # untimed: the path's first use (connections, caches, statements)
+        except Exception as exc:
+            failed.append(exc)
+            ready.abort()  # the run cannot start: the main thread says why
+            raise
+        with s:
+            ready.wait()
+            go.wait()
+            start = clock["start"]
             for i, edoc in plans[code]:
                 delay = start + i / rate - time.perf_counter()  # document i is due at i/rate
                 if delay > 0:
@@ -397,7 +413,7 @@ def latency(
             with lock:  # the last agency to finish sending reads the senders' CPU
                 sending[0] -= 1
                 if sending[0] == 0:
-                    senders_cpu.append(cpu_seconds() - senders_before)
+                    senders_cpu.append(cpu_seconds() - clock["senders_cpu"])
                     busy.append(machine_ticks())
             deadline = time.monotonic() + 30
             mine = {e.document_id for _, e in plans[code]}
@@ -409,6 +425,23 @@ def latency(
     threads = [threading.Thread(target=send, args=(c,), daemon=True) for c in codes]
     for t in threads:
         t.start()
+    # The run measures the steady state: one warm-up document from each sender goes through
+    # the whole path first (a router's or an adapter's first message after it starts also
+    # prepares its statements and caches), untimed and uncounted.
+    try:
+        ready.wait(timeout=60)
+    except threading.BrokenBarrierError:
+        if failed and isinstance(failed[0], DocbusError):
+            raise failed[0] from None  # the broker went away, ...: its own error and exit code
+        raise DocbusError(f"a sending agency could not start: {failed[0] if failed else 'no answer in 60 s'}") from None
+    warm = {e.document_id for e in warm_ups.values()}
+    deadline = time.monotonic() + 30
+    while not warm <= handed.keys() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cpu_before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in watched.items()}
+    clock["senders_cpu"] = cpu_seconds()
+    clock["start"] = start = time.perf_counter() + 0.2
+    go.set()
     time.sleep(max(0.0, start - time.perf_counter()))
     busy.insert(0, machine_ticks())
     broker_peak = CpuPeak(broker) if broker is not None else None
