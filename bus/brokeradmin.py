@@ -61,6 +61,34 @@ def agency_permissions(names: Names, organ_id: str, vhost: str) -> Permissions:
     )
 
 
+HANDLES_PER_QUORUM_QUEUE = 3
+"""File handles RabbitMQ reserves for every quorum queue (3.10: ten queues, thirty reserved).
+
+Its file handle cache counts them against the node's open-file limit less about 100, and a
+node with none left still accepts TCP connections but never answers the AMQP handshake: the
+whole bus stops, for every agency at once.  At the default limit of 1024 that is about 300
+quorum queues, and each agency has two (its inbox and its urgent inbox)."""
+
+
+@dataclass(frozen=True)
+class FileHandleBudget:
+    """What a RabbitMQ node can still open: its open-file limit against the handles that its
+    queues reserve and its connections hold (every queue is counted as a quorum queue: the
+    classic ones are few, and erring on the safe side costs three handles each)."""
+
+    limit: int  # the node's open-file limit (the lowest in a cluster: each node holds every quorum queue)
+    queues: int
+    connections: int
+
+    RESERVED = 100  # kept back by RabbitMQ itself
+
+    def needed(self, more_queues: int = 0, more_connections: int = 0) -> int:
+        return HANDLES_PER_QUORUM_QUEUE * (self.queues + more_queues) + self.connections + more_connections
+
+    def fits(self, more_queues: int = 0, more_connections: int = 0) -> bool:
+        return self.needed(more_queues, more_connections) <= self.limit - self.RESERVED
+
+
 def vhost_of(amqp_url: str) -> str:
     path = urlsplit(amqp_url).path
     return unquote(path[1:]) if len(path) > 1 else "/"
@@ -111,6 +139,15 @@ class BrokerAdmin:
         except (BrokerUnavailable, DocbusError):
             return False
         return True
+
+    def file_handles(self) -> FileHandleBudget:
+        nodes = [n for n in self._call("GET", "/nodes?columns=name,fd_total") or [] if n.get("fd_total")]
+        totals = (self._call("GET", "/overview") or {}).get("object_totals", {})
+        return FileHandleBudget(
+            limit=min((int(n["fd_total"]) for n in nodes), default=0),
+            queues=int(totals.get("queues", 0)),
+            connections=int(totals.get("connections", 0)),
+        )
 
     # -- users and permissions
     def ensure_user(self, user: str, password: str) -> None:

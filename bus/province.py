@@ -19,11 +19,11 @@ from cryptography.hazmat.primitives import serialization
 
 from bus import topology
 from bus.archive import Agency, Archive, Certificate, utcnow
-from bus.brokeradmin import BrokerAdmin, agency_permissions, new_password, vhost_of
+from bus.brokeradmin import HANDLES_PER_QUORUM_QUEUE, BrokerAdmin, agency_permissions, new_password, vhost_of
 from bus.config import Settings
 from bus.errors import BrokerUnavailable, ConfigError, DocbusError, NotFound
 from bus.topology import Names
-from bus.transport import Transport
+from bus.transport import AmqpTransport, Transport
 from signing import crl
 from signing.ca import CertificateAuthority, load_cert
 from signing.identity import Identity
@@ -102,6 +102,37 @@ def _admin(settings: Settings) -> BrokerAdmin | None:
     return admin if admin.available() else None
 
 
+ROUTER_CONNECTIONS = 4  # the data centre's routers and operators' commands, beside one per agency
+
+
+def check_broker_room(settings: Settings, archive: Archive, new_queues: int) -> None:
+    """Refuse to declare ``new_queues`` more quorum queues where RabbitMQ would run out of
+    file handles, with every registered agency's adapter connected (one connection each).
+
+    Such a node still accepts TCP connections but answers none (``HANDLES_PER_QUORUM_QUEUE``):
+    a province that grows past it stops the bus for everybody, so the agency that would tip
+    it over is refused, with the setting to change.  Without the management API (development
+    brokers) there is nothing to ask and nothing is checked."""
+    admin = _admin(settings)
+    if admin is None:
+        return
+    budget = admin.file_handles()
+    if not budget.limit:
+        return
+    expected = max(budget.connections, len(archive.agencies()) + 1 + ROUTER_CONNECTIONS)
+    if budget.fits(new_queues, expected - budget.connections):
+        return
+    queues = budget.queues + new_queues
+    raise ConfigError(
+        f"RabbitMQ's open-file limit ({budget.limit}) is too low for this agency: {queues} queues reserve "
+        f"{HANDLES_PER_QUORUM_QUEUE} file handles each and {expected} connections (one per agency's adapter) "
+        f"one each, {budget.needed(new_queues, expected - budget.connections)} in all, over the "
+        f"{budget.limit - budget.RESERVED} it lets them use; a node that runs out stops answering every "
+        "connection. Raise it (LimitNOFILE=65536 in its systemd unit, or 'ulimit -n 65536' in "
+        "/etc/rabbitmq/rabbitmq-env.conf), restart RabbitMQ, and add the agency again"
+    )
+
+
 def add_agency(
     settings: Settings,
     archive: Archive,
@@ -124,6 +155,8 @@ def add_agency(
     if parent is not None:
         archive.agency(parent)  # raises NotFound with a clear message
     folder = settings.agency_home(organ_id)
+    if isinstance(transport, AmqpTransport) and not (folder / "key.pem").exists():  # a new agency: two more queues
+        check_broker_room(settings, archive, len(topology.agency(Names(settings.namespace), organ_id).queues))
     if (folder / "key.pem").exists():
         ident = Identity.load(organ_id, folder)
         created = False
