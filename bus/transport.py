@@ -199,7 +199,10 @@ def _describe(exc: BaseException) -> str:
             break
         exc = inner
     if isinstance(exc, AMQPConnectorStackTimeout):
-        return "it took the connection but did not answer the AMQP handshake: restart it"
+        return (
+            "it took the connection but did not answer the AMQP handshake: a node out of file handles"
+            " does this (raise its open-file limit, see the README), then restart it"
+        )
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
