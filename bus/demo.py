@@ -168,7 +168,7 @@ def _complete(archive: Archive, expected: dict[str, set[str]]) -> bool:
 def _print_trace(archive: Archive, doc: str, echo: Callable[[str], None]) -> None:
     t = archive.trace(doc)
     for sub in t["submissions"]:
-        echo(f"trace {doc}: “{sub['subject']}” from {sub['sender']}, archived {sub['received_at']}")
+        echo(f"trace {doc}: “{sub['subject']}” from {sub['sender']}, archived {sub['received_at']} UTC")
         for r in sub["recipients"]:
             statuses = ", ".join(f"{s['code']} at {s['received_at'][11:]}" for s in r["statuses"])
             echo(f"  -> {r['organ_id']}: delivered {r['delivered_at'][11:] if r['delivered_at'] else 'no'}; {statuses}")
