@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from bus import edxml, safexml
+from bus import edxml, longrun, safexml
 from bus.config import Settings, from_env
 from bus.errors import BrokerUnavailable, ConfigError, DocbusError, NotFound, Refused
 
@@ -664,6 +664,7 @@ def router_run(idle_exit: float | None, prefetch: int, batch: int) -> None:
         f" and {r.names.router_chunks}",
         err=True,
     )
+    longrun.settle()
     try:
         r.serve(lambda: AmqpTransport(s.amqp_url), idle_exit=idle_exit, prefetch=prefetch, max_batch=batch)
     except KeyboardInterrupt:
@@ -715,6 +716,7 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
 
     with _adapter(s, code) as a:
         a.on_receive = hand_off
+        longrun.settle()
         try:
             a.run(idle_exit=idle_exit)
         except KeyboardInterrupt:
