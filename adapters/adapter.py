@@ -72,6 +72,18 @@ class SendResult:
     published: bool
 
 
+@dataclass(frozen=True)
+class OutboxEntry:
+    """An outbox row as written, what publishing it needs (a row read back serves as well)."""
+
+    digest: str
+    kind: str
+    document_id: str
+    recipients: str
+    urgent: bool
+    raw: bytes
+
+
 @dataclass
 class InboxItem:
     digest: str
@@ -201,14 +213,13 @@ class Adapter:
         )
 
     def submit(self, msg: edxml.Message) -> SendResult:
-        digest = self._to_outbox(msg)
-        Outbox = self.store.Outbox
-        item = statements.first(Outbox, "outbox-row", [digest], lambda v: Outbox.select().where(Outbox.digest == v[0]))
+        item = self._to_outbox(msg)
         large = any(a.external is not None for a in getattr(msg, "attachments", []))
-        return SendResult(msg.document_id, digest, self._publish(item, uploads=large))
+        return SendResult(msg.document_id, item.digest, self._publish(item, uploads=large))
 
-    def _to_outbox(self, msg: edxml.Message) -> str:
-        """Sign ``msg`` and commit it to the outbox; returns its digest.
+    def _to_outbox(self, msg: edxml.Message) -> OutboxEntry:
+        """Sign ``msg`` and commit it to the outbox; returns what was written (the same bytes
+        under the same digest if they were there already), without reading it back.
 
         A large file is first copied under its digest (the clerk may delete the original),
         and its upload recorded with the message, so both go out or neither."""
@@ -218,7 +229,7 @@ class Adapter:
         raw = compose.sign(msg, self.identity)
         digest = sha256(raw)
         with self.store.write():
-            self._outbox_row(msg, raw, digest)
+            entry = self._outbox_row(msg, raw, digest)
             for a in large:
                 self.store.Upload.insert(
                     outbox_digest=digest,
@@ -226,9 +237,9 @@ class Adapter:
                     size=a.external.size,
                     chunk_size=a.external.chunk_size,
                 ).execute()
-        return digest
+        return entry
 
-    def _outbox_row(self, msg: edxml.Message, raw: bytes, digest: str) -> None:
+    def _outbox_row(self, msg: edxml.Message, raw: bytes, digest: str) -> OutboxEntry:
         row = {
             "digest": digest,
             "kind": msg.kind,
@@ -238,6 +249,7 @@ class Adapter:
             "raw": raw,
         }
         statements.insert_many(self.store.Outbox, [row], ignore=True)
+        return OutboxEntry(**row)
 
     def _publish(self, item: Any, *, uploads: bool = True) -> bool:
         """Publish one outbox item, its large files first; ``uploads=False``: it has none."""
@@ -259,9 +271,9 @@ class Adapter:
             statements.execute(
                 Outbox,
                 "outbox-published",
-                [Outbox.published_at.db_value(utcnow()), 1, None, item.id],
+                [Outbox.published_at.db_value(utcnow()), 1, None, item.digest],
                 lambda v: Outbox.update(published_at=v[0], attempts=Outbox.attempts + v[1], last_error=v[2]).where(
-                    Outbox.id == v[3]
+                    Outbox.digest == v[3]
                 ),
             )
         return True
@@ -290,7 +302,9 @@ class Adapter:
             self._transport = None
         else:
             self._drop_connection()  # a refused publish closes the channel
-        Outbox.update(attempts=Outbox.attempts + 1, last_error=exc.message).where(Outbox.id == item.id).execute()
+        Outbox.update(attempts=Outbox.attempts + 1, last_error=exc.message).where(
+            Outbox.digest == item.digest
+        ).execute()
         log.warning("%s stays in the outbox: %s", item.document_id, exc.message)
 
     def _amqp_url(self) -> str:
