@@ -399,36 +399,39 @@ def latency(
 
     def send(code: str) -> None:
         try:
-            s = Adapter(b.settings, code)
-            s.submit(warm_ups[code])  # untimed: the path's first use (connections, caches, statements)
+            with Adapter(b.settings, code) as s:
+                s.submit(warm_ups[code])  # untimed: the path's first use (connections, caches, statements)
+                ready.wait()
+                go.wait()
+                timed(code, s)
         except Exception as exc:
             failed.append(exc)
-            ready.abort()  # the run cannot start: the main thread says why
+            ready.abort()  # before the start the run cannot begin: the main thread says why
             raise
-        with s:
-            ready.wait()
-            go.wait()
-            start = clock["start"]
-            for i, edoc in plans[code]:
-                delay = start + i / rate - time.perf_counter()  # document i is due at i/rate
-                if delay > 0:
-                    time.sleep(delay)
-                sent_at[edoc.document_id] = time.time()
-                result = s.submit(edoc)  # sign, outbox, publish: what an agency's system calls
-                submitted.add(edoc.document_id)
-                if not result.published:
-                    log.warning("benchmark document %s stayed in the outbox", edoc.document_id)
-            with lock:  # the last agency to finish sending reads the senders' CPU
-                sending[0] -= 1
-                if sending[0] == 0:
-                    senders_cpu.append(cpu_seconds() - clock["senders_cpu"])
-                    busy.append(machine_ticks())
-            deadline = time.monotonic() + 30
-            mine = {e.document_id for _, e in plans[code]}
-            while not mine <= stored().keys() and time.monotonic() < deadline:
-                s.flush()  # what `docbus adapter run` does with whatever the broker did not take
-                time.sleep(0.2)
-            unsent.append(s.pending())
+
+    def timed(code: str, s: Adapter) -> None:
+        """Send ``code``'s share on schedule, then wait (flushing) until the recipient stored it."""
+        start = clock["start"]
+        for i, edoc in plans[code]:
+            delay = start + i / rate - time.perf_counter()  # document i is due at i/rate
+            if delay > 0:
+                time.sleep(delay)
+            sent_at[edoc.document_id] = time.time()
+            result = s.submit(edoc)  # sign, outbox, publish: what an agency's system calls
+            submitted.add(edoc.document_id)
+            if not result.published:
+                log.warning("benchmark document %s stayed in the outbox", edoc.document_id)
+        with lock:  # the last agency to finish sending reads the senders' CPU
+            sending[0] -= 1
+            if sending[0] == 0:
+                senders_cpu.append(cpu_seconds() - clock["senders_cpu"])
+                busy.append(machine_ticks())
+        deadline = time.monotonic() + 30
+        mine = {e.document_id for _, e in plans[code]}
+        while not mine <= stored().keys() and time.monotonic() < deadline:
+            s.flush()  # what `docbus adapter run` does with whatever the broker did not take
+            time.sleep(0.2)
+        unsent.append(s.pending())
 
     threads = [threading.Thread(target=send, args=(c,), daemon=True) for c in codes]
     for t in threads:

@@ -105,17 +105,13 @@ def _admin(settings: Settings) -> BrokerAdmin | None:
 ROUTER_CONNECTIONS = 4  # the data centre's routers and operators' commands, beside one per agency
 
 
-def check_broker_room(settings: Settings, archive: Archive, new_queues: int) -> None:
+def check_broker_room(admin: BrokerAdmin, archive: Archive, new_queues: int) -> None:
     """Refuse to declare ``new_queues`` more quorum queues where RabbitMQ would run out of
     file handles, with every registered agency's adapter connected (one connection each).
 
     Such a node still accepts TCP connections but answers none (``HANDLES_PER_QUORUM_QUEUE``):
     a province that grows past it stops the bus for everybody, so the agency that would tip
-    it over is refused, with the setting to change.  Without the management API (development
-    brokers) there is nothing to ask and nothing is checked."""
-    admin = _admin(settings)
-    if admin is None:
-        return
+    it over is refused, with the setting to change."""
     budget = admin.file_handles()
     if not budget.limit:
         return
@@ -155,14 +151,17 @@ def add_agency(
     if parent is not None:
         archive.agency(parent)  # raises NotFound with a clear message
     folder = settings.agency_home(organ_id)
-    if isinstance(transport, AmqpTransport) and not (folder / "key.pem").exists():  # a new agency: two more queues
-        check_broker_room(settings, archive, len(topology.agency(Names(settings.namespace), organ_id).queues))
-    if (folder / "key.pem").exists():
-        ident = Identity.load(organ_id, folder)
-        created = False
-    else:
+    created = not (folder / "key.pem").exists()
+    queues = topology.agency(Names(settings.namespace), organ_id)
+    # the management API, asked once: the broker's room for a new agency's queues, its broker user
+    # (without it, on development brokers, nothing is checked)
+    admin = _admin(settings) if isinstance(transport, AmqpTransport) and (created or broker_user) else None
+    if admin is not None and created:
+        check_broker_room(admin, archive, len(queues.queues))
+    if created:
         ident = Identity.issue(CertificateAuthority.load(settings.home), organ_id, name, folder)
-        created = True
+    else:
+        ident = Identity.load(organ_id, folder)
     cert = load_cert(ident.cert_pem)
     agency = archive.add_agency(
         organ_id,
@@ -173,15 +172,15 @@ def add_agency(
         parent,
     )
     if transport is not None:
-        transport.apply(topology.agency(Names(settings.namespace), organ_id))
+        transport.apply(queues)
         if broker_user:
-            provision_broker_user(settings, agency)
+            provision_broker_user(settings, agency, admin)
     return Agency.get_by_id(organ_id), created
 
 
-def provision_broker_user(settings: Settings, agency: Agency) -> bool:
+def provision_broker_user(settings: Settings, agency: Agency, admin: BrokerAdmin | None = None) -> bool:
     """Create the agency's broker user with its permissions; its credentials go to its home."""
-    admin = _admin(settings)
+    admin = admin or _admin(settings)
     if admin is None:
         log.warning("management API unreachable: %s has no broker user of its own", agency.organ_id)
         return False
