@@ -665,6 +665,7 @@ def router_run(idle_exit: float | None, prefetch: int, batch: int) -> None:
         err=True,
     )
     longrun.settle()
+    longrun.stop_on_sigterm()
     try:
         r.serve(lambda: AmqpTransport(s.amqp_url), idle_exit=idle_exit, prefetch=prefetch, max_batch=batch)
     except KeyboardInterrupt:
@@ -716,7 +717,9 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
 
     with _adapter(s, code) as a:
         a.on_receive = hand_off
+        click.echo(f"adapter {code} consuming {', '.join(a.names.inboxes(code))}", err=True)
         longrun.settle()
+        longrun.stop_on_sigterm()
         try:
             a.run(idle_exit=idle_exit)
         except KeyboardInterrupt:

@@ -84,7 +84,7 @@ class Bench:
     def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGTERM)  # as systemd stops them
         for p in self.procs:
             try:
                 p.wait(timeout=20)

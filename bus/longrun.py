@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import gc
+import signal
+from types import FrameType
 
 
 def settle() -> None:
@@ -17,3 +19,20 @@ def settle() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop the process the way Ctrl-C does: finish cleanly, say how much was done.
+
+    systemd, ``kill`` and container runtimes stop a service with SIGTERM, whose default ends
+    Python at once: nothing is lost (a message is acked only after it is stored, so the
+    broker hands the unacknowledged ones to the next consumer), but the process leaves
+    without closing its connection or reporting.  Raising ``KeyboardInterrupt`` takes the
+    path Ctrl-C takes, which the router and the adapter already stop on.  It also works for
+    a process started in the background by a non-interactive shell, where SIGINT is ignored.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

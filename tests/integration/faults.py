@@ -63,7 +63,7 @@ class Province:
     def stop_all(self) -> None:
         for p in [*self.routers, *self.adapters.values()]:
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGTERM)  # as systemd stops them
         for p in [*self.routers, *self.adapters.values()]:
             try:
                 p.wait(timeout=15)

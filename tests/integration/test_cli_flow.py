@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +155,36 @@ def test_adapter_run_hands_documents_to_a_drop_folder(env, tmp_path) -> None:
     docbus(env, "router", "run", "--idle-exit", "1.5")
     back = docbus(env, "adapter", "run", "--agency", DEPT, "--idle-exit", "1")
     assert f"status 01 from {PC}: {sent}" in back.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "stopped"),
+    [(("router", "run"), "router stopped after 0 message(s)"), (("adapter", "run", "--agency", PC), "stopped after")],
+)
+def test_sigterm_stops_a_running_process_cleanly(env, args, stopped) -> None:
+    """systemd stops services with SIGTERM; started from a script in the background, SIGINT is ignored."""
+    set_up(env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # printed once it is connected and consuming
+        assert "consuming" in first, first
+        time.sleep(1.0)  # connected and waiting
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=20) == 0
+        assert stopped in rest and "Traceback" not in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_demo_runs_end_to_end(env) -> None:
