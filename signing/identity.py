@@ -52,6 +52,4 @@ class Identity:
                 (folder / "cert.pem").read_bytes(),
             )
         except FileNotFoundError as exc:
-            raise ConfigError(
-                f"no key and certificate for {organ_id} under {folder}: run '{set_up_by}' first"
-            ) from exc
+            raise ConfigError(f"no key and certificate for {organ_id} under {folder}: run '{set_up_by}' first") from exc
