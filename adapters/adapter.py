@@ -341,7 +341,7 @@ class Adapter:
         uploads = statements.rows(
             Upload,
             "uploads-of",
-            [w.digest for w in waiting],
+            statements.padded([w.digest for w in waiting]),
             lambda v: Upload.select(Upload.id).where(Upload.outbox_digest.in_(v)),
         ).tuples()
         if len(waiting) == 1 or list(uploads):
@@ -483,7 +483,10 @@ class Adapter:
         known = {
             d
             for (d,) in statements.rows(
-                Inbox, "inbox-known", digests, lambda v: Inbox.select(Inbox.digest).where(Inbox.digest.in_(v))
+                Inbox,
+                "inbox-known",
+                statements.padded(digests),
+                lambda v: Inbox.select(Inbox.digest).where(Inbox.digest.in_(v)),
             ).tuples()
         }
         rows: list[dict[str, Any] | None] = []
@@ -518,7 +521,9 @@ class Adapter:
                 self._outbox_row(arrived, raw, sha256(raw))
         by_digest = {
             r.digest: self._item(r)
-            for r in statements.rows(Inbox, "inbox-rows", stored, lambda v: Inbox.select().where(Inbox.digest.in_(v)))
+            for r in statements.rows(
+                Inbox, "inbox-rows", statements.padded(stored), lambda v: Inbox.select().where(Inbox.digest.in_(v))
+            )
         }
         for item in by_digest.values():
             if item.state == "invalid" and item.reason:  # "[reason] detail": callers get the reason
@@ -590,7 +595,7 @@ class Adapter:
                     statements.execute(
                         Inbox,
                         "inbox-handed",
-                        ["handed", *(i.digest for i in handed)],
+                        ["handed", *statements.padded([i.digest for i in handed])],
                         lambda v: Inbox.update(state=v[0]).where(Inbox.digest.in_(v[1:])),
                     )
                 for item in handed:

@@ -413,8 +413,8 @@ def _mark_delivered(deliveries: Sequence[tuple[int, str]], at: dt.datetime) -> N
     """
     now = Recipient.delivered_at.db_value(at)
     for i in range(0, len(deliveries), 400):
-        pairs = deliveries[i : i + 400]
-        ids = sorted({message for message, _ in pairs})
+        pairs = statements.padded(deliveries[i : i + 400])
+        ids = statements.padded(sorted({message for message, _ in pairs}))
         n = len(ids)
         statements.execute(
             Recipient,
@@ -657,7 +657,7 @@ class Archive:
                 statements.rows(
                     Message,
                     "ids",
-                    digests[i : i + 500],
+                    statements.padded(digests[i : i + 500]),
                     lambda v: Message.select(Message.digest, Message.id).where(Message.digest.in_(v)),
                 ).tuples()
             )
@@ -673,7 +673,7 @@ class Archive:
             found |= {
                 m.digest: m
                 for m in statements.rows(
-                    Message, "find", chunk, lambda v: Message.select().where(Message.digest.in_(v))
+                    Message, "find", statements.padded(chunk), lambda v: Message.select().where(Message.digest.in_(v))
                 )
             }
         return found
@@ -691,7 +691,7 @@ class Archive:
             statements.rows(
                 Recipient,
                 "undelivered",
-                ids,
+                statements.padded(ids),
                 lambda v: (
                     Recipient.select(Recipient.id, Recipient.message, Recipient.organ_id)
                     .where(Recipient.message.in_(v) & Recipient.delivered_at.is_null())

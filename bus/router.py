@@ -409,7 +409,7 @@ class Router:
             for content, sender, document_id, state in statements.rows(
                 Message,
                 "contents",
-                list(contents),
+                statements.padded(list(contents)),
                 lambda v: Message.select(
                     Message.content_digest, Message.sender, Message.document_id, Message.state
                 ).where(Message.content_digest.in_(v)),
@@ -548,7 +548,7 @@ class Router:
         rows = statements.rows(
             AttachmentRecord,
             "attachments-of",
-            message_ids,
+            statements.padded(message_ids),
             lambda v: AttachmentRecord.select().where(AttachmentRecord.message.in_(v)),
         )
         out: dict[int, list[tuple[External, Path]]] = {}

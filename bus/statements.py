@@ -14,11 +14,12 @@ placeholder values, and the real values are bound in the order peewee emitted th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from peewee import ModelRaw, Query, SqliteDatabase
 
 Builder = Callable[[list[Any]], Query]
+T = TypeVar("T")
 
 _SQL: dict[tuple[str, int, type], str] = {}
 
@@ -35,6 +36,20 @@ def sql(model: Any, name: str, arity: int, build: Builder) -> str:
             raise ValueError(f"statement {name!r} does not take its {arity} values in order as parameters")
         _SQL[key] = text
     return text
+
+
+def padded(values: Sequence[T]) -> list[T]:
+    """``values`` of an ``IN`` list, lengthened to the next power of two by repeating the last.
+
+    Every length is a shape of its own, built in Python on first use, and a router's batches
+    come in every size from 1 to 100: unpadded, a freshly started router was still building
+    SQL for new lengths after half a minute at 200 documents/s (4 % of its CPU).  Powers of
+    two leave eight shapes up to 128; a repeated value changes nothing an ``IN`` list matches.
+    """
+    if not values:
+        return []
+    size = 1 << (len(values) - 1).bit_length()
+    return [*values, *[values[-1]] * (size - len(values))]
 
 
 def rows(model: Any, name: str, values: Sequence[Any], build: Builder) -> Any:

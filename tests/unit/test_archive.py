@@ -200,6 +200,24 @@ def test_cached_statements_bind_values_and_refuse_a_shape_that_inlines_them(fill
         statements.sql(Message, "test-limited", 1, lambda v: Message.select().where(Message.digest == v[0]).limit(5))
 
 
+def test_padded_in_lists_share_shapes_and_match_the_same_rows(filled) -> None:
+    """Batches of 3, 4 and 5 use two statements (4 and 8 values), and find what unpadded finds."""
+    _, _, _, outs = filled
+    digests = [o.digest for o in outs]
+    assert statements.padded([]) == [] and statements.padded(["a"]) == ["a"]
+    assert statements.padded(["a", "b", "c"]) == ["a", "b", "c", "c"]
+    assert len(statements.padded(list(range(100)))) == 128
+    name = f"test-padded-{type(Message._meta.database.obj).__name__}"  # the fixture runs per database
+    assert not [key for key in statements._SQL if key[0] == name]
+    for n in (3, 4, 5):
+        wanted = [*digests[: n - 1], "0" * 64]  # one that is not archived
+        found = statements.rows(
+            Message, name, statements.padded(wanted), lambda v: Message.select().where(Message.digest.in_(v))
+        )
+        assert sorted(m.digest for m in found) == sorted(digests[: n - 1])  # each row once, the missing one absent
+    assert sorted(key[1] for key in statements._SQL if key[0] == name) == [4, 8]
+
+
 def test_marking_deliveries_marks_exactly_those_through_the_index(filled, monkeypatch) -> None:
     """(message, organ) IN (two or more pairs) alone makes SQLite scan every recipient ever
     archived: each batch's marks would cost more as the archive grows."""
