@@ -361,9 +361,15 @@ class Adapter:
                 return sent
             done = [item.id for item, failure in zip(chunk, results, strict=True) if failure is None]
             with self.store.write(durable=False):  # lost to a power cut: published again
-                Outbox.update(published_at=utcnow(), attempts=Outbox.attempts + 1, last_error=None).where(
-                    Outbox.id.in_(done)
-                ).execute()
+                if done:
+                    statements.execute(
+                        Outbox,
+                        "outbox-published-ids",
+                        [Outbox.published_at.db_value(utcnow()), 1, None, *statements.padded(done)],
+                        lambda v: Outbox.update(
+                            published_at=v[0], attempts=Outbox.attempts + v[1], last_error=v[2]
+                        ).where(Outbox.id.in_(v[3:])),
+                    )
                 for item, failure in zip(chunk, results, strict=True):
                     if failure is not None:
                         Outbox.update(attempts=Outbox.attempts + 1, last_error=failure.message).where(
