@@ -58,11 +58,18 @@ class Registry:
     def snapshot(self) -> Snapshot:
         now = time.monotonic()
         if self._snapshot is None or now - self._taken > self.ttl:
-            agencies = list(Agency.select(Agency.organ_id, Agency.enabled, Agency.broker_user))
-            certs = {c.serial: CertState(c.organ_id, c.state, c.retire_after) for c in Certificate.select()}
+            # tuples of the columns it needs: model instances with every certificate's PEM cost
+            # 2.4 ms a second at 150 agencies, and a province's certificates only accumulate
+            agencies = list(Agency.select(Agency.organ_id, Agency.enabled, Agency.broker_user).tuples())
+            certs = {
+                serial: CertState(organ_id, state, retire_after)
+                for serial, organ_id, state, retire_after in Certificate.select(
+                    Certificate.serial, Certificate.organ_id, Certificate.state, Certificate.retire_after
+                ).tuples()
+            }
             self._snapshot = Snapshot(
-                enabled=frozenset(a.organ_id for a in agencies if a.enabled),
-                broker_users={a.organ_id: a.broker_user for a in agencies},
+                enabled=frozenset(organ_id for organ_id, enabled, _ in agencies if enabled),
+                broker_users={organ_id: user for organ_id, _, user in agencies},
                 certs=certs,
                 revoked=frozenset(int(s, 16) for s, c in certs.items() if c.state == "revoked"),
             )
