@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import json
 import os
 import random
 import re
@@ -467,6 +468,8 @@ def latency(
     b.stop()
     del routers
     samples = [stored_at[d] - sent_at[d] for d in sent_at if d in stored_at]
+    if os.environ.get('DUMP'):
+        Path(os.environ['DUMP']).write_text(json.dumps({d: [sent_at[d], stored_at.get(d)] for d in sent_at}))
     window = max(sent_at.values()) - min(sent_at.values()) if len(sent_at) > 1 else 0.0
     return {
         "offered_per_s": rate,
