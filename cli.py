@@ -336,7 +336,7 @@ def cert_list(as_json: bool) -> None:
 
     open_archive(settings())
     now = utcnow()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for c in Certificate.select().order_by(Certificate.organ_id, Certificate.issued_at):
         days = (c.not_after - now).days
         rows.append(
@@ -1037,10 +1037,9 @@ def archive_verify(no_signatures: bool, as_json: bool) -> None:
                 "first_problem": result.first_problem.__dict__ if result.first_problem else None,
             }
         )
-    elif result.ok:
+    elif (f := result.first_problem) is None:
         click.echo(f"archive intact: {result.entries} entries on the chain, {result.signatures} signatures re-verified")
     else:
-        f = result.first_problem
         click.echo(f"ALTERED at chain entry {f.seq} (message #{f.message_id}, {f.document_id}): {f.problem}")
     if not result.ok:
         sys.exit(EXIT_REFUSED)
@@ -1061,6 +1060,7 @@ def archive_prune(before: str, yes: bool) -> None:
     s = settings()
     arch = open_archive(s)
     day = _date(before)
+    assert day is not None  # --before is required
     cutoff = dt.datetime.combine(day, dt.time(), tzinfo=edxml.VN_TZ).astimezone(dt.UTC).replace(tzinfo=None)
     if not yes and not click.confirm(f"Prune before {day}? Rule: {RETENTION_RULE}."):
         click.echo("nothing pruned")

@@ -240,7 +240,7 @@ class Adapter:
         return entry
 
     def _outbox_row(self, msg: edxml.Message, raw: bytes, digest: str) -> OutboxEntry:
-        row = {
+        row: dict[str, Any] = {
             "digest": digest,
             "kind": msg.kind,
             "document_id": msg.document_id[:500],
@@ -406,15 +406,15 @@ class Adapter:
             for d in batch:
                 if is_chunk(d.headers):  # large files arrive just ahead of their envelope
                     self._stage_chunk(d)
-            for d in [*(x for x in batch if not is_chunk(x.headers)), None]:
+            for each in [*(x for x in batch if not is_chunk(x.headers)), None]:
                 # in order: a revocation list applies to what comes after it
-                if d is None or d.headers.get("x-docbus-kind") == CRL_KIND:
+                if each is None or each.headers.get("x-docbus-kind") == CRL_KIND:
                     accepted += self._accept_many([(x.body, x.message_id) for x in docs]) if docs else []
                     docs = []
-                    if d is not None:
-                        self.accept_crl(d.body)
+                    if each is not None:
+                        self.accept_crl(each.body)
                 else:
-                    docs.append(d)
+                    docs.append(each)
             for d in batch:
                 d.ack()  # only after the local store committed
             bodies = {d.message_id or sha256(d.body): d.body for d in batch}
@@ -497,7 +497,7 @@ class Adapter:
         }
         rows: list[dict[str, Any] | None] = []
         messages: list[Any] = []
-        answers: list[tuple[edxml.Message, bytes]] = []
+        answers: list[tuple[edxml.Status, bytes]] = []
         for (body, _), digest in zip(deliveries, digests, strict=True):
             if digest in known:
                 rows.append(None)
@@ -512,16 +512,16 @@ class Adapter:
                 answers.append((arrived, compose.sign(arrived, self.identity)))
         stored: list[str] = []
         with self.store.write():  # the documents and their 01 answers, or none of them
-            for row, msg in zip(rows, messages, strict=True):
-                if row is None or not statements.insert_many(Inbox, [row], ignore=True):
+            for new_row, new_msg in zip(rows, messages, strict=True):
+                if new_row is None or not statements.insert_many(Inbox, [new_row], ignore=True):
                     continue
-                stored.append(row["digest"])
-                if isinstance(msg, Edoc) and msg.business.doc_type in SUPERSEDED:
-                    for doc in related_document_ids(msg):
-                        Inbox.update(superseded=SUPERSEDED[msg.business.doc_type]).where(
+                stored.append(new_row["digest"])
+                if isinstance(new_msg, Edoc) and new_msg.business.doc_type in SUPERSEDED:
+                    for doc in related_document_ids(new_msg):
+                        Inbox.update(superseded=SUPERSEDED[new_msg.business.doc_type]).where(
                             (Inbox.document_id == doc)
-                            & (Inbox.sender == msg.sender.organ_id)
-                            & (Inbox.digest != row["digest"])
+                            & (Inbox.sender == new_msg.sender.organ_id)
+                            & (Inbox.digest != new_row["digest"])
                         ).execute()
             for arrived, raw in answers:
                 self._outbox_row(arrived, raw, sha256(raw))
@@ -546,7 +546,7 @@ class Adapter:
             self._files_in_place(opened.message)
         except Refused as exc:
             log.warning("refused a delivery: [%s] %s", exc.reason, exc.message)
-            row = {
+            row: dict[str, Any] = {
                 "digest": digest,
                 "kind": "unknown",
                 "state": "invalid",

@@ -70,7 +70,7 @@ def open_store(path: Path) -> Store:
         document_id = CharField(max_length=500, index=True)
         recipients = TextField(default="")
         urgent = BooleanField(default=False)
-        raw = BlobField()
+        raw = BlobField()  # type: ignore[assignment]  # hides Model.raw: bus.statements uses ModelRaw
         created_at = DateTimeField(default=utcnow)
         published_at = DateTimeField(null=True, index=True)
         attempts = IntegerField(default=0)
@@ -90,7 +90,7 @@ def open_store(path: Path) -> Store:
         priority = IntegerField(default=0)
         status_code = CharField(max_length=4, null=True)
         superseded = CharField(max_length=16, null=True)
-        raw = BlobField()
+        raw = BlobField()  # type: ignore[assignment]  # hides Model.raw: bus.statements uses ModelRaw
         received_at = DateTimeField(default=utcnow)
 
     class Upload(Base):

@@ -85,7 +85,7 @@ def parse_timestamp(text: str) -> datetime | None:
     if match is None:
         return None
     try:
-        return datetime(*map(int, match.groups()), tzinfo=VN_TZ)  # type: ignore[misc]
+        return datetime(*map(int, match.groups()), tzinfo=VN_TZ)  # type: ignore[misc,arg-type]
     except ValueError:
         return None
 

@@ -15,6 +15,7 @@ import html
 import io
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -98,8 +99,8 @@ def _units(agencies: list[Agency]) -> dict[str, str]:
     unit = {}
     for a in agencies:
         node = a.organ_id
-        while parent.get(node) and parent.get(parent[node]):
-            node = parent[node]
+        while (up := parent.get(node)) and parent.get(up):
+            node = up
         unit[a.organ_id] = node
     return unit
 
@@ -224,7 +225,7 @@ def to_csv(rep: Report) -> str:
     return buf.getvalue()
 
 
-def _bars(title: str, series: list[tuple[str, float]], *, percent: bool = False, width: int = 640) -> str:
+def _bars(title: str, series: Sequence[tuple[str, float]], *, percent: bool = False, width: int = 640) -> str:
     """A horizontal bar chart as inline SVG."""
     bar_h, gap, label_w = 18, 6, 220
     top = 28

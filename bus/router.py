@@ -434,7 +434,7 @@ class Router:
 
     @staticmethod
     def _fields(msg: edxml.Message, user_id: str | None) -> dict[str, object]:
-        base = {
+        base: dict[str, object] = {
             "kind": msg.kind,
             "state": "accepted",
             "user_id": user_id,
@@ -451,7 +451,7 @@ class Router:
                 promulgation_date=msg.promulgation_date,
                 priority=msg.priority,
                 business_doc_type=msg.business.doc_type,
-                related_document_id=(related_document_ids(msg) or [None])[0],
+                related_document_id=next(iter(related_document_ids(msg)), None),
                 search_text=search.text_of(msg),
             )
         else:

@@ -173,11 +173,11 @@ def _quotas(names: list[str], max_batch: int, caps: dict[str, int | None], waiti
     """How many of each queue's waiting deliveries go into the next batch: queues in order,
     none more than its share, and the places of later queues with a share kept for them."""
     kept = {q: min(cap, waiting[q]) if cap is not None else 0 for q, cap in caps.items()}
-    room, quotas = max_batch, {}
+    room, quotas = max_batch, dict[str, int]()
     for i, q in enumerate(names):
         later = sum(kept[x] for x in names[i + 1 :])
-        cap = caps[q] if caps[q] is not None else max_batch
-        quotas[q] = max(0, min(waiting[q], cap, room - later))
+        cap = caps[q]
+        quotas[q] = max(0, min(waiting[q], max_batch if cap is None else cap, room - later))
         room -= quotas[q]
     return quotas
 

@@ -225,12 +225,13 @@ class CertificateAuthority:
             raise SignatureRejected("certificate was not issued by the provincial CA", reason="cert-untrusted")
         try:
             pub = self.cert.public_key()
+            algorithm = cert.signature_hash_algorithm
+            if algorithm is None:  # Ed25519/Ed448: this CA signs with RSA or ECDSA and a hash
+                raise SignatureRejected("certificate signature algorithm is not the CA's", reason="cert-untrusted")
             if isinstance(pub, rsa.RSAPublicKey):
-                pub.verify(
-                    cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm
-                )  # type: ignore[arg-type]
+                pub.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
             elif isinstance(pub, ec.EllipticCurvePublicKey):
-                pub.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))  # type: ignore[arg-type]
+                pub.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
             else:  # pragma: no cover - the CA is created RSA or EC
                 raise SignatureRejected("unsupported CA key type", reason="cert-untrusted")
         except Exception as exc:
