@@ -1171,6 +1171,11 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
     type=click.Choice(["router", "latency", "large"]),
     help="Run only these parts (repeatable); all three by default.",
 )
+@click.option(
+    "--samples",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write each latency-run document's submit and stored times here (JSON): when the slow ones happened.",
+)
 @json_option()
 @click.pass_context
 @guarded
@@ -1184,6 +1189,7 @@ def bench(
     latency_seconds: float,
     large_mib: float,
     parts: tuple[str, ...],
+    samples: Path | None,
     as_json: bool,
 ) -> None:
     """Measure the bus on the local broker: router vs raw relay, latency, a large file.
@@ -1213,6 +1219,7 @@ def bench(
             large_bytes=int(large_mib * 1024 * 1024),
             parts=frozenset(parts) or bus_bench.PARTS,
             progress=bars,
+            samples_to=samples,
         )
     if as_json:
         emit_json(data)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
-import json
 import os
 import random
 import re
@@ -319,7 +319,13 @@ SENDERS = 4  # agencies submitting at once in the latency part (one agency's sub
 
 
 def latency(
-    b: Bench, count: int, rate: float, workers: int = 1, senders: int = SENDERS, progress: Progress = _quiet
+    b: Bench,
+    count: int,
+    rate: float,
+    workers: int = 1,
+    senders: int = SENDERS,
+    progress: Progress = _quiet,
+    samples_to: Path | None = None,
 ) -> dict[str, Any]:
     """Offer ``rate`` documents/s in total from ``senders`` agencies (threads of this process,
     each with its own adapter, as each agency runs its own); time each document from
@@ -468,8 +474,8 @@ def latency(
     b.stop()
     del routers
     samples = [stored_at[d] - sent_at[d] for d in sent_at if d in stored_at]
-    if os.environ.get('DUMP'):
-        Path(os.environ['DUMP']).write_text(json.dumps({d: [sent_at[d], stored_at.get(d)] for d in sent_at}))
+    if samples_to is not None:  # when each one went and arrived: where the slow ones cluster
+        write_samples(samples_to, sent_at, stored_at)
     window = max(sent_at.values()) - min(sent_at.values()) if len(sent_at) > 1 else 0.0
     return {
         "offered_per_s": rate,
@@ -486,6 +492,23 @@ def latency(
         # RabbitMQ's busiest half second, in % of a core: a write-ahead-log roll-over shows here
         "broker_peak_pct": broker_peak.peak if broker_peak is not None else None,
     } | summary_ms(samples)
+
+
+def write_samples(path: Path, sent_at: dict[str, float], stored_at: dict[str, float]) -> None:
+    """Each document of the latency run as ``{"document_id", "submitted", "stored", "ms"}``
+    (Unix seconds; ``stored`` null if it never was), in the order they were submitted: a
+    p99 says how slow the tail is, this says when it happened (a broker log roll-over, a
+    stall of the host) and whether the slow ones came together."""
+    rows = [
+        {
+            "document_id": doc,
+            "submitted": round(at, 6),
+            "stored": round(stored_at[doc], 6) if doc in stored_at else None,
+            "ms": round(1000 * (stored_at[doc] - at), 3) if doc in stored_at else None,
+        }
+        for doc, at in sorted(sent_at.items(), key=lambda item: item[1])
+    ]
+    path.write_text(json.dumps(rows, ensure_ascii=False, indent=0), encoding="utf-8")
 
 
 def _purge(amqp_url: str, queues: list[str]) -> None:
@@ -596,6 +619,7 @@ def run(
     latency_workers: int = 1,
     parts: frozenset[str] = PARTS,
     progress: Progress = _quiet,
+    samples_to: Path | None = None,
 ) -> dict[str, Any]:
     """Run the ``parts`` asked for (``PARTS``: latency, router, large, in that order) in one setup.
 
@@ -614,7 +638,7 @@ def run(
             # (docs/PERFORMANCE.md: over minutes at 200/s a roll-over comes every ~2.5 min anyway)
             if "latency" in parts:
                 count = max(10, int(rate * latency_seconds))
-                out["latency"] = latency(b, count, rate, latency_workers, progress=progress)
+                out["latency"] = latency(b, count, rate, latency_workers, progress=progress, samples_to=samples_to)
             if "router" in parts:
                 docs = presign(b, documents, progress=progress)
                 out["envelope_bytes_avg"] = round(sum(len(d) for _, d in docs) / len(docs))

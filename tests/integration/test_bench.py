@@ -34,9 +34,15 @@ def bench(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
     env = dict(os.environ, DOCBUS_HOME=str(tmp_path / "home"), DOCBUS_AMQP_URL=broker_url)
     env.pop("DOCBUS_DB_URL", None)
-    done = bench(env, "--large-mib", "5", "--json")
+    samples = tmp_path / "samples.json"
+    done = bench(env, "--large-mib", "5", "--json", "--samples", str(samples))
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
+    each = json.loads(samples.read_text(encoding="utf-8"))  # one row per latency-run document, in sending order
+    assert len(each) == report["latency"]["documents"] == 20
+    assert [r["submitted"] for r in each] == sorted(r["submitted"] for r in each)
+    assert all(r["stored"] > r["submitted"] and r["ms"] > 0 for r in each)
+    assert max(r["ms"] for r in each) == pytest.approx(report["latency"]["max_ms"], abs=0.01)
     assert report["router"]["delivered"] == report["router"]["documents"] == 30
     assert report["raw_relay"]["relayed"] == 30 and report["router_vs_relay"] > 0
     assert report["router"]["workers"] == 2 and report["latency"]["workers"] == 1
