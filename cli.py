@@ -620,6 +620,60 @@ def trace(document_id: str, as_json: bool) -> None:
         click.echo(table(rows, ["Recipient", "Delivered", "Status", "At"]))
 
 
+@main.command()
+@click.option(
+    "--overdue-hours",
+    type=click.FloatRange(0),
+    default=24,
+    show_default=True,
+    help="A delivery not taken in (no 01 from its recipient) for this long needs attention.",
+)
+@click.option(
+    "--days", type=click.IntRange(1), default=30, show_default=True, help="Look at deliveries of this many days back."
+)
+@json_option()
+@guarded
+def health(overdue_hours: float, days: int, as_json: bool) -> None:
+    """The bus at a glance, for the daily check: routers, dead letters, and per agency its inbox.
+
+    Per agency: messages on its inbox queues, whether its adapter is connected, and documents
+    delivered to it that it has not taken in yet (no status 01 from it), with the oldest one's
+    age.  Exit 0 when nothing needs attention, 5 when something does (each listed), 4 when the
+    broker's management API cannot be reached.
+    """
+    from bus import health as checkup
+    from bus.brokeradmin import BrokerAdmin
+    from bus.topology import Names
+
+    s = settings()
+    open_archive(s)
+    admin = BrokerAdmin(s.amqp_url, s.mgmt_url or None)
+    report = checkup.check(admin, s.amqp_url, Names(s.namespace), overdue_hours=overdue_hours, days=days)
+    problems = report.problems()
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        click.echo(
+            f"routers running: {report.routers}; waiting for a router: {report.waiting_for_router}; "
+            f"dead letters: {report.dead}"
+        )
+        rows = [
+            [
+                a.organ_id,
+                a.name + ("" if a.enabled else " (disabled)"),
+                "connected" if a.connected else "-",
+                a.in_inbox,
+                a.not_taken,
+                f"{a.oldest_hours:g} h" if a.oldest_hours is not None else "-",
+            ]
+            for a in report.agencies
+        ]
+        click.echo(table(rows, ["Agency", "Name", "Adapter", "In inbox", "Not taken in", "Oldest"]))
+        click.echo("needs attention:\n" + "\n".join(f"  - {p}" for p in problems) if problems else "all well")
+    if problems:
+        sys.exit(EXIT_FAILED)
+
+
 # --------------------------------------------------------------------------- processes
 
 

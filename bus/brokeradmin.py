@@ -133,6 +133,10 @@ class BrokerAdmin:
             ) from exc
         return json.loads(raw) if raw else None
 
+    def get(self, path: str) -> Any:
+        """A read-only call of the management API (``path`` after ``/api``); None if not found."""
+        return self._call("GET", path)
+
     def available(self) -> bool:
         try:
             self._call("GET", "/whoami")

@@ -187,6 +187,67 @@ def test_sigterm_stops_a_running_process_cleanly(env, args, stopped) -> None:
             proc.kill()
 
 
+def test_health_names_what_needs_attention(env, tmp_path) -> None:
+    set_up(env)
+    sent = docbus(
+        env,
+        "send",
+        "--from",
+        DEPT,
+        "--to",
+        PC,
+        "--subject",
+        "Kiểm tra",
+        "--number",
+        "3",
+        "--notation",
+        "KT",
+        str(_file(tmp_path)),
+    ).stdout.strip()
+    idle = docbus(env, "health", check=False)
+    assert idle.returncode == 5 and "no router is running" in idle.stdout and "Sở Nội vụ" in idle.stdout
+
+    docbus(env, "router", "run", "--idle-exit", "1.5")  # delivered to PC, which has not taken it in
+    late = docbus(env, "health", "--overdue-hours", "0", "--json", check=False)
+    report = json.loads(late.stdout)
+    pc = next(a for a in report["agencies"] if a["organ_id"] == PC)
+    assert late.returncode == 5 and pc["not_taken"] == 1 and pc["oldest_hours"] is not None
+    assert any(p.startswith(f"{PC} (UBND tỉnh Vĩnh Long) has not taken in 1") for p in report["problems"])
+    assert json.loads(docbus(env, "health", "--json", check=False).stdout)["problems"] == [
+        "no router is running: nothing sent is being delivered (start 'docbus router run')"
+    ]  # not overdue yet at 24 h
+
+    taken = docbus(env, "adapter", "run", "--agency", PC, "--idle-exit", "1")  # stores it and answers 01
+    assert sent in taken.stdout
+    running = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cli", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for args in (("router", "run"), ("adapter", "run", "--agency", DEPT))
+    ]
+    try:
+        deadline = time.monotonic() + 30  # the management API's figures lag by up to 5 s
+        while True:
+            now = docbus(env, "health", "--overdue-hours", "0", "--json", check=False)
+            report = json.loads(now.stdout)
+            dept = next(a for a in report["agencies"] if a["organ_id"] == DEPT)
+            pc = next(a for a in report["agencies"] if a["organ_id"] == PC)
+            if (report["routers"] == 1 and dept["connected"] and pc["not_taken"] == 0) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert report["routers"] == 1 and dept["connected"] and not pc["connected"]
+        assert pc["not_taken"] == 0 and now.returncode == 0 and report["problems"] == []
+        assert "all well" in docbus(env, "health").stdout
+    finally:
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+
+
 def test_demo_runs_end_to_end(env) -> None:
     proc = docbus(env, "demo")
     assert "demo OK" in proc.stdout

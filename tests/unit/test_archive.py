@@ -8,7 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from bus import report, search, statements
+from bus import health, report, search, statements
 from bus.archive import AttachmentRecord, Blob, ChainEntry, Message, Recipient, StatusEvent, utcnow
 from bus.audit import verify_archive
 from bus.router import Router, load_trust
@@ -242,3 +242,34 @@ def test_marking_deliveries_marks_exactly_those_through_the_index(filled, monkey
         sql, params = next((s, v) for s, v in seen if s.lstrip().upper().startswith("UPDATE"))
         plan = " ".join(row[-1] for row in database.execute_sql("EXPLAIN QUERY PLAN " + sql, params).fetchall())
         assert "USING INDEX" in plan and "SCAN recipient" not in plan
+
+
+def test_health_counts_deliveries_not_taken_in_until_the_recipient_answers_01(filled) -> None:
+    """On SQLite and PostgreSQL: a delivery counts until its recipient's 01 is archived."""
+    p, router, _docs, _outs = filled
+    from adapters import Adapter
+
+    since = utcnow() - dt.timedelta(days=1)
+    waiting = health.not_taken_in(since)
+    assert {k: n for k, (n, _) in waiting.items()} == {PC: 2, DEPT: 1, FIN: 1}  # the refused one was never delivered
+    assert all(abs((utcnow() - oldest).total_seconds()) < 600 for _, oldest in waiting.values())
+    assert health.not_taken_in(utcnow() + dt.timedelta(minutes=1)) == {}  # only what was archived since
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        pc.receive()  # stores both and answers 01
+        router.run()
+    assert {k: n for k, (n, _) in health.not_taken_in(since).items()} == {DEPT: 1, FIN: 1}
+
+
+def test_health_problems_name_the_agency_and_what_to_do() -> None:
+    def agency(organ_id: str, oldest: float | None, *, enabled: bool = True) -> health.AgencyHealth:
+        return health.AgencyHealth(organ_id, "Sở", enabled, 0, False, 0 if oldest is None else 2, oldest)
+
+    calm = health.Health(1, 0, 0, (agency(PC, None), agency(DEPT, 3.0)), overdue_hours=24)
+    assert calm.problems() == []
+    late = health.Health(0, 5, 2, (agency(PC, 30.0), agency(DEPT, 40.0, enabled=False)), overdue_hours=24)
+    assert late.problems() == [
+        "no router is running: nothing sent is being delivered (start 'docbus router run')",
+        "2 dead-lettered message(s) waiting for a decision ('docbus dead list')",
+        f"{PC} (Sở) has not taken in 2 document(s), the oldest delivered 30 h ago; no adapter is connected",
+    ]  # a disabled agency is cut off on purpose: not its clerks' fault
+    assert late.as_dict()["problems"] == late.problems()

@@ -1,0 +1,155 @@
+"""The bus at a glance, for the data centre's daily check (``docbus health``).
+
+Three questions an operator asks every morning: is a router taking submissions, has anything
+been dead-lettered, and which agencies have not taken in their mail.  The directive asks
+clerks to check their electronic inbox every day; an agency's adapter answers status 01 as
+soon as it has stored a document, so a delivery with no 01 from its recipient after a day is
+mail nobody at that agency has taken in (its adapter is not running, or the agency is not
+checking).  The broker side (queue depths, connected consumers) comes from RabbitMQ's
+management API, the rest from the archive.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import quote
+
+from peewee import fn
+
+from bus.archive import Agency, DeadLetter, Message, Recipient, StatusEvent, utcnow
+from bus.brokeradmin import BrokerAdmin, vhost_of
+from bus.topology import Names
+
+ARRIVED = "01"
+
+
+@dataclass(frozen=True)
+class QueueState:
+    name: str
+    messages: int  # ready and handed out but not yet acked
+    consumers: int
+
+
+@dataclass(frozen=True)
+class AgencyHealth:
+    organ_id: str
+    name: str
+    enabled: bool
+    in_inbox: int  # on its inbox queues (ordinary and urgent)
+    connected: bool  # an adapter is consuming its inbox
+    not_taken: int  # delivered to it, no 01 from it yet (within the window looked at)
+    oldest_hours: float | None  # how long ago the oldest of those was delivered
+
+
+@dataclass(frozen=True)
+class Health:
+    routers: int  # consumers on the router's ordinary queue: one per running router
+    waiting_for_router: int  # submissions and statuses not yet taken by a router
+    dead: int  # dead-lettered messages nobody has replayed or purged yet
+    agencies: tuple[AgencyHealth, ...]
+    overdue_hours: float
+
+    def problems(self) -> list[str]:
+        """What needs someone's attention, one line each; empty when all is well."""
+        out = []
+        if self.routers == 0:
+            out.append("no router is running: nothing sent is being delivered (start 'docbus router run')")
+        if self.dead:
+            out.append(f"{self.dead} dead-lettered message(s) waiting for a decision ('docbus dead list')")
+        for a in self.agencies:
+            if a.enabled and a.oldest_hours is not None and a.oldest_hours >= self.overdue_hours:
+                out.append(
+                    f"{a.organ_id} ({a.name}) has not taken in {a.not_taken} document(s), the oldest delivered "
+                    f"{a.oldest_hours:.0f} h ago" + ("" if a.connected else "; no adapter is connected")
+                )
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"problems": self.problems()}
+
+
+def queue_states(admin: BrokerAdmin, amqp_url: str, names: Names) -> dict[str, QueueState]:
+    """Every queue of this bus (its namespace) on the broker, by name: one management API call."""
+    vhost = quote(vhost_of(amqp_url), safe="")
+    found = admin.get(f"/queues/{vhost}?columns=name,messages_ready,messages_unacknowledged,consumers") or []
+    prefix = names.namespace + "."
+    return {
+        q["name"]: QueueState(
+            q["name"],
+            int(q.get("messages_ready") or 0) + int(q.get("messages_unacknowledged") or 0),
+            int(q.get("consumers") or 0),
+        )
+        for q in found
+        if q.get("name", "").startswith(prefix)
+    }
+
+
+def not_taken_in(since: dt.datetime) -> dict[str, tuple[int, dt.datetime]]:
+    """Per recipient: documents delivered to it (archived since ``since``) that it has not
+    answered with 01, and the earliest delivery among them (naive UTC)."""
+    answered = StatusEvent.select(StatusEvent.id).where(
+        (StatusEvent.document_id == Message.document_id)
+        & (StatusEvent.edoc_sender == Message.sender)
+        & (StatusEvent.organ_id == Recipient.organ_id)
+        & (StatusEvent.status_code == ARRIVED)
+    )
+    rows = (
+        Recipient.select(Recipient.organ_id, fn.COUNT(Recipient.id), fn.MIN(Recipient.delivered_at))
+        .join(Message)
+        .where(
+            (Message.received_at >= since)
+            & (Message.kind == "edoc")
+            & Recipient.delivered_at.is_null(False)
+            & ~fn.EXISTS(answered)
+        )
+        .group_by(Recipient.organ_id)
+        .tuples()
+    )
+    return {organ: (count, _as_datetime(oldest)) for organ, count, oldest in rows}
+
+
+def check(admin: BrokerAdmin, amqp_url: str, names: Names, *, overdue_hours: float = 24, days: int = 30) -> Health:
+    """The bus as it is now; deliveries older than ``days`` are not looked at."""
+    queues = queue_states(admin, amqp_url, names)
+    now = utcnow()
+    waiting = not_taken_in(now - dt.timedelta(days=days))
+    agencies = []
+    for organ_id, name, enabled in (
+        Agency.select(Agency.organ_id, Agency.name, Agency.enabled).order_by(Agency.organ_id).tuples()
+    ):
+        inbox = [queues.get(q) for q in names.inboxes(organ_id)]
+        count, oldest = waiting.get(organ_id, (0, None))
+        agencies.append(
+            AgencyHealth(
+                organ_id,
+                name,
+                bool(enabled),
+                in_inbox=sum(q.messages for q in inbox if q is not None),
+                connected=any(q.consumers for q in inbox if q is not None),
+                not_taken=count,
+                oldest_hours=round((now - oldest).total_seconds() / 3600, 1) if oldest is not None else None,
+            )
+        )
+    router = queues.get(names.router_queue)
+    routed = (names.router_urgent, names.router_queue, names.router_status)
+    return Health(
+        routers=router.consumers if router is not None else 0,
+        waiting_for_router=_total(queues.get(q) for q in routed),
+        dead=_total([queues.get(names.dead)]) + DeadLetter.select().where(DeadLetter.replayed_at.is_null()).count(),
+        agencies=tuple(agencies),
+        overdue_hours=overdue_hours,
+    )
+
+
+def _total(states: Iterable[QueueState | None]) -> int:
+    return sum(s.messages for s in states if s is not None)
+
+
+def _as_datetime(value: Any) -> dt.datetime:
+    """MIN() over a date column: a datetime on PostgreSQL, the stored text on SQLite."""
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=None)
+    return dt.datetime.fromisoformat(str(value))
