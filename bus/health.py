@@ -6,7 +6,8 @@ clerks to check their electronic inbox every day; an agency's adapter answers st
 soon as it has stored a document, so a delivery with no 01 from its recipient after a day is
 mail nobody at that agency has taken in (its adapter is not running, or the agency is not
 checking).  The broker side (queue depths, connected consumers) comes from RabbitMQ's
-management API, the rest from the archive.
+management API (whose queue figures are refreshed every few seconds), the rest from the
+archive.
 """
 
 from __future__ import annotations
