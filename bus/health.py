@@ -22,6 +22,7 @@ from peewee import fn
 
 from bus.archive import Agency, DeadLetter, Message, Recipient, StatusEvent, utcnow
 from bus.brokeradmin import BrokerAdmin, vhost_of
+from bus.errors import NotFound
 from bus.topology import Names
 
 ARRIVED = "01"
@@ -115,6 +116,8 @@ def not_taken_in(since: dt.datetime) -> dict[str, tuple[int, dt.datetime]]:
 def check(admin: BrokerAdmin, amqp_url: str, names: Names, *, overdue_hours: float = 24, days: int = 30) -> Health:
     """The bus as it is now; deliveries older than ``days`` are not looked at."""
     queues = queue_states(admin, amqp_url, names)
+    if names.router_queue not in queues:
+        raise NotFound(f"no bus '{names.namespace}' on this broker (no queue {names.router_queue}): run 'docbus init'")
     now = utcnow()
     waiting = not_taken_in(now - dt.timedelta(days=days))
     agencies = []

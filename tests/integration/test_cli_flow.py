@@ -188,6 +188,8 @@ def test_sigterm_stops_a_running_process_cleanly(env, args, stopped) -> None:
 
 
 def test_health_names_what_needs_attention(env, tmp_path) -> None:
+    before = docbus(env, "health", check=False)
+    assert before.returncode == 3 and "run 'docbus init'" in before.stderr and "Traceback" not in before.stderr
     set_up(env)
     sent = docbus(
         env,
