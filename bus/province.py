@@ -173,7 +173,7 @@ def add_agency(
     )
     if transport is not None:
         transport.apply(queues)
-        if broker_user:
+        if broker_user and isinstance(transport, AmqpTransport):  # an in-memory bus has no broker users
             provision_broker_user(settings, agency, admin)
     return Agency.get_by_id(organ_id), created
 

@@ -139,3 +139,17 @@ def test_urgent_document_overtakes_a_backlog(bus) -> None:
     assert len(p.transport.queues[names.inbox_urgent(DEPT)]) == 1
     got = a[DEPT].receive()
     assert got[0].subject == "Hỏa tốc" and len(got) == 21
+
+
+def test_an_agency_added_to_an_in_memory_bus_touches_no_real_broker(memory_province, monkeypatch) -> None:
+    """No broker users for a bus that has no broker, even with a management API reachable."""
+    from bus import province
+
+    def no_management_api(settings):
+        raise AssertionError("the management API was asked")
+
+    monkeypatch.setattr(province, "_admin", no_management_api)
+    p = memory_province
+    agency, created = province.add_agency(p.settings, p.archive, p.transport, "000.00.07.H61", "Sở Y tế")
+    assert created and agency.broker_user is None
+    assert Names(p.settings.namespace).inbox("000.00.07.H61") in p.transport.queues  # its inbox is declared
