@@ -638,8 +638,8 @@ def health(overdue_hours: float, days: int, as_json: bool) -> None:
 
     Per agency: messages on its inbox queues, whether its adapter is connected, and documents
     delivered to it that it has not taken in yet (no status 01 from it), with the oldest one's
-    age.  Exit 0 when nothing needs attention, 5 when something does (each listed), 4 when the
-    broker's management API cannot be reached.
+    age.  Exit 0 when nothing needs attention, 5 when something does (each listed), 3 before
+    'docbus init', 4 when the broker's management API cannot be reached.
     """
     from bus import health as checkup
     from bus.brokeradmin import BrokerAdmin
