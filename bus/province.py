@@ -153,9 +153,10 @@ def add_agency(
     folder = settings.agency_home(organ_id)
     created = not (folder / "key.pem").exists()
     queues = topology.agency(Names(settings.namespace), organ_id)
+    on_broker = isinstance(transport, AmqpTransport)  # an in-memory bus has no room to check, no users
     # the management API, asked once: the broker's room for a new agency's queues, its broker user
     # (without it, on development brokers, nothing is checked)
-    admin = _admin(settings) if isinstance(transport, AmqpTransport) and (created or broker_user) else None
+    admin = _admin(settings) if on_broker and (created or broker_user) else None
     if admin is not None and created:
         check_broker_room(admin, archive, len(queues.queues))
     if created:
@@ -173,7 +174,7 @@ def add_agency(
     )
     if transport is not None:
         transport.apply(queues)
-        if broker_user and isinstance(transport, AmqpTransport):  # an in-memory bus has no broker users
+        if broker_user and on_broker:
             provision_broker_user(settings, agency, admin)
     return Agency.get_by_id(organ_id), created
 

@@ -108,21 +108,7 @@ def set_up(env) -> None:
 
 def test_refused_send_reaches_the_sender_as_02(env, tmp_path) -> None:
     set_up(env)
-    unknown = docbus(
-        env,
-        "send",
-        "--from",
-        DEPT,
-        "--to",
-        "000.00.55.H61",
-        "--subject",
-        "Gửi nhầm",
-        "--number",
-        "1",
-        "--notation",
-        "X",
-        str(_file(tmp_path)),
-    )
+    unknown = send_from_dept(env, tmp_path, "Gửi nhầm", "1", "X", to="000.00.55.H61")
     docbus(env, "router", "run", "--idle-exit", "1.5")
     inbox = json.loads(docbus(env, "inbox", "--agency", DEPT, "--json").stdout)
     assert [(i["status_code"], i["document_id"]) for i in inbox] == [("02", unknown.stdout.strip())]
@@ -131,21 +117,7 @@ def test_refused_send_reaches_the_sender_as_02(env, tmp_path) -> None:
 
 def test_adapter_run_hands_documents_to_a_drop_folder(env, tmp_path) -> None:
     set_up(env)
-    sent = docbus(
-        env,
-        "send",
-        "--from",
-        DEPT,
-        "--to",
-        PC,
-        "--subject",
-        "Báo cáo tháng",
-        "--number",
-        "2",
-        "--notation",
-        "BC-SNV",
-        str(_file(tmp_path)),
-    ).stdout.strip()
+    sent = send_from_dept(env, tmp_path, "Báo cáo tháng", "2", "BC-SNV").stdout.strip()
     docbus(env, "router", "run", "--idle-exit", "1.5")
     drop = tmp_path / "drop"
     run = docbus(env, "adapter", "run", "--agency", PC, "--idle-exit", "1", "--drop", str(drop))
@@ -191,21 +163,7 @@ def test_health_names_what_needs_attention(env, tmp_path) -> None:
     before = docbus(env, "health", check=False)
     assert before.returncode == 3 and "run 'docbus init'" in before.stderr and "Traceback" not in before.stderr
     set_up(env)
-    sent = docbus(
-        env,
-        "send",
-        "--from",
-        DEPT,
-        "--to",
-        PC,
-        "--subject",
-        "Kiểm tra",
-        "--number",
-        "3",
-        "--notation",
-        "KT",
-        str(_file(tmp_path)),
-    ).stdout.strip()
+    sent = send_from_dept(env, tmp_path, "Kiểm tra", "3", "KT").stdout.strip()
     idle = docbus(env, "health", check=False)
     assert idle.returncode == 5 and "no router is running" in idle.stdout and "Sở Nội vụ" in idle.stdout
 
@@ -254,6 +212,27 @@ def test_demo_runs_end_to_end(env) -> None:
     proc = docbus(env, "demo")
     assert "demo OK" in proc.stdout
     assert "Quyết định ban hành Đề án 112" in proc.stdout
+
+
+def send_from_dept(
+    env, tmp_path: Path, subject: str, number: str, notation: str, *, to: str = PC
+) -> subprocess.CompletedProcess[str]:
+    """``docbus send`` of a one-file document from the department; prints its DocumentId."""
+    return docbus(
+        env,
+        "send",
+        "--from",
+        DEPT,
+        "--to",
+        to,
+        "--subject",
+        subject,
+        "--number",
+        number,
+        "--notation",
+        notation,
+        str(_file(tmp_path)),
+    )
 
 
 def _file(tmp_path: Path) -> Path:
