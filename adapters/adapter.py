@@ -678,7 +678,10 @@ class Adapter:
             .first()
         )
         if row is None:
-            raise NotFound(f"{document_id!r} is not in the inbox of {self.organ_id}")
+            raise NotFound(
+                f"{document_id!r} is not in the inbox of {self.organ_id}: new deliveries come in when the"
+                f" adapter runs or with 'docbus inbox --agency {self.organ_id}'"
+            )
         msg = open_envelope(bytes(row.raw), self.trust, from_hub=True).message
         self._files_in_place(msg)
         return msg  # type: ignore[return-value]

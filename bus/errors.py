@@ -67,6 +67,13 @@ class SignatureRejected(Refused):
 
 
 class PolicyRefusal(Refused):
-    """A verified message that the provincial directive does not allow on the bus."""
+    """A verified message that the provincial directive does not allow on the bus.
+
+    ``verified``: the message read from the verified tree, when the refusal came after the
+    signature checked out (the gate sets it), so the quarantine can keep its header (số/ký
+    hiệu, trích yếu) for people looking for what was refused.  None for a refusal of bytes
+    that never verified: nothing in them may be believed.
+    """
 
     reason = "policy"
+    verified: object | None = None

@@ -69,18 +69,22 @@ class Gate:
             allowed = {own_user} if own_user else {None, DEV_USER, signer}
             if user_id not in allowed:
                 raise SignatureRejected(f"broker user {user_id} may not submit for {signer}", reason="sender-mismatch")
-        if signer != self.settings.hub_organ_id:
-            snapshot.check_sender(signer, opened.certificate)
-        if fresh:
-            self._check_fresh(opened.message, at)
-        msg = opened.message
-        if isinstance(msg, Edoc):
-            check_edoc(msg, snapshot.enabled)
-            check_lifecycle(msg, lambda doc: recipients_of(doc, signer, earlier))
-        elif signer != self.settings.hub_organ_id:
-            edoc_sender = msg.response_for.organ_id
-            recips = recipients_of(msg.document_id, edoc_sender, earlier)
-            check_status(msg, recips, edoc_sender if recips is not None else None)
+        try:  # the envelope verified: a refusal from here on may keep its header
+            if signer != self.settings.hub_organ_id:
+                snapshot.check_sender(signer, opened.certificate)
+            if fresh:
+                self._check_fresh(opened.message, at)
+            msg = opened.message
+            if isinstance(msg, Edoc):
+                check_edoc(msg, snapshot.enabled)
+                check_lifecycle(msg, lambda doc: recipients_of(doc, signer, earlier))
+            elif signer != self.settings.hub_organ_id:
+                edoc_sender = msg.response_for.organ_id
+                recips = recipients_of(msg.document_id, edoc_sender, earlier)
+                check_status(msg, recips, edoc_sender if recips is not None else None)
+        except PolicyRefusal as exc:
+            exc.verified = opened.message
+            raise
         return opened
 
     def _check_fresh(self, msg: edxml.Message, at: dt.datetime | None) -> None:

@@ -423,6 +423,7 @@ class Router:
             at = batch.owners.index(i)
             del batch.entries[at], batch.owners[at]
             exc = PolicyRefusal(f"{msg.document_id} with this signed content was already accepted", reason="replay")
+            exc.verified = msg
             self._quarantine(batch, i, subs[i], exc)
 
     @staticmethod
@@ -574,6 +575,13 @@ class Router:
             "sender": sub.claimed or (sub.user_id or ""),
             "document_id": document_id[:500],
         }
+        verified = exc.verified if isinstance(exc, PolicyRefusal) else None
+        if isinstance(verified, Edoc) and verified.sender.organ_id == fields["sender"]:
+            # its header verified: kept for people looking for what was refused, but out of the
+            # full-text index (a refused secret document's words are not for searching) and
+            # linked to no document it claims to revoke or update
+            header = self._fields(verified, sub.user_id)
+            fields |= {k: v for k, v in header.items() if k not in ("state", "search_text", "related_document_id")}
         batch.add(Entry(body, fields, keep=QUARANTINE_HEAD if oversized else None), None)
         self._answer(batch, sub.claimed, document_id, exc.reason, exc.message, sub.digest)
         batch.outcomes[i] = Outcome("quarantined", sub.digest, exc.reason, exc.message)

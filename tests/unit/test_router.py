@@ -7,6 +7,7 @@ from peewee import OperationalError
 
 from adapters import Adapter
 from bus.archive import Message, Recipient, StatusEvent
+from bus.audit import verify_archive
 from bus.policy import fold
 from bus.router import STATUS_SHARE, Router, load_trust
 from bus.topology import Names, Queue, Topology
@@ -85,6 +86,11 @@ def test_refused_documents_are_quarantined_answered_02_and_never_delivered(memor
     assert (out.state, out.reason) == ("quarantined", reason)
     rec = Message.get(Message.digest == out.digest)
     assert rec.state == "quarantined" and rec.reason == reason and p.archive.raw(rec) == data
+    # a verified document refused by policy keeps its header for the archive's readers, outside
+    # the full-text index; an envelope whose signer is not its sender keeps nothing it claims
+    header = (rec.subject, rec.code_number, rec.code_notation, rec.search_text)
+    assert header == (("", "", "", "") if reason == "sender-mismatch" else ("Công văn V/v kết nối", "12", "SNV-VP", ""))
+    assert verify_archive(router.gate.trust).ok  # the hash chain covers the header kept
     assert inbox(p, DEPT) == []
     answers = inbox(p, PC)
     assert len(answers) == 1 and b"<edXML:StatusCode>02</edXML:StatusCode>" in answers[0]
@@ -137,6 +143,19 @@ def test_status_goes_back_to_the_sender_and_into_the_history(memory_province, ro
     assert history == [(DEPT, "01"), (DEPT, "03")]
     trace = p.archive.trace(sent.document_id)
     assert [s["code"] for s in trace["submissions"][0]["recipients"][0]["statuses"]] == ["01", "03"]
+
+
+def test_a_document_not_yet_taken_in_says_how_to_take_it_in(memory_province, router) -> None:
+    from bus.errors import NotFound
+
+    p = memory_province
+    with Adapter(p.settings, PC, transport=p.transport) as pc, Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        sent = pc.send([DEPT], subject="Công văn", number="1", notation="UBND-VP", files=[_pdf(p)])
+        router.run()
+        with pytest.raises(NotFound, match=f"docbus inbox --agency {DEPT}"):
+            dept.document(sent.document_id)  # delivered to its inbox queue, not taken in yet
+        dept.receive()
+        assert dept.document(sent.document_id).subject == "Công văn"
 
 
 def test_status_from_a_non_recipient_is_refused(memory_province, router) -> None:
