@@ -738,7 +738,8 @@ def adapter() -> None:
 @click.option(
     "--drop",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Write each received message (signed edXML) here, and large files beside it as <digest>-<name>.",
+    help="Hand each received message to the agency's system here: its files as <key>-<name>, its header "
+    "as <key>.json, then the signed <key>.edxml (written last; key: 16 hex digits of its SHA-256).",
 )
 @guarded
 def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
@@ -746,6 +747,8 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
 
     With the broker down it keeps the outbox and retries with backoff; it reconnects by itself.
     """
+    from adapters import drop as drop_folder
+
     s = settings()
     received = 0
 
@@ -758,16 +761,7 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
             )
         )
         if drop is not None:
-            drop.mkdir(parents=True, exist_ok=True)
-            target = drop / f"{item.digest[:16]}.edxml"
-            for att in getattr(msg, "attachments", []):
-                if att.path is not None:  # a large file: beside its envelope, before it
-                    copy = drop / f"{item.digest[:16]}-{Path(att.name).name}"
-                    shutil.copyfile(att.path, copy.with_suffix(copy.suffix + ".part"))
-                    copy.with_suffix(copy.suffix + ".part").replace(copy)
-            tmp = target.with_suffix(".part")
-            tmp.write_bytes(raw)
-            tmp.replace(target)  # the agency's system never sees half a file
+            drop_folder.write(drop, item.digest, msg, raw)
 
     with _adapter(s, code) as a:
         a.on_receive = hand_off

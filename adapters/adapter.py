@@ -41,6 +41,7 @@ from urllib.parse import unquote, urlsplit
 
 from peewee import OperationalError
 
+from adapters.drop import safe_name, unique_name
 from adapters.store import open_store, utcnow
 from bus import compose, edxml, statements
 from bus.archive import sha256
@@ -691,8 +692,9 @@ class Adapter:
         edoc = self.document(document_id)
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
+        used: set[str] = set()
         for a in edoc.attachments:
-            target = folder / Path(a.name).name  # never a path from the sender
+            target = folder / unique_name(safe_name(a.name), used)  # never a path from the sender
             if a.path is not None:
                 shutil.copyfile(a.path, target)  # a large file: copied, never read whole
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import replace
 
 from bus import edxml
 from bus.edxml import Attachment, Business, Edoc, Organ, ResponseFor, StaffInfo, Status, TraceHeader
@@ -14,6 +15,21 @@ from signing.identity import Identity
 def document_id(organ_id: str, day: dt.date, number: str, notation: str) -> str:
     """``{OrganId},{yyyy/MM/dd},{CodeNumber}/{CodeNotation}`` as in the official samples."""
     return f"{organ_id},{edxml.fmt_date(day)},{number}/{notation}"
+
+
+def distinct_content_ids(attachments: Sequence[Attachment]) -> list[Attachment]:
+    """Two files with one name (scan.pdf from two folders) would share a ContentId, which the
+    router's manifest check refuses: the later ones get ``-2``, ``-3``, …"""
+    seen: set[str] = set()
+    out = []
+    for a in attachments:
+        cid, n = a.content_id, 1
+        while cid in seen:
+            n += 1
+            cid = f"{a.content_id}-{n}"
+        seen.add(cid)
+        out.append(a if cid == a.content_id else replace(a, content_id=cid))
+    return out
 
 
 def new_edoc(
@@ -59,7 +75,7 @@ def new_edoc(
             reason=edxml.BUSINESS_DOC_TYPES.get(business_doc_type, ""),
             paper=1 if paper_only else 0,
         ),
-        attachments=list(attachments),
+        attachments=distinct_content_ids(attachments),
         extra=extra,
     )
 

@@ -582,10 +582,27 @@ def check_manifest(root: etree._Element) -> None:
 
 
 def _sub(parent: etree._Element, name: str, text: str | None = None, **kw: Any) -> etree._Element:
-    el = etree.SubElement(parent, q(name), **kw)
-    if text is not None:
-        el.text = text
+    try:
+        el = etree.SubElement(parent, q(name), **kw)
+        if text is not None:
+            el.text = text
+    except ValueError as exc:  # lxml refuses what XML 1.0 cannot hold: say which field and character
+        bad = next((v for v in (text, *kw.values()) if isinstance(v, str) and _unwritable(v)), "")
+        char = _unwritable(bad)
+        where = f"{name} {bad[:80]!r}" if bad else name
+        raise SchemaViolation(
+            f"{where} holds {char or 'a character'} that XML cannot carry", reason="not-xml-text"
+        ) from exc
     return el
+
+
+def _unwritable(text: str) -> str:
+    """The first character of ``text`` XML 1.0 has no place for, as U+XXXX ('' if none)."""
+    for c in text:
+        o = ord(c)
+        if (o < 0x20 and c not in "\t\n\r") or 0xD800 <= o <= 0xDFFF or o in (0xFFFE, 0xFFFF):
+            return f"U+{o:04X}"
+    return ""
 
 
 def _write(

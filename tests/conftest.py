@@ -11,7 +11,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -77,6 +77,14 @@ def memory_province(tmp_path: Path, keys_template: Path) -> Iterator[Province]:
     p = _make(tmp_path, MemoryTransport(), "mem", keys_template)
     yield p
     p.archive.close()
+
+
+@pytest.fixture
+def small_inline(memory_province: Province) -> Province:
+    """Files over 64 KiB travel as large files (in chunks), so the tests of them stay small."""
+    p = memory_province
+    p.settings = replace(p.settings, limits=replace(p.settings.limits, inline_attachment_bytes=64 * 1024))
+    return p
 
 
 def broker_settings() -> Settings:

@@ -96,3 +96,20 @@ def test_unreachable_broker_is_one_clear_line_without_traceback(tmp_path) -> Non
 def test_not_set_up_is_exit_3(tmp_path) -> None:
     res = CliRunner().invoke(main, ["verify", str(sample("status_inbox_01"))], env={"DOCBUS_HOME": str(tmp_path)})
     assert res.exit_code == 3 and "docbus init" in res.output
+
+
+def test_a_file_name_xml_cannot_carry_is_one_line_and_nothing_is_queued(memory_province, tmp_path) -> None:
+    """A file on disk may be named with a control character; an edXML envelope cannot carry it."""
+    s = memory_province.settings
+    odd = tmp_path / "to\x07trinh.pdf"
+    odd.write_bytes(b"%PDF-1.4\n%%EOF\n")
+    env = {"DOCBUS_HOME": str(s.home), "DOCBUS_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}
+    args = ["send", "--from", "000.00.01.H61", "--to", "000.00.00.H61", "--subject", "Tờ trình", "--number", "9"]
+    res = CliRunner().invoke(main, [*args, "--notation", "X", str(odd)], env=env)
+    assert res.exit_code == 1
+    assert "[not-xml-text]" in res.output and "U+0007" in res.output and "to\\x07trinh.pdf" in res.output
+    from adapters.store import open_store
+
+    store = open_store(s.agency_home("000.00.01.H61") / "store.db")
+    assert store.Outbox.select().count() == 0  # refused before the outbox: nothing to send later
+    store.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import replace
 
 import pytest
 
@@ -18,14 +17,6 @@ from bus.topology import Names
 
 PC, DEPT = "000.00.00.H61", "000.00.01.H61"
 SIZE = 2 * blobs.CHUNK_BYTES + 12345  # three chunks, the last one short
-
-
-@pytest.fixture
-def small_inline(memory_province):
-    """Files over 64 KiB travel as large files, so the tests stay small."""
-    p = memory_province
-    p.settings = replace(p.settings, limits=replace(p.settings.limits, inline_attachment_bytes=64 * 1024))
-    return p
 
 
 def big_file(tmp_path, size: int = SIZE):

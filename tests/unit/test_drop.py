@@ -1,0 +1,98 @@
+"""The drop folder an agency's system reads (adapters.drop), on the in-memory transport."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from adapters import Adapter, drop
+from bus import compose
+from bus.edxml import Attachment, Organ
+from bus.router import Router, load_trust
+from tests.unit.test_large_files import DEPT, PC, send_big
+
+PDF = b"%PDF-1.4\n% to trinh\n%%EOF\n"
+LONG = "Tờ trình về việc phê duyệt kế hoạch chuyển đổi số của tỉnh Vĩnh Long giai đoạn 2026–2030 " * 3
+
+
+def take(p, organ: str) -> list[tuple]:
+    """Run the router, then let ``organ``'s adapter take its deliveries: (item, message, raw) each."""
+    Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub).run()
+    handed: list[tuple] = []
+    with Adapter(p.settings, organ, transport=p.transport, on_receive=lambda *args: handed.append(args)) as a:
+        a.receive()
+    return handed
+
+
+def test_every_file_header_and_envelope_land_in_the_folder(memory_province, tmp_path) -> None:
+    p = memory_province
+    attachments = [
+        Attachment.from_bytes("Tờ trình.pdf", PDF, "application/pdf"),
+        Attachment.from_bytes("Tờ trình.pdf", PDF + b"2", "application/pdf"),  # same name, other file
+        Attachment.from_bytes("../../etc/cron.d/x.pdf", b"%PDF-1.4 y", "application/pdf"),
+        Attachment.from_bytes(LONG + ".docx", b"PK docx", "application/octet-stream"),
+    ]
+    edoc = compose.new_edoc(
+        Organ(DEPT, "Sở Nội vụ"), [Organ(PC)], subject="Tờ trình V/v chuyển đổi số", number="5",
+        notation="TTr-SNV", attachments=attachments,
+    )
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        dept.submit(edoc)
+    [(item, msg, raw)] = take(p, PC)
+    folder = tmp_path / "drop"
+    envelope = drop.write(folder, item.digest, msg, raw)
+
+    key = item.digest[:16]
+    assert envelope == folder / f"{key}.edxml" and envelope.read_bytes() == raw
+    header = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
+    assert header["subject"] == "Tờ trình V/v chuyển đổi số"
+    assert header["code"] == {"number": "5", "notation": "TTr-SNV"}
+    files = [a["file"] for a in header["attachments"]]
+    assert files[:3] == [f"{key}-Tờ trình.pdf", f"{key}-Tờ trình-2.pdf", f"{key}-x.pdf"]
+    assert files[3].endswith(".docx") and len(files[3].encode()) <= 16 + 1 + drop.MAX_NAME_BYTES
+    for a, sent in zip(header["attachments"], attachments, strict=True):
+        data = (folder / a["file"]).read_bytes()
+        assert data == sent.data and hashlib.sha256(data).hexdigest() == a["sha256"]
+    assert sorted(f.name for f in folder.iterdir()) == sorted([*files, f"{key}.json", f"{key}.edxml"])  # no .part
+    with Adapter(p.settings, PC, transport=p.transport) as pc:  # 'docbus inbox save' names files the same way
+        saved = pc.save_attachments(msg.document_id, tmp_path / "saved")
+    assert [f.name for f in saved] == [f.removeprefix(f"{key}-") for f in files]
+    assert [f.read_bytes() for f in saved] == [a.data for a in attachments]
+
+
+def test_a_large_file_is_copied_from_the_store_beside_its_envelope(small_inline, tmp_path) -> None:
+    p = small_inline
+    sent, digest = send_big(p, tmp_path, "7", subject="Bản đồ quy hoạch")
+    [(item, msg, raw)] = take(p, PC)
+    envelope = drop.write(tmp_path / "drop", item.digest, msg, raw)
+    header = json.loads(envelope.with_suffix(".json").read_text(encoding="utf-8"))
+    [a] = header["attachments"]
+    assert header["document_id"] == sent.document_id and a["sha256"] == digest
+    assert hashlib.sha256((envelope.parent / a["file"]).read_bytes()).hexdigest() == digest
+
+
+def test_a_status_lands_with_its_header_and_no_files(memory_province, tmp_path) -> None:
+    p = memory_province
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        dept.submit(
+            compose.new_edoc(
+                Organ(DEPT, "Sở Nội vụ"), [Organ(PC)], subject="Công văn", number="6", notation="SNV",
+                attachments=[Attachment.from_bytes("cv.pdf", PDF, "application/pdf")],
+            )
+        )
+    take(p, PC)  # PC answers 01
+    [(item, msg, raw)] = take(p, DEPT)
+    envelope = drop.write(tmp_path / "drop", item.digest, msg, raw)
+    header = json.loads(envelope.with_suffix(".json").read_text(encoding="utf-8"))
+    assert (header["kind"], header["status_code"], header["attachments"]) == ("status", "01", [])
+    assert sorted(f.suffix for f in envelope.parent.iterdir()) == [".edxml", ".json"]
+
+
+def test_names_from_the_sender_stay_one_harmless_name() -> None:
+    assert drop.safe_name("../../etc/passwd") == "passwd"
+    assert drop.safe_name("C:\\Users\\a\\Công văn.pdf") == "Công văn.pdf"
+    assert drop.safe_name("a\x00b\nc.pdf") == "a_b_c.pdf"
+    assert drop.safe_name("..") == drop.safe_name("") == drop.safe_name(" / ") == "file"
+    long = drop.safe_name("Quyết định " * 40 + ".pdf")
+    assert long.endswith(".pdf") and len(long.encode()) <= drop.MAX_NAME_BYTES
+    assert drop.safe_name("ồ" * 300).encode().decode() == "ồ" * (drop.MAX_NAME_BYTES // len("ồ".encode()))
