@@ -124,6 +124,10 @@ def test_adapter_run_hands_documents_to_a_drop_folder(env, tmp_path) -> None:
     assert f"edoc from {DEPT}: {sent} Báo cáo tháng" in run.stdout
     files = list(drop.glob("*.edxml"))
     assert len(files) == 1 and "Báo cáo tháng".encode() in files[0].read_bytes()
+    header = json.loads(files[0].with_suffix(".json").read_text(encoding="utf-8"))
+    assert (header["document_id"], header["subject"]) == (sent, "Báo cáo tháng")
+    [att] = header["attachments"]
+    assert (drop / att["file"]).read_bytes() == (tmp_path / att["name"]).read_bytes()  # the file as sent
     docbus(env, "router", "run", "--idle-exit", "1.5")
     back = docbus(env, "adapter", "run", "--agency", DEPT, "--idle-exit", "1")
     assert f"status 01 from {PC}: {sent}" in back.stdout
