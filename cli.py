@@ -496,11 +496,17 @@ def send(
             replaces=replace_ids,
         )
     if as_json:
-        emit_json({"document_id": res.document_id, "digest": res.digest, "published": res.published})
+        emit_json(
+            {"document_id": res.document_id, "digest": res.digest, "published": res.published, "error": res.error}
+        )
     else:
         click.echo(res.document_id)
         if not res.published:
-            click.echo("queued in the outbox: the broker is unreachable; it will be sent when it returns", err=True)
+            click.echo(
+                f"queued in the outbox, not sent yet: {res.error or 'the broker did not take it'}; "
+                "'docbus adapter run' sends it once the broker takes it",
+                err=True,
+            )
 
 
 @main.group(invoke_without_command=True)
@@ -590,7 +596,10 @@ def status_send(code: str, status_code: str, description: str, edoc_sender: str 
             # a recall request (13) is about the agency's own document; every other status answers a received one
             edoc_sender = code if status_code == "13" else a.document(document_id).sender.organ_id
         res = a.send_status(document_id, edoc_sender, status_code, description)
-    click.echo(f"status {status_code} for {document_id} {'sent' if res.published else 'queued (broker unreachable)'}")
+    if res.published:
+        click.echo(f"status {status_code} for {document_id} sent")
+    else:
+        click.echo(f"status {status_code} for {document_id} queued in the outbox, not sent yet: {res.error}")
 
 
 @main.command()

@@ -71,6 +71,7 @@ class SendResult:
     document_id: str
     digest: str
     published: bool
+    error: str | None = None  # why it stayed in the outbox (not published): the broker's answer
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class Adapter:
         self._transport = transport
         self.on_receive = on_receive
         self.auto_arrived = auto_arrived
+        self._last_failure: str | None = None
 
     def __enter__(self) -> Adapter:
         return self
@@ -216,7 +218,8 @@ class Adapter:
     def submit(self, msg: edxml.Message) -> SendResult:
         item = self._to_outbox(msg)
         large = any(a.external is not None for a in getattr(msg, "attachments", []))
-        return SendResult(msg.document_id, item.digest, self._publish(item, uploads=large))
+        published = self._publish(item, uploads=large)
+        return SendResult(msg.document_id, item.digest, published, None if published else self._last_failure)
 
     def _to_outbox(self, msg: edxml.Message) -> OutboxEntry:
         """Sign ``msg`` and commit it to the outbox; returns what was written (the same bytes
@@ -306,6 +309,7 @@ class Adapter:
         Outbox.update(attempts=Outbox.attempts + 1, last_error=exc.message).where(
             Outbox.digest == item.digest
         ).execute()
+        self._last_failure = exc.message
         log.warning("%s stays in the outbox: %s", item.document_id, exc.message)
 
     def _amqp_url(self) -> str:

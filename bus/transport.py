@@ -254,7 +254,9 @@ class AmqpTransport:
             self._ch.confirm_delivery()
         except pex.ProbableAccessDeniedError as exc:
             raise BrokerUnavailable(
-                f"RabbitMQ at {redact(url)} refused this user access to the vhost", reason="access-refused"
+                f"RabbitMQ at {redact(url)} refused this user access to the vhost"
+                " (an agency the data centre disabled has none: 'docbus agency list' shows it)",
+                reason="access-refused",
             ) from exc
         except pex.ProbableAuthenticationError as exc:
             raise BrokerUnavailable(

@@ -119,6 +119,7 @@ def test_send_with_the_broker_down_is_queued_and_goes_when_it_returns(broker_pro
         with Adapter(down, DEPT) as offline:
             res = offline.send([PC], subject="Gửi khi mất mạng", number="5", notation="X", files=[f])
             assert not res.published and offline.pending() == 1
+            assert res.error is not None and "127.0.0.1:1" in res.error  # the broker's answer, for the clerk
     finally:
         (p.settings.agency_home(DEPT) / "broker.json.bak").rename(p.settings.agency_home(DEPT) / "broker.json")
     cli = docbus(
@@ -168,4 +169,5 @@ def test_cli_send_says_queued_when_the_broker_is_down(broker_province, tmp_path)
         timeout=60,
     )
     assert proc.returncode == 0 and proc.stdout.strip().startswith(DEPT)
-    assert "queued in the outbox" in proc.stderr and "Traceback" not in proc.stderr
+    assert "queued in the outbox, not sent yet: " in proc.stderr and "Traceback" not in proc.stderr
+    assert "RabbitMQ" in proc.stderr.splitlines()[-1]  # why: the broker's own answer, not a guess
