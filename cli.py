@@ -1051,10 +1051,12 @@ def archive_export(document_id: str, folder: Path) -> None:
     original.write_bytes(raw)
     click.echo(str(original))
     from bus.blobs import ChunkStore
+    from bus.filenames import safe_name, unique_name
 
     files = ChunkStore(s.home / "blobs")
+    used: set[str] = set()
     for a in getattr(msg, "attachments", []):
-        target = folder / Path(a.name).name
+        target = folder / unique_name(safe_name(a.name), used)  # never a path from the sender
         if a.external is not None:  # a large file kept beside the archive, under its digest
             if not files.has(a.external.sha256):
                 raise NotFound(f"the file of {a.name!r} (sha256:{a.external.sha256}) is not in the archive")

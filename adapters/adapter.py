@@ -41,7 +41,6 @@ from urllib.parse import unquote, urlsplit
 
 from peewee import OperationalError
 
-from adapters.drop import safe_name, unique_name
 from adapters.store import open_store, utcnow
 from bus import compose, edxml, statements
 from bus.archive import sha256
@@ -51,6 +50,7 @@ from bus.config import Settings
 from bus.edxml import Attachment, Edoc, Organ
 from bus.envelope import open_envelope
 from bus.errors import BrokerUnavailable, DocbusError, NotFound, Refused
+from bus.filenames import safe_name, unique_name
 from bus.policy import REVOKE, UPDATE, related_document_ids
 from bus.province import CRL_KIND
 from bus.router import load_trust

@@ -14,24 +14,21 @@ For each message handed over, in this order:
 then renamed, and the envelope comes last: a system that watches for ``*.edxml`` never sees
 a message whose files are still being written.
 
-Security: attachment names come from the sender.  Only the last path component is kept,
-control characters and separators become ``_``, and the key prefix keeps every name inside
-the folder and apart from other messages' files.
+Security: attachment names come from the sender; :func:`bus.filenames.safe_name` keeps one
+harmless name of each, and the key prefix keeps it apart from other messages' files.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from bus import edxml
+from bus.filenames import safe_name, unique_name
 
 KEY_LENGTH = 16
-MAX_NAME_BYTES = 200  # UTF-8; with the key and ".part", inside the 255 bytes of a Linux file name
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 def write(folder: Path, digest: str, msg: edxml.Message, raw: bytes) -> Path:
@@ -54,32 +51,6 @@ def write(folder: Path, digest: str, msg: edxml.Message, raw: bytes) -> Path:
     envelope = folder / f"{key}.edxml"
     _replace_with(envelope, lambda part: part.write_bytes(raw))
     return envelope
-
-
-def safe_name(name: str) -> str:
-    """``name`` as one harmless file name: its last component, no control characters or
-    separators, at most :data:`MAX_NAME_BYTES` bytes of UTF-8 (a Vietnamese letter takes two or
-    three; a short extension is kept)."""
-    base = _UNSAFE.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1]).strip()
-    if base in ("", ".", ".."):
-        base = "file"
-    if len(base.encode()) > MAX_NAME_BYTES:
-        stem, dot, ext = base.rpartition(".")
-        keep = "." + ext if dot and stem and len(ext.encode()) <= 10 else ""
-        room = MAX_NAME_BYTES - len(keep.encode())
-        base = (stem if keep else base).encode()[:room].decode("utf-8", "ignore").rstrip() + keep
-    return base
-
-
-def unique_name(name: str, used: set[str]) -> str:
-    """Two attachments of one message with the same name: the second gets ``-2``, …"""
-    candidate, n = name, 1
-    while candidate in used:
-        n += 1
-        stem, dot, ext = name.rpartition(".")
-        candidate = f"{stem}-{n}.{ext}" if dot and stem else f"{name}-{n}"
-    used.add(candidate)
-    return candidate
 
 
 def _replace_with(target: Path, write_part: Any) -> None:

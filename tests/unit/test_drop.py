@@ -8,6 +8,7 @@ import json
 from adapters import Adapter, drop
 from bus import compose
 from bus.edxml import Attachment, Organ
+from bus.filenames import MAX_NAME_BYTES, safe_name
 from bus.router import Router, load_trust
 from tests.unit.test_large_files import DEPT, PC, send_big
 
@@ -49,7 +50,7 @@ def test_every_file_header_and_envelope_land_in_the_folder(memory_province, tmp_
     assert header["code"] == {"number": "5", "notation": "TTr-SNV"}
     files = [a["file"] for a in header["attachments"]]
     assert files[:3] == [f"{key}-Tờ trình.pdf", f"{key}-Tờ trình-2.pdf", f"{key}-x.pdf"]
-    assert files[3].endswith(".docx") and len(files[3].encode()) <= 16 + 1 + drop.MAX_NAME_BYTES
+    assert files[3].endswith(".docx") and len(files[3].encode()) <= 16 + 1 + MAX_NAME_BYTES
     for a, sent in zip(header["attachments"], attachments, strict=True):
         data = (folder / a["file"]).read_bytes()
         assert data == sent.data and hashlib.sha256(data).hexdigest() == a["sha256"]
@@ -89,10 +90,10 @@ def test_a_status_lands_with_its_header_and_no_files(memory_province, tmp_path) 
 
 
 def test_names_from_the_sender_stay_one_harmless_name() -> None:
-    assert drop.safe_name("../../etc/passwd") == "passwd"
-    assert drop.safe_name("C:\\Users\\a\\Công văn.pdf") == "Công văn.pdf"
-    assert drop.safe_name("a\x00b\nc.pdf") == "a_b_c.pdf"
-    assert drop.safe_name("..") == drop.safe_name("") == drop.safe_name(" / ") == "file"
-    long = drop.safe_name("Quyết định " * 40 + ".pdf")
-    assert long.endswith(".pdf") and len(long.encode()) <= drop.MAX_NAME_BYTES
-    assert drop.safe_name("ồ" * 300).encode().decode() == "ồ" * (drop.MAX_NAME_BYTES // len("ồ".encode()))
+    assert safe_name("../../etc/passwd") == "passwd"
+    assert safe_name("C:\\Users\\a\\Công văn.pdf") == "Công văn.pdf"
+    assert safe_name("a\x00b\nc.pdf") == "a_b_c.pdf"
+    assert safe_name("..") == safe_name("") == safe_name(" / ") == "file"
+    long = safe_name("Quyết định " * 40 + ".pdf")
+    assert long.endswith(".pdf") and len(long.encode()) <= MAX_NAME_BYTES
+    assert safe_name("ồ" * 300).encode().decode() == "ồ" * (MAX_NAME_BYTES // len("ồ".encode()))

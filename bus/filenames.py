@@ -1,0 +1,41 @@
+"""File names that come from a sender, made safe to write on this machine.
+
+An attachment's name is whatever the sending agency's system put in the envelope: a path
+(``../../etc/cron.d/x``), a Windows path, control characters, a name longer than the file
+system allows.  Everything that writes an attachment to disk (``docbus inbox save``, the drop
+folder, ``docbus archive export``) names it through :func:`safe_name`, and two attachments of
+one document with the same name through :func:`unique_name`.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_NAME_BYTES = 200  # UTF-8; with a 16-digit key and ".part", inside a Linux file name's 255 bytes
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def safe_name(name: str) -> str:
+    """``name`` as one harmless file name: its last component, no control characters or
+    separators, at most :data:`MAX_NAME_BYTES` bytes of UTF-8 (a Vietnamese letter takes two or
+    three; a short extension is kept)."""
+    base = _UNSAFE.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    if base in ("", ".", ".."):
+        base = "file"
+    if len(base.encode()) > MAX_NAME_BYTES:
+        stem, dot, ext = base.rpartition(".")
+        keep = "." + ext if dot and stem and len(ext.encode()) <= 10 else ""
+        room = MAX_NAME_BYTES - len(keep.encode())
+        base = (stem if keep else base).encode()[:room].decode("utf-8", "ignore").rstrip() + keep
+    return base
+
+
+def unique_name(name: str, used: set[str]) -> str:
+    """Two attachments of one message with the same name: the second gets ``-2``, …"""
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        stem, dot, ext = name.rpartition(".")
+        candidate = f"{stem}-{n}.{ext}" if dot and stem else f"{name}-{n}"
+    used.add(candidate)
+    return candidate
