@@ -146,6 +146,20 @@ def split_codes(value: str) -> list[str]:
     return [c.strip() for c in value.split(",") if c.strip()]
 
 
+def not_blank(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A required text that may not be empty either (Trích yếu, Số)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("may not be empty")
+    return value.strip() if value is not None else value
+
+
+def some_codes(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Comma-separated OrganIds, at least one."""
+    if value is not None and not split_codes(value):
+        raise click.BadParameter("give at least one OrganId, e.g. 000.00.00.H61")
+    return value
+
+
 # --------------------------------------------------------------------------- root
 
 
@@ -422,10 +436,10 @@ def _adapter(s: Settings, code: str):
 
 @main.command()
 @click.option("--from", "sender", required=True, help="OrganId of the sending agency.")
-@click.option("--to", "recipients", required=True, help="Recipient OrganIds, comma-separated.")
-@click.option("--subject", required=True, help="Trích yếu: what the document is about.")
-@click.option("--number", required=True, help="Số: the document number.")
-@click.option("--notation", required=True, help="Ký hiệu: e.g. UBND-VP.")
+@click.option("--to", "recipients", required=True, callback=some_codes, help="Recipient OrganIds, comma-separated.")
+@click.option("--subject", required=True, callback=not_blank, help="Trích yếu: what the document is about.")
+@click.option("--number", required=True, callback=not_blank, help="Số: the document number.")
+@click.option("--notation", required=True, help="Ký hiệu: e.g. UBND-VP (may be empty).")
 @click.option(
     "--type", "type_name", default="Công văn", show_default=True, help="Document type name (Công văn, Quyết định, …)."
 )

@@ -8,6 +8,7 @@ human is reading (``docbus verify``, ``docbus inspect``).
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Literal
 
@@ -51,5 +52,6 @@ def validate(root: etree._Element, profile: Profile = "strict") -> None:
     if not schema.validate(root):
         err = schema.error_log.last_error
         where = f"line {err.line}: " if err is not None and err.line else ""
-        message = err.message if err is not None else "invalid"
+        # "{http://www.mic.gov.vn/TBT/QCVN_102_2016}Subject" reads as "Subject" in a 02 or an error line
+        message = re.sub(r"\{[^}]*\}", "", err.message) if err is not None else "invalid"
         raise SchemaViolation(f"edXML ({profile} profile) {where}{message}", reason="schema-invalid")

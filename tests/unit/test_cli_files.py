@@ -113,3 +113,30 @@ def test_a_file_name_xml_cannot_carry_is_one_line_and_nothing_is_queued(memory_p
     store = open_store(s.agency_home("000.00.01.H61") / "store.db")
     assert store.Outbox.select().count() == 0  # refused before the outbox: nothing to send later
     store.close()
+
+
+def test_send_refuses_an_empty_subject_or_recipient_list_as_usage(memory_province) -> None:
+    env = {"DOCBUS_HOME": str(memory_province.settings.home)}
+    base = ["send", "--from", "000.00.01.H61", "--notation", "X", "--number", "1"]
+    empty_to = CliRunner().invoke(main, [*base, "--to", " , ", "--subject", "Tờ trình"], env=env)
+    assert empty_to.exit_code == 2 and "at least one OrganId" in empty_to.output
+    blank = CliRunner().invoke(main, [*base, "--to", "000.00.00.H61", "--subject", "  "], env=env)
+    assert blank.exit_code == 2 and "'--subject': may not be empty" in blank.output
+
+
+def test_the_adapter_refuses_before_the_outbox_what_the_router_would_refuse_for_its_shape(memory_province) -> None:
+    import pytest
+
+    from adapters import Adapter
+    from bus.errors import SchemaViolation
+    from bus.topology import Names
+
+    p = memory_province
+    with Adapter(p.settings, "000.00.01.H61", transport=p.transport) as dept:
+        with pytest.raises(SchemaViolation, match=r"not sent, the bus would refuse it: .*'CodeNumber'.*minLength"):
+            dept.send(["000.00.00.H61"], subject="Tờ trình", number="", notation="X", files=[])
+        with pytest.raises(SchemaViolation, match=r"Expected is one of .*To"):
+            dept.send([], subject="Tờ trình", number="1", notation="X", files=[])
+        assert dept.pending() == 0 and dept.store.Outbox.select().count() == 0
+    names = Names(p.settings.namespace)
+    assert not any(p.transport.queues.get(q) for q in (names.router_queue, names.router_urgent))  # nothing published
