@@ -560,7 +560,7 @@ def inbox(ctx: click.Context, code: str | None, as_json: bool, no_fetch: bool) -
                 i.sender,
                 i.document_id,
                 i.subject,
-                i.state if i.state != "invalid" else f"invalid: {i.reason}",
+                _inbox_state(i),
             ]
             for i in items
         ]
@@ -614,6 +614,17 @@ def status_send(code: str, status_code: str, description: str, edoc_sender: str 
         click.echo(f"status {status_code} for {document_id} sent")
     else:
         click.echo(f"status {status_code} for {document_id} queued in the outbox, not sent yet: {res.error}")
+
+
+SUPERSEDED_NAMES = {"revoked": "thu hồi", "updated": "cập nhật", "replaced": "thay thế"}
+
+
+def _inbox_state(item: Any) -> str:
+    """'handed', 'invalid: reason', and whether its sender has since revoked, updated or replaced it."""
+    state = item.state if item.state != "invalid" else f"invalid: {item.reason}"
+    if item.superseded:
+        state += f", {item.superseded} ({SUPERSEDED_NAMES.get(item.superseded, '')})".replace(" ()", "")
+    return state
 
 
 @main.command()

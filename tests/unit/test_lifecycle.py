@@ -61,6 +61,10 @@ def test_revoke_and_update_mark_the_recipients_copy(bus) -> None:
     )
     cycle(router, a)  # a revocation needs no file
     assert {i.superseded for i in a[DEPT].inbox("edoc")} == {"revoked", None}
+    from cli import _inbox_state
+
+    states = sorted(_inbox_state(i) for i in a[DEPT].inbox("edoc"))  # the original, its update, the revocation
+    assert states == ["handed", "handed, revoked (thu hồi)", "handed, revoked (thu hồi)"]
     trace = p.archive.trace(sent.document_id)
     assert [s["business_doc_type"] for s in trace["submissions"]] == [0, 2, 1]
 
