@@ -525,15 +525,29 @@ def send(
 
 @main.group(invoke_without_command=True)
 @click.option("--agency", "code", help="OrganId whose inbox to show.")
+@click.option("--kind", type=click.Choice(["edoc", "status"]), help="Only documents (edoc) or only statuses.")
+@click.option("--since", help="Received on or after this day (YYYY-MM-DD, UTC as the Received column).")
+@click.option("--last", type=click.IntRange(min=1), default=50, show_default=True, help="Show only the newest N.")
+@click.option("--all", "show_all", is_flag=True, help="Show every message, however many.")
 @json_option()
 @click.option("--no-fetch", is_flag=True, help="Show the local store only; do not take new deliveries from the broker.")
 @click.pass_context
 @guarded
-def inbox(ctx: click.Context, code: str | None, as_json: bool, no_fetch: bool) -> None:
+def inbox(
+    ctx: click.Context,
+    code: str | None,
+    kind: str | None,
+    since: str | None,
+    last: int,
+    show_all: bool,
+    as_json: bool,
+    no_fetch: bool,
+) -> None:
     """An agency's electronic inbox (văn bản đến), newest last.
 
     New deliveries are taken from the broker first, verified, stored and answered with
-    status 01 (arrived).
+    status 01 (arrived).  The clerk's daily look: 'docbus inbox --agency CODE --kind edoc
+    --since 2026-11-27'.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -548,7 +562,12 @@ def inbox(ctx: click.Context, code: str | None, as_json: bool, no_fetch: bool) -
                 a.receive(idle_timeout=0.5)
             except BrokerUnavailable as exc:
                 note = f"showing the local store only: {exc.message}"
-        items = a.inbox()
+        day = _date(since)
+        start = dt.datetime.combine(day, dt.time()) if day is not None else None
+        items = a.inbox(kind, since=start, last=None if show_all else last)
+        total = len(items) if show_all or len(items) < last else a.inbox_count(kind, since=start)
+    if total > len(items):
+        note = "\n".join(filter(None, [note, f"the newest {len(items)} of {total} shown: --all or --last N for more"]))
     if as_json:
         emit_json([item.__dict__ for item in items])
     else:

@@ -27,6 +27,7 @@ Guarantees, and how:
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import mimetypes
@@ -660,12 +661,28 @@ class Adapter:
                 backoff = min(backoff * 2, max_backoff)
 
     # -- reading the store
-    def inbox(self, kind: str | None = None) -> list[InboxItem]:
+    def inbox(
+        self, kind: str | None = None, *, since: dt.datetime | None = None, last: int | None = None
+    ) -> list[InboxItem]:
+        """The local inbox, oldest first: ``kind`` 'edoc' or 'status' only, received at or
+        after ``since`` (UTC), only the ``last`` so many."""
         Inbox = self.store.Inbox
-        query = Inbox.select().order_by(Inbox.received_at, Inbox.id)
+        query = self._inbox_query(kind, since).order_by(Inbox.received_at.desc(), Inbox.id.desc())
+        if last is not None:
+            query = query.limit(last)
+        return [self._item(r) for r in reversed(list(query))]
+
+    def inbox_count(self, kind: str | None = None, *, since: dt.datetime | None = None) -> int:
+        return self._inbox_query(kind, since).count()
+
+    def _inbox_query(self, kind: str | None, since: dt.datetime | None) -> Any:
+        Inbox = self.store.Inbox
+        query = Inbox.select()
         if kind:
             query = query.where(Inbox.kind == kind)
-        return [self._item(r) for r in query]
+        if since is not None:
+            query = query.where(Inbox.received_at >= since)
+        return query
 
     @staticmethod
     def _item(r: Any) -> InboxItem:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from peewee import OperationalError
 
@@ -286,3 +288,31 @@ def test_a_share_caps_each_queue_in_a_batch_and_must_fit_the_queues() -> None:
     assert seen == [[b"a0", b"a1", b"a2", b"b0", b"b1"], [b"a3", b"a4", b"a5", b"a6", b"b2"], [b"a7"]]
     with pytest.raises(ValueError):
         t.consume_batches(["a", "b"], take, share=[2])
+
+
+def test_inbox_shows_the_newest_of_a_kind_and_says_what_it_left_out(memory_province, router) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    p = memory_province
+    with Adapter(p.settings, PC, transport=p.transport) as pc, Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        sent = [
+            pc.send([DEPT], subject=f"Công văn số {n}", number=str(n), notation="UBND-VP", files=[_pdf(p)])
+            for n in range(1, 4)
+        ]
+        router.run()
+        dept.receive()
+        dept.send_status(sent[0].document_id, PC, "03")
+        router.run()
+        pc.receive()  # three 01s and a 03
+        assert [i.subject for i in pc.inbox("edoc")] == []
+        assert [i.status_code for i in pc.inbox("status", last=2)] == ["01", "03"]
+        assert [i.subject for i in dept.inbox("edoc", last=2)] == ["Công văn số 2", "Công văn số 3"]
+        assert pc.inbox_count("status") == 4
+    env = {"DOCBUS_HOME": str(p.settings.home), "DOCBUS_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}
+    res = CliRunner().invoke(main, ["inbox", "--agency", PC, "--no-fetch", "--kind", "status", "--last", "3"], env=env)
+    assert res.exit_code == 0 and res.output.count(f" {DEPT} ") == 3
+    assert "the newest 3 of 4 shown" in res.output
+    everything = CliRunner().invoke(main, ["inbox", "--agency", PC, "--no-fetch", "--all", "--json"], env=env)
+    assert len(json.loads(everything.output)) == 4
