@@ -224,7 +224,7 @@ def agency() -> None:
 
 @agency.command("add")
 @click.argument("code")
-@click.argument("name")
+@click.argument("name", callback=not_blank)
 @click.option("--parent", help="OrganId of the parent agency (province -> department/district -> commune).")
 @guarded
 def agency_add(code: str, name: str, parent: str | None) -> None:

@@ -148,6 +148,8 @@ def add_agency(
         raise ConfigError(f"{organ_id!r} is not a QCVN 102:2016 OrganId (like 000.00.00.H61)")
     if organ_id == settings.hub_organ_id:
         raise ConfigError(f"{organ_id} is the data centre's own OrganId")
+    if not name.strip():
+        raise ConfigError(f"{organ_id} needs a name (tên cơ quan): it goes into its certificate and every From")
     if parent is not None:
         archive.agency(parent)  # raises NotFound with a clear message
     folder = settings.agency_home(organ_id)

@@ -157,3 +157,15 @@ def test_an_agency_added_to_an_in_memory_bus_touches_no_real_broker(memory_provi
     agency, created = province.add_agency(p.settings, p.archive, p.transport, "000.00.07.H61", "Sở Y tế")
     assert created and agency.broker_user is None
     assert Names(p.settings.namespace).inbox("000.00.07.H61") in p.transport.queues  # its inbox is declared
+
+
+def test_an_agency_needs_a_real_organ_id_and_a_name(memory_province) -> None:
+    from bus import province
+    from bus.errors import ConfigError
+
+    p = memory_province
+    with pytest.raises(ConfigError, match="not a QCVN 102:2016 OrganId"):
+        province.add_agency(p.settings, p.archive, p.transport, "abc", "Sở X")
+    with pytest.raises(ConfigError, match="needs a name"):
+        province.add_agency(p.settings, p.archive, p.transport, "000.00.08.H61", "  ")
+    assert not p.settings.agency_home("000.00.08.H61").exists()  # no key issued for it
