@@ -758,7 +758,7 @@ def router_run(idle_exit: float | None, prefetch: int, batch: int) -> None:
     Survives broker restarts: it reconnects with backoff and finishes what was in flight.
     Run several for more throughput; they share the queue and the archive.
     """
-    from bus.router import Router, load_trust
+    from bus.router import Router, describe_outcomes, load_trust
     from bus.transport import AmqpTransport
     from signing.identity import Identity
 
@@ -766,6 +766,7 @@ def router_run(idle_exit: float | None, prefetch: int, batch: int) -> None:
     archive = open_archive(s)
     hub = Identity.load(s.hub_organ_id, s.home / "hub", set_up_by="docbus init")
     r = Router(s, amqp(s), archive, load_trust(s), hub)
+    r.on_summary = lambda line: click.echo(f"router: {line}", err=True)
     click.echo(
         f"router consuming {r.names.router_urgent}, {r.names.router_queue}, {r.names.router_status}"
         f" and {r.names.router_chunks}",
@@ -777,7 +778,8 @@ def router_run(idle_exit: float | None, prefetch: int, batch: int) -> None:
         r.serve(lambda: AmqpTransport(s.amqp_url), idle_exit=idle_exit, prefetch=prefetch, max_batch=batch)
     except KeyboardInterrupt:
         pass
-    click.echo(f"router stopped after {r.processed} message(s)", err=True)
+    r.summarize()
+    click.echo(f"router stopped after {r.processed} message(s): {describe_outcomes(r.tally)}", err=True)
 
 
 @main.group()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ STATUS_SHARE = 4
 # and held, at most: RabbitMQ 3.10 counts every held delivery a router dies with toward the
 # queue's delivery limit, so statuses waiting their turn are not held by the hundred
 STATUS_PREFETCH = 2 * STATUS_SHARE
+SUMMARY_SECONDS = 60.0  # how often `docbus router run` says what it did
 CHUNK_PREFETCH = 8  # chunks are up to 1 MiB: this bounds what a router holds of them
 CHUNK_WAIT_SECONDS = 600.0  # an envelope waits this long for its chunks, then is refused
 WAITING_SINCE = "x-docbus-waiting-since"
@@ -112,6 +114,12 @@ class Router:
         self.registry = self.gate.registry
         self.chunks = ChunkStore(settings.home / "blobs")
         self.processed = 0
+        self.tally: Counter[str] = Counter()  # outcomes since the start, by state
+        # called with one line about the last minute's outcomes, when there were any (the CLI
+        # prints it: an operator watching `docbus router run` or its journal sees the bus move)
+        self.on_summary: Callable[[str], None] | None = None
+        self._window: Counter[str] = Counter()
+        self._window_start = time.monotonic()
         # deliveries the broker confirmed, marked in the archive with the next batch's
         # transaction (one commit per batch instead of two), and the submissions whose ack
         # waits for that: "acked" still means "archived, delivered and marked"
@@ -158,6 +166,7 @@ class Router:
             deliveries[0].reject(requeue=True)
             return
         self._ack_held()  # their marks were committed with this batch
+        self._count(outcomes)
         for d, out in zip(deliveries, outcomes, strict=True):
             if out.state == "retry":
                 log.error("delivery failed, will retry: %s", out.error)
@@ -167,6 +176,22 @@ class Router:
             else:
                 d.ack()
                 self.processed += 1
+
+    def _count(self, outcomes: list[Outcome]) -> None:
+        for out in outcomes:
+            self._window[out.state] += 1
+        now = time.monotonic()
+        if now - self._window_start >= SUMMARY_SECONDS:
+            self.summarize(now)
+
+    def summarize(self, now: float | None = None) -> None:
+        """Hand :attr:`on_summary` one line about the outcomes since the last one, if any."""
+        now = time.monotonic() if now is None else now
+        if self._window and self.on_summary is not None:
+            self.on_summary(f"last {now - self._window_start:.0f} s: {describe_outcomes(self._window)}")
+        self.tally.update(self._window)
+        self._window.clear()
+        self._window_start = now
 
     def settle(self) -> None:
         """Mark the confirmed deliveries and ack what waited for that (the bus is quiet).
@@ -604,6 +629,23 @@ class Router:
         raw = compose.sign(status, self.hub)
         fields = self._fields(status, None) | {"reason": reason}
         batch.add(Entry(raw, fields, [claimed], status=self._status_event(status)), None)
+
+
+OUTCOME_WORDS = {
+    "accepted": "accepted",
+    "quarantined": "refused",
+    "duplicate": "duplicate",
+    "waiting": "waiting for their files",
+    "staged": "file chunks",
+    "retry": "to retry",
+}
+
+
+def describe_outcomes(counts: Counter[str]) -> str:
+    """'1,204 accepted, 3 refused, 2 duplicate' in a fixed order; 'nothing' when empty."""
+    parts = [f"{counts[state]:,} {word}" for state, word in OUTCOME_WORDS.items() if counts[state]]
+    parts += [f"{n:,} {state}" for state, n in sorted(counts.items()) if state not in OUTCOME_WORDS and n]
+    return ", ".join(parts) or "nothing"
 
 
 def _waiting_since(sub: Submission) -> int:

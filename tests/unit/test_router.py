@@ -316,3 +316,21 @@ def test_inbox_shows_the_newest_of_a_kind_and_says_what_it_left_out(memory_provi
     assert "the newest 3 of 4 shown" in res.output
     everything = CliRunner().invoke(main, ["inbox", "--agency", PC, "--no-fetch", "--all", "--json"], env=env)
     assert len(json.loads(everything.output)) == 4
+
+
+def test_the_router_says_what_it_did_each_minute_and_in_all(memory_province, router, monkeypatch) -> None:
+    import bus.router as router_module
+
+    p = memory_province
+    lines: list[str] = []
+    router.on_summary = lines.append
+    submit(p, signed_edoc(p.settings, PC, [DEPT]), PC)
+    submit(p, signed_edoc(p.settings, PC, [DEPT], files=False), PC)  # no electronic file: refused
+    router.run()
+    assert lines == []  # less than a minute: nothing said yet
+    monkeypatch.setattr(router_module, "SUMMARY_SECONDS", 0.0)
+    submit(p, signed_edoc(p.settings, PC, [FIN], number="13"), PC)
+    router.run()
+    assert len(lines) == 1 and lines[0].endswith(": 2 accepted, 1 refused")
+    router.summarize()  # at stop: nothing new, nothing said
+    assert len(lines) == 1 and router_module.describe_outcomes(router.tally) == "2 accepted, 1 refused"
