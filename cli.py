@@ -1434,7 +1434,8 @@ def inspect(file: Path, as_json: bool) -> None:
 @click.option(
     "--at",
     type=click.DateTime(["%Y-%m-%d %H:%M", "%Y-%m-%d"]),
-    help="Check certificates as of this Vietnam time (an archived document signed years ago).",
+    help="Check the signature as of this Vietnam time (an archived document signed years ago): the "
+    "certificate's validity and the revocations made by then; the registry and policy checks are skipped.",
 )
 @guarded
 def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> None:
@@ -1444,16 +1445,21 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
     and, where this machine has the archive, the registry and the directive's policy: a file
     is refused with the same reason the router gives.  The replay window does not apply.
     """
+    from dataclasses import replace
+
     from bus.envelope import open_envelope
     from bus.gate import Gate
     from bus.router import load_trust
+    from signing import crl
 
     s = settings()
     trust = load_trust(s)
-    gate = Gate(s, trust) if s.db_url or (s.home / "archive.db").exists() else None
+    when = at.replace(tzinfo=edxml.VN_TZ) if at is not None else None
+    if when is not None:  # a certificate revoked since then still signed validly then
+        trust = replace(trust, revoked_serials=crl.revoked_as_of(s.home / "ca" / "crl.pem", trust.ca.cert, when))
+    gate = Gate(s, trust) if when is None and (s.db_url or (s.home / "archive.db").exists()) else None
     if gate is not None:
         open_archive(s)
-    when = at.replace(tzinfo=edxml.VN_TZ) if at is not None else None
     results = []
     for f in files:
         data = f.read_bytes()

@@ -64,3 +64,13 @@ def read(path: Path, ca_cert: x509.Certificate) -> frozenset[int]:
     if not path.exists():
         return frozenset()
     return serials(load_verified(path.read_bytes(), ca_cert))
+
+
+def revoked_as_of(path: Path, ca_cert: x509.Certificate, at: dt.datetime) -> frozenset[int]:
+    """Serials the CRL at ``path`` says were revoked at or before ``at``: what a signature made
+    at ``at`` is judged by (a certificate revoked later still signed validly then)."""
+    if not path.exists():
+        return frozenset()
+    return frozenset(
+        r.serial_number for r in load_verified(path.read_bytes(), ca_cert) if r.revocation_date_utc <= at
+    )

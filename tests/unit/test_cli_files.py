@@ -140,3 +140,27 @@ def test_the_adapter_refuses_before_the_outbox_what_the_router_would_refuse_for_
         assert dept.pending() == 0 and dept.store.Outbox.select().count() == 0
     names = Names(p.settings.namespace)
     assert not any(p.transport.queues.get(q) for q in (names.router_queue, names.router_urgent))  # nothing published
+
+
+def test_verify_at_a_time_before_a_revocation_accepts_what_was_signed_then(
+    memory_province, tmp_path, monkeypatch
+) -> None:
+    import datetime as dt
+
+    from bus import province
+    from bus.edxml import VN_TZ
+
+    p = memory_province
+    signed = tmp_path / "signed.edxml"
+    signed.write_bytes(signed_edoc(p.settings, "000.00.01.H61", ["000.00.00.H61"]))
+    now = dt.datetime.now(VN_TZ)
+    revoked_at = now.astimezone(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=30)
+    monkeypatch.setattr(province, "utcnow", lambda: revoked_at)  # the key is reported lost half an hour on
+    province.revoke(p.settings, p.archive, "000.00.01.H61", "lộ khóa", None)
+    env = {"DOCBUS_HOME": str(p.settings.home)}
+    today = run(["verify", str(signed)], env)
+    assert today.exit_code == 1 and "[cert-revoked]" in today.output
+    before = run(["verify", "--at", f"{now + dt.timedelta(minutes=10):%Y-%m-%d %H:%M}", str(signed)], env)
+    assert before.exit_code == 0 and before.output.startswith("OK"), before.output
+    after = run(["verify", "--at", f"{now + dt.timedelta(minutes=40):%Y-%m-%d %H:%M}", str(signed)], env)
+    assert after.exit_code == 1 and "[cert-revoked]" in after.output
