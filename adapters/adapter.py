@@ -49,11 +49,11 @@ from bus.blobs import CHUNK_KIND, ChunkStore, External, chunk_headers, is_chunk,
 from bus.brokeradmin import agency_url
 from bus.config import Settings
 from bus.edxml import Attachment, Edoc, Organ
-from bus.envelope import open_envelope
+from bus.envelope import open_envelope, peek_document_id, peek_kind
 from bus.errors import BrokerUnavailable, DocbusError, NotFound, Refused, SchemaViolation
 from bus.filenames import safe_name, unique_name
 from bus.policy import REVOKE, UPDATE, related_document_ids
-from bus.province import CRL_KIND
+from bus.province import CRL_KIND, QCVN_ORGAN_ID
 from bus.router import load_trust
 from bus.topology import URGENT_PRIORITY, Names
 from bus.transport import AmqpTransport, Delivery, DeliveryFailed, Outgoing, Transport
@@ -525,6 +525,8 @@ class Adapter:
             if isinstance(msg, Edoc) and self.auto_arrived:
                 arrived = self._status(msg.document_id, msg.sender.organ_id, "01")
                 answers.append((arrived, compose.sign(arrived, self.identity)))
+            elif msg is None and self.auto_arrived:
+                answers.extend(self._refusal(body, row["reason"]))
         stored: list[str] = []
         with self.store.write():  # the documents and their 01 answers, or none of them
             for new_row, new_msg in zip(rows, messages, strict=True):
@@ -553,6 +555,23 @@ class Adapter:
             (by_digest[d], m) if d in by_digest and r is not None else (None, None)
             for d, r, m in zip(digests, rows, messages, strict=True)
         ]
+
+    def _refusal(self, body: bytes, reason: str) -> list[tuple[edxml.Status, bytes]]:
+        """A 02 for the sender of a document that does not verify here although the router
+        accepted it (its certificate revoked in between, a CRL the router had not seen): the
+        sender learns it was not taken in, and why.  Addressed from the unverified bytes, which
+        is safe because the router delivers a 02 only from a recipient of that very document;
+        nothing is answered for a status or for bytes without a DocumentId."""
+        document_id = peek_document_id(body)
+        sender = document_id.split(",", 1)[0]
+        if peek_kind(body) != "edoc" or not QCVN_ORGAN_ID.match(sender):
+            return []
+        try:
+            refusal = self._status(document_id, sender, "02", f"{reason} (not taken in)"[:1900])
+            return [(refusal, compose.sign(refusal, self.identity))]
+        except Refused as exc:  # a DocumentId no envelope can carry back: kept as invalid, unanswered
+            log.warning("no 02 for an invalid delivery: %s", exc.message)
+            return []
 
     def _verified_row(self, body: bytes, digest: str) -> tuple[dict[str, Any], Any]:
         """The inbox row for one delivery: verified, or kept as invalid with the reason."""

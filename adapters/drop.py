@@ -5,8 +5,8 @@ For each message handed over, in this order:
 
 - ``<key>-<file name>``: each attachment, decoded (a small one from the envelope, a large one
   copied from the adapter's store, whose digest was checked when its chunks arrived);
-- ``<key>.json``: the verified header as plain data (what ``docbus inspect --json`` prints),
-  each attachment's entry naming the file it was written to;
+- ``<key>.json``: the verified header as plain data (what ``docbus inspect --json`` prints,
+  with ``"signature": "verified"``), each attachment's entry naming the file it was written to;
 - ``<key>.edxml``: the signed envelope exactly as received, the legal record.
 
 ``key`` is the first 16 hex digits of the envelope's SHA-256, so a message handed over twice
@@ -37,6 +37,9 @@ def write(folder: Path, digest: str, msg: edxml.Message, raw: bytes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     key = digest[:KEY_LENGTH]
     header = edxml.summary(msg)
+    # only verified messages are handed over; the tree read after verification has no Signature
+    # element left, so the summary would say "absent"
+    header["signature"] = "verified"
     used: set[str] = set()
     for att, entry in zip(getattr(msg, "attachments", []), header["attachments"], strict=True):
         name = unique_name(f"{key}-{safe_name(att.name)}", used)

@@ -133,3 +133,22 @@ def open_envelope(data: bytes, trust: Trust, *, at: dt.datetime | None = None, f
     return Opened(
         root=signed, message=message, signer=signer, certificate=cert, digest=digest, signature_digest=digest_value
     )
+
+
+def peek_document_id(body: bytes) -> str:
+    """Best-effort DocumentId of a refused message, to address the answer only (never trusted:
+    the router checks that whoever answers is a recipient of that document)."""
+    tag = b"DocumentId>"
+    start = body.find(tag, 0, 1_000_000)
+    end = body.find(b"<", start + len(tag)) if start >= 0 else -1
+    if end < 0:
+        return ""
+    try:
+        return body[start + len(tag) : end].decode("utf-8").strip()[:300]
+    except UnicodeDecodeError:
+        return ""
+
+
+def peek_kind(body: bytes) -> str:
+    """Best-effort kind of a refused message ('edoc', 'status' or 'unknown'), never trusted."""
+    return "status" if b"StatusCode>" in body[:1_000_000] else ("edoc" if b"edXML" in body[:4096] else "unknown")

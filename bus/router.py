@@ -32,7 +32,7 @@ from bus.blobs import AttachmentIncomplete, ChunkStore, External, chunk_headers,
 from bus.config import Settings
 from bus.deadletter import REPLAY_KEY, REPLAY_USER, record_failure
 from bus.edxml import Edoc, Organ, Status
-from bus.envelope import Opened, Trust, append_hub_trace
+from bus.envelope import Opened, Trust, append_hub_trace, peek_document_id, peek_kind
 from bus.errors import BrokerUnavailable, PolicyRefusal, Refused
 from bus.gate import Gate, recipients_of
 from bus.policy import related_document_ids
@@ -588,11 +588,11 @@ class Router:
     def _quarantine(self, batch: _Batch, i: int, sub: Submission, exc: Refused) -> None:
         """Keep the refused bytes with the reason and tell the sender with a status 02."""
         body = sub.body
-        document_id = _peek_document_id(body) or f"sha256:{sub.digest}"
+        document_id = peek_document_id(body) or f"sha256:{sub.digest}"
         log.warning("refused %s from %s: %s (%s)", document_id, sub.claimed or sub.user_id, exc.reason, exc.message)
         oversized = len(body) > self.settings.limits.max_envelope_bytes
         fields = {
-            "kind": _peek_kind(body),
+            "kind": peek_kind(body),
             "state": "quarantined",
             "reason": exc.reason,
             "reason_detail": exc.message,
@@ -612,7 +612,7 @@ class Router:
         batch.outcomes[i] = Outcome("quarantined", sub.digest, exc.reason, exc.message)
 
     def _refuse_replay(self, batch: _Batch, i: int, sub: Submission, detail: str) -> None:
-        self._answer(batch, sub.claimed, _peek_document_id(sub.body), "replay", detail, sub.digest)
+        self._answer(batch, sub.claimed, peek_document_id(sub.body), "replay", detail, sub.digest)
         batch.outcomes[i] = Outcome("quarantined", sub.digest, "replay", detail)
 
     def _answer(self, batch: _Batch, claimed: str, document_id: str, reason: str, detail: str, digest: str) -> None:
@@ -662,23 +662,6 @@ def _content_digest(opened: Opened) -> str:
     """The signed DigestValue: equal for every byte-level variant of the same signed content."""
     value = opened.signature_digest
     return value[:100] if value else ""
-
-
-def _peek_document_id(body: bytes) -> str:
-    """Best-effort DocumentId of a refused message, for the answer only (never trusted)."""
-    tag = b"DocumentId>"
-    start = body.find(tag, 0, 1_000_000)
-    end = body.find(b"<", start + len(tag)) if start >= 0 else -1
-    if end < 0:
-        return ""
-    try:
-        return body[start + len(tag) : end].decode("utf-8").strip()[:300]
-    except UnicodeDecodeError:
-        return ""
-
-
-def _peek_kind(body: bytes) -> str:
-    return "status" if b"StatusCode>" in body[:1_000_000] else ("edoc" if b"edXML" in body[:4096] else "unknown")
 
 
 def load_trust(settings: Settings, crl_path: Path | None = None) -> Trust:

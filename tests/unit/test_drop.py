@@ -46,7 +46,7 @@ def test_every_file_header_and_envelope_land_in_the_folder(memory_province, tmp_
     key = item.digest[:16]
     assert envelope == folder / f"{key}.edxml" and envelope.read_bytes() == raw
     header = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
-    assert header["subject"] == "Tờ trình V/v chuyển đổi số"
+    assert header["subject"] == "Tờ trình V/v chuyển đổi số" and header["signature"] == "verified"
     assert header["code"] == {"number": "5", "notation": "TTr-SNV"}
     files = [a["file"] for a in header["attachments"]]
     assert files[:3] == [f"{key}-Tờ trình.pdf", f"{key}-Tờ trình-2.pdf", f"{key}-x.pdf"]

@@ -334,3 +334,28 @@ def test_the_router_says_what_it_did_each_minute_and_in_all(memory_province, rou
     assert len(lines) == 1 and lines[0].endswith(": 2 accepted, 1 refused")
     router.summarize()  # at stop: nothing new, nothing said
     assert len(lines) == 1 and router_module.describe_outcomes(router.tally) == "2 accepted, 1 refused"
+
+
+def test_a_document_that_no_longer_verifies_at_the_recipient_is_kept_and_answered_02(
+    memory_province, router
+) -> None:
+    """Accepted by the router, then its signer's certificate revoked before the recipient took it in."""
+    from bus import province
+
+    p = memory_province
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        sent = pc.send([DEPT], subject="Công văn", number="7", notation="UBND-VP", files=[_pdf(p)])
+    router.run()
+    province.revoke(p.settings, p.archive, PC, "lộ khóa", None)
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        [item] = dept.receive()
+        assert (item.state, item.reason) == ("invalid", "cert-revoked")  # kept, with its reason
+        assert dept.pending() == 0  # the 02 went out with the refusal's transaction
+    router.run()
+    about = StatusEvent.select().where(StatusEvent.document_id == sent.document_id)
+    events = [(e.organ_id, e.status_code) for e in about]
+    assert events == [(DEPT, "02")]
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        answers = [a for a in pc.receive() if a.kind == "status"]
+    assert [(a.status_code, a.sender) for a in answers] == [("02", DEPT)]
+    assert "[cert-revoked]" in answers[0].subject and "not taken in" in answers[0].subject
