@@ -50,9 +50,9 @@ from bus.brokeradmin import agency_url
 from bus.config import Settings
 from bus.edxml import Attachment, Edoc, Organ
 from bus.envelope import open_envelope, peek_document_id, peek_kind
-from bus.errors import BrokerUnavailable, DocbusError, NotFound, Refused, SchemaViolation
+from bus.errors import BrokerUnavailable, DocbusError, NotFound, PolicyRefusal, Refused, SchemaViolation
 from bus.filenames import safe_name, unique_name
-from bus.policy import REVOKE, UPDATE, related_document_ids
+from bus.policy import REVOKE, UPDATE, check_edoc_alone, related_document_ids
 from bus.province import CRL_KIND, QCVN_ORGAN_ID
 from bus.router import load_trust
 from bus.topology import URGENT_PRIORITY, Names
@@ -231,6 +231,11 @@ class Adapter:
         large = [a for a in getattr(msg, "attachments", []) if a.external is not None]
         for a in large:
             self.chunks.adopt(a.path, a.external)
+        if isinstance(msg, Edoc):
+            try:
+                check_edoc_alone(msg)  # before signing: a secret document never leaves the agency
+            except PolicyRefusal as exc:
+                raise PolicyRefusal(f"not sent: {exc.message}", reason=exc.reason) from exc
         raw = compose.sign(msg, self.identity)
         self._check_profile(raw)
         digest = sha256(raw)

@@ -62,6 +62,17 @@ def check_lifecycle(edoc: Edoc, original_recipients: Callable[[str], set[str] | 
 
 
 def check_edoc(edoc: Edoc, known: Container[str]) -> None:
+    """Everything the directive asks of a document, at the router (``known``: enabled agencies)."""
+    check_edoc_alone(edoc)
+    ids = [r.organ_id for r in edoc.recipients]
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise PolicyRefusal(f"unknown recipient(s): {', '.join(unknown)}", reason="unknown-recipient")
+
+
+def check_edoc_alone(edoc: Edoc) -> None:
+    """What can be judged from the document alone, without the registry: the sending adapter
+    applies it before signing, so a secret document never leaves the agency at all."""
     level = fold(edoc.secrecy)
     if level in SECRET_LEVELS:
         raise PolicyRefusal(
@@ -78,9 +89,6 @@ def check_edoc(edoc: Edoc, known: Container[str]) -> None:
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise PolicyRefusal(f"recipient {dup[0]} is named more than once", reason="duplicate-recipient")
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        raise PolicyRefusal(f"unknown recipient(s): {', '.join(unknown)}", reason="unknown-recipient")
 
 
 def check_status(status: Status, edoc_recipients: Container[str] | None, edoc_sender: str | None) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from bus import compose
+from bus.brokeradmin import agency_url
 from bus.config import Settings
 from bus.edxml import Attachment, Organ
+from bus.transport import AmqpTransport
 from signing.identity import Identity
 
 PDF = b"%PDF-1.4\n% docbus test\n%%EOF\n"
@@ -48,3 +51,13 @@ def receive_until(adapter, count: int, timeout: float = 30.0) -> list:
     while len(got) < count and time.monotonic() < deadline:
         got += adapter.receive(idle_timeout=0.3)
     return got
+
+
+def connect_as(p, organ: str) -> AmqpTransport:
+    """A connection with ``organ``'s own broker user, as its adapter would open."""
+    creds = json.loads((p.settings.agency_home(organ) / "broker.json").read_text())
+    return AmqpTransport(agency_url(p.settings.amqp_url, creds["user"], creds["password"]))
+
+
+def user_of(p, organ: str) -> str:
+    return json.loads((p.settings.agency_home(organ) / "broker.json").read_text())["user"]

@@ -9,10 +9,10 @@ import pytest
 from adapters import Adapter
 from bus.archive import Message
 from bus.demo import RouterThread
-from bus.errors import DocbusError
+from bus.errors import DocbusError, PolicyRefusal
 from bus.topology import Binding, Names, Queue, Topology, core
 from bus.transport import AmqpTransport
-from tests.helpers import receive_until
+from tests.helpers import connect_as, receive_until, signed_edoc, user_of
 
 pytestmark = pytest.mark.broker
 PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
@@ -87,13 +87,21 @@ def test_distribution_to_many_agencies(broker_province, tmp_path) -> None:
 
 def test_refused_document_is_quarantined_answered_and_not_delivered(broker_province) -> None:
     p = broker_province
+    with Adapter(p.settings, DEPT) as dept, pytest.raises(PolicyRefusal, match=r"not sent: .*no electronic file"):
+        dept.send([PC], subject="Không có tệp", number="9", notation="SNV-VP")  # refused before it leaves
+    # another implementation's adapter may send it anyway: the router refuses it the same way
+    unchecked = signed_edoc(p.settings, DEPT, [PC], subject="Không có tệp", number="9", files=False)
+    raw = connect_as(p, DEPT)
+    try:
+        raw.publish(f"{p.settings.namespace}.submit", f"edoc.{DEPT}", unchecked, user_id=user_of(p, DEPT))
+    finally:
+        raw.close()
     with RouterThread(p.settings, p.archive, p.hub), Adapter(p.settings, DEPT) as dept, Adapter(p.settings, PC) as pc:
-        sent = dept.send([PC], subject="Không có tệp", number="9", notation="SNV-VP")  # no electronic file
         answers = receive_until(dept, 1)
         assert pc.receive(idle_timeout=0.5) == []
     assert [(a.status_code, a.sender) for a in answers] == [("02", p.settings.hub_organ_id)]
     assert "[no-electronic-file]" in answers[0].subject
-    rec = Message.get((Message.document_id == sent.document_id) & (Message.kind == "edoc"))
+    rec = Message.get((Message.document_id == answers[0].document_id) & (Message.kind == "edoc"))
     assert rec.state == "quarantined" and rec.reason == "no-electronic-file"
 
 

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from bus import province
-from bus.brokeradmin import agency_url
 from bus.errors import BrokerUnavailable, DocbusError
 from bus.topology import Binding, Names, Queue, Topology
 from bus.transport import AmqpTransport, DeliveryFailed
-from tests.helpers import signed_edoc
+from tests.helpers import connect_as, signed_edoc, user_of
 
 pytestmark = pytest.mark.broker
 PC, DEPT = "000.00.00.H61", "000.00.01.H61"
-
-
-def connect_as(p, organ: str) -> AmqpTransport:
-    creds = json.loads((p.settings.agency_home(organ) / "broker.json").read_text())
-    return AmqpTransport(agency_url(p.settings.amqp_url, creds["user"], creds["password"]))
-
-
-def user_of(p, organ: str) -> str:
-    return json.loads((p.settings.agency_home(organ) / "broker.json").read_text())["user"]
 
 
 @pytest.fixture

@@ -128,15 +128,22 @@ def test_the_adapter_refuses_before_the_outbox_what_the_router_would_refuse_for_
     import pytest
 
     from adapters import Adapter
-    from bus.errors import SchemaViolation
+    from bus.edxml import Attachment
+    from bus.errors import PolicyRefusal, SchemaViolation
     from bus.topology import Names
 
     p = memory_province
     with Adapter(p.settings, "000.00.01.H61", transport=p.transport) as dept:
+        pdf = Attachment.from_bytes("to-trinh.pdf", b"%PDF-1.4", "application/pdf")
         with pytest.raises(SchemaViolation, match=r"not sent, the bus would refuse it: .*'CodeNumber'.*minLength"):
-            dept.send(["000.00.00.H61"], subject="Tờ trình", number="", notation="X", files=[])
-        with pytest.raises(SchemaViolation, match=r"Expected is one of .*To"):
-            dept.send([], subject="Tờ trình", number="1", notation="X", files=[])
+            dept.send(["000.00.00.H61"], subject="Tờ trình", number="", notation="X", files=[pdf])
+        with pytest.raises(PolicyRefusal, match="not sent: document names no recipient"):
+            dept.send([], subject="Tờ trình", number="1", notation="X", files=[pdf])
+        with pytest.raises(PolicyRefusal, match="not sent: document is marked 'Tối mật'") as secret:
+            dept.send(
+                ["000.00.00.H61"], subject="Tờ trình", number="2", notation="X", files=[pdf], security_level="Tối mật"
+            )
+        assert secret.value.reason == "secret-document"  # never signed, never on the network
         assert dept.pending() == 0 and dept.store.Outbox.select().count() == 0
     names = Names(p.settings.namespace)
     assert not any(p.transport.queues.get(q) for q in (names.router_queue, names.router_urgent))  # nothing published
