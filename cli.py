@@ -809,14 +809,14 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
 
     def hand_off(item: Any, msg: edxml.Message, raw: bytes) -> None:
         nonlocal received
+        if drop is not None:  # first: the line below says the agency's system has it
+            drop_folder.write(drop, item.digest, msg, raw)
         received += 1
         click.echo(
             f"{item.kind} {item.status_code or ''} from {item.sender}: {item.document_id} {item.subject}".replace(
                 "  ", " "
             )
         )
-        if drop is not None:
-            drop_folder.write(drop, item.digest, msg, raw)
 
     with _adapter(s, code) as a:
         a.on_receive = hand_off

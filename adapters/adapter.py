@@ -50,7 +50,15 @@ from bus.brokeradmin import agency_url
 from bus.config import Settings
 from bus.edxml import Attachment, Edoc, Organ
 from bus.envelope import open_envelope, peek_document_id, peek_kind
-from bus.errors import BrokerUnavailable, DocbusError, NotFound, PolicyRefusal, Refused, SchemaViolation
+from bus.errors import (
+    BrokerUnavailable,
+    DocbusError,
+    HandOffFailed,
+    NotFound,
+    PolicyRefusal,
+    Refused,
+    SchemaViolation,
+)
 from bus.filenames import safe_name, unique_name
 from bus.policy import REVOKE, UPDATE, check_edoc_alone, related_document_ids
 from bus.province import CRL_KIND, QCVN_ORGAN_ID
@@ -632,7 +640,13 @@ class Adapter:
                         raw = bytes(Inbox.get(Inbox.digest == item.digest).raw)
                     if msg is None:
                         msg = open_envelope(raw, self.trust, from_hub=True).message
-                    self.on_receive(item, msg, raw)
+                    try:
+                        self.on_receive(item, msg, raw)
+                    except Exception as exc:  # the agency's system, not the bus: never read as a broker fault
+                        raise HandOffFailed(
+                            f"the agency's system did not take {item.kind} {item.document_id or item.digest}: "
+                            f"{type(exc).__name__}: {exc}; it stays stored and is handed again at the next start"
+                        ) from exc
                 handed.append(item)
         finally:
             if handed:

@@ -42,6 +42,14 @@ class NotFound(DocbusError):
     reason = "not-found"
 
 
+class HandOffFailed(DocbusError):
+    """The agency's own system (an adapter's ``on_receive``: its handler, the drop folder)
+    failed to take a message the adapter had stored and acked.  Nothing is lost: the message
+    stays in the local store, unhanded, and is handed again when the adapter starts next."""
+
+    reason = "hand-off-failed"
+
+
 class Refused(DocbusError):
     """A message was refused; ``reason`` says why in a machine-readable code."""
 

@@ -133,6 +133,19 @@ def test_adapter_run_hands_documents_to_a_drop_folder(env, tmp_path) -> None:
     assert f"status 01 from {PC}: {sent}" in back.stdout
 
 
+def test_a_drop_folder_that_cannot_be_written_stops_the_adapter_and_loses_nothing(env, tmp_path) -> None:
+    set_up(env)
+    sent = send_from_dept(env, tmp_path, "Báo cáo quý", "3", "BC-SNV").stdout.strip()
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    unwritable = "/proc/docbus-drop"  # not even root may create a folder there
+    broken = docbus(env, "adapter", "run", "--agency", PC, "--idle-exit", "1", "--drop", unwritable, check=False)
+    assert broken.returncode == 5 and "[hand-off-failed]" in broken.stderr and sent in broken.stderr
+    assert "RabbitMQ" not in broken.stderr and "Traceback" not in broken.stderr  # not blamed on the broker
+    drop = tmp_path / "drop"
+    again = docbus(env, "adapter", "run", "--agency", PC, "--idle-exit", "1", "--drop", str(drop))
+    assert f"edoc from {DEPT}: {sent}" in again.stdout and len(list(drop.glob("*.edxml"))) == 1
+
+
 @pytest.mark.parametrize(
     ("args", "stopped"),
     [(("router", "run"), "router stopped after 0 message(s)"), (("adapter", "run", "--agency", PC), "stopped after")],

@@ -97,3 +97,34 @@ def test_names_from_the_sender_stay_one_harmless_name() -> None:
     long = safe_name("Quyết định " * 40 + ".pdf")
     assert long.endswith(".pdf") and len(long.encode()) <= MAX_NAME_BYTES
     assert safe_name("ồ" * 300).encode().decode() == "ồ" * (MAX_NAME_BYTES // len("ồ".encode()))
+
+
+def test_a_failing_agency_system_loses_nothing_and_is_not_called_a_broker_fault(memory_province, tmp_path) -> None:
+    from bus.errors import BrokerUnavailable, HandOffFailed
+
+    p = memory_province
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        dept.submit(
+            compose.new_edoc(
+                Organ(DEPT, "Sở Nội vụ"), [Organ(PC)], subject="Công văn", number="8", notation="SNV",
+                attachments=[Attachment.from_bytes("cv.pdf", PDF, "application/pdf")],
+            )
+        )
+    Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub).run()
+
+    def disk_full(item, msg, raw):
+        raise OSError(28, "No space left on device")
+
+    with Adapter(p.settings, PC, transport=p.transport, on_receive=disk_full) as pc:
+        try:
+            pc.receive()
+            raise AssertionError("the failure was swallowed")
+        except BrokerUnavailable as exc:  # what an OSError inside the consumer used to become
+            raise AssertionError(f"blamed on the broker: {exc}") from exc
+        except HandOffFailed as exc:
+            assert "No space left on device" in exc.message and "handed again" in exc.message
+        assert [i.state for i in pc.inbox("edoc")] == ["new"]  # stored, acked, not handed
+    handed: list = []
+    with Adapter(p.settings, PC, transport=p.transport, on_receive=lambda *a: handed.append(a)) as pc:
+        assert pc.hand_pending() == 1 and [i.state for i in pc.inbox("edoc")] == ["handed"]
+    assert [item.subject for item, _, _ in handed] == ["Công văn"]
