@@ -177,7 +177,7 @@ def main(verbose: bool) -> None:
 
     Environment: DOCBUS_AMQP_URL, DOCBUS_DB_URL, DOCBUS_HOME (default ./var).
     Exit codes: 0 ok, 1 refused or not verified, 2 usage, 3 not set up or not found,
-    4 broker unreachable, 5 check failed.
+    4 broker unreachable, 5 check failed (or the agency's system did not take a message).
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
