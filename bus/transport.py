@@ -516,7 +516,7 @@ class AmqpTransport:
                         break
                     self._pump(0.05)
                     continue
-                handler(batch)
+                self._handle(handler, batch)
                 last = time.monotonic()
             # the acks written, and what pika has read for us but not handed over taken, so it
             # is given back below with the rest rather than rejected by pika's cancel unseen (bus.acks)
@@ -530,6 +530,19 @@ class AmqpTransport:
             raise _refused_queue(f"cannot consume {', '.join(names)}", exc) from exc
         except (pex.AMQPError, OSError) as exc:
             raise broker_unavailable(self.url, exc) from exc
+
+    def _handle(self, handler: Callable[[list[Delivery]], None], batch: list[Delivery]) -> None:
+        """Run ``handler``; an OSError from it is this machine's (a full disk, a missing folder),
+        not the broker's, unless the connection died meanwhile: it must not read as an outage."""
+        try:
+            handler(batch)
+        except OSError as exc:
+            if self._conn.is_closed:
+                raise broker_unavailable(self.url, exc) from exc
+            raise DocbusError(
+                f"a local file operation failed while handling a delivery: {exc}; it goes back to the broker",
+                reason="local-io",
+            ) from exc
 
     def _fill(self, buffers: dict[str, deque[tuple[Any, Any, bytes]]], want: int) -> None:
         """Read what the broker has already sent, up to ``want`` buffered deliveries: one

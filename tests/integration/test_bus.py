@@ -9,7 +9,7 @@ import pytest
 from adapters import Adapter
 from bus.archive import Message
 from bus.demo import RouterThread
-from bus.errors import DocbusError, PolicyRefusal
+from bus.errors import BrokerUnavailable, DocbusError, PolicyRefusal
 from bus.topology import Binding, Names, Queue, Topology, core
 from bus.transport import AmqpTransport
 from tests.helpers import connect_as, receive_until, signed_edoc, user_of
@@ -321,3 +321,29 @@ def test_reading_a_queue_that_was_never_declared_says_the_bus_is_not_set_up(brok
             t.get(f"{namespace}.never.declared")
     finally:
         t.close()
+
+
+def test_a_local_file_error_in_a_handler_is_not_called_a_broker_outage(broker_url, namespace) -> None:
+    """A full disk while handling a delivery: its own error, and the delivery goes back to the queue."""
+    q = f"{namespace}.local.io"
+    queues = quorum_queues(q)
+    t = AmqpTransport(broker_url)
+    try:
+        t.apply(queues)
+        t.publish("", q, b"x")
+
+        def disk_full(batch) -> None:
+            raise OSError(28, "No space left on device")
+
+        with pytest.raises(DocbusError) as info:
+            t.consume_batches(q, disk_full, idle_timeout=2)
+        assert info.value.reason == "local-io" and "No space left" in info.value.message
+        assert not isinstance(info.value, BrokerUnavailable)
+    finally:
+        t.close()
+        cleanup = AmqpTransport(broker_url)
+        again = cleanup.get(q)
+        assert again is not None and again.body == b"x"  # not lost
+        again.ack()
+        cleanup.delete(queues)
+        cleanup.close()
