@@ -1191,7 +1191,8 @@ def report() -> None:
     type=click.Choice(["table", "csv", "json", "html"]),
     default="table",
     show_default=True,
-    help="table to read here, csv for a spreadsheet, json for machines, html to send (charts included).",
+    help="table to read here, csv for a spreadsheet (in a file: with a UTF-8 byte-order mark, so Excel shows "
+    "the diacritics), json for machines, html to send (charts included).",
 )
 @click.option(
     "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout."
@@ -1219,7 +1220,8 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
             f"Tháng {month}: theo đơn vị\n{table(units, rep.HEADERS)}\n\nTheo cơ quan\n{table(agencies, rep.HEADERS)}"
         )
     if output is not None:
-        output.write_text(text, encoding="utf-8")
+        # Excel reads a CSV file without a byte-order mark in the machine's legacy code page: "Sở" becomes "Sá»Ÿ"
+        output.write_text(text, encoding="utf-8-sig" if fmt == "csv" else "utf-8")
         click.echo(str(output))
     else:
         click.echo(text)

@@ -172,6 +172,12 @@ def test_cli_search_show_export_verify(filled, tmp_path) -> None:
     assert audit.exit_code == 0 and "archive intact" in audit.output
     refused = run(main, ["archive", "search", "--refused"], env=env).output
     assert "no-electronic-file" in refused
+    month = dt.datetime.now(dt.timezone(dt.timedelta(hours=7))).strftime("%Y-%m")  # the report's month: Vietnam time
+    sheet = tmp_path / "bao-cao.csv"
+    written = run(main, ["report", "monthly", "--month", month, "--format", "csv", "-o", str(sheet)], env=env)
+    assert written.exit_code == 0, written.output
+    data = sheet.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf") and "Sở Nội vụ".encode() in data  # Excel-ready, diacritics intact
 
 
 def test_bench_archive_smoke_reports_every_query(tmp_path) -> None:
