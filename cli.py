@@ -620,8 +620,11 @@ def status() -> None:
 @click.option("--description", default="", help="Free text (defaults to the code's name).")
 @click.option("--to", "edoc_sender", help="The document's sender (default: looked up in the inbox).")
 @click.argument("document_id")
+@json_option()
 @guarded
-def status_send(code: str, status_code: str, description: str, edoc_sender: str | None, document_id: str) -> None:
+def status_send(
+    code: str, status_code: str, description: str, edoc_sender: str | None, document_id: str, as_json: bool
+) -> None:
     """Answer DOCUMENT_ID with a status."""
     s = settings()
     with _adapter(s, code) as a:
@@ -629,7 +632,18 @@ def status_send(code: str, status_code: str, description: str, edoc_sender: str 
             # a recall request (13) is about the agency's own document; every other status answers a received one
             edoc_sender = code if status_code == "13" else a.document(document_id).sender.organ_id
         res = a.send_status(document_id, edoc_sender, status_code, description)
-    if res.published:
+    if as_json:
+        emit_json(
+            {
+                "document_id": res.document_id,
+                "status_code": status_code,
+                "to": edoc_sender,
+                "digest": res.digest,
+                "published": res.published,
+                "error": res.error,
+            }
+        )
+    elif res.published:
         click.echo(f"status {status_code} for {document_id} sent")
     else:
         click.echo(f"status {status_code} for {document_id} queued in the outbox, not sent yet: {res.error}")

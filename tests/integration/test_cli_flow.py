@@ -85,7 +85,8 @@ def test_send_route_receive_answer_trace(env, tmp_path) -> None:
     ]
     saved = docbus(env, "inbox", "save", "--agency", PC, document_id, str(tmp_path / "out"))
     assert Path(saved.stdout.strip()).read_bytes() == pdf.read_bytes()
-    docbus(env, "status", "send", "--agency", PC, "--code", "03", document_id)
+    answer = json.loads(docbus(env, "status", "send", "--agency", PC, "--code", "03", document_id, "--json").stdout)
+    assert (answer["status_code"], answer["to"], answer["published"], answer["error"]) == ("03", DEPT, True, None)
     docbus(env, "router", "run", "--idle-exit", "1.5")
 
     statuses = json.loads(docbus(env, "inbox", "--agency", DEPT, "--json").stdout)
