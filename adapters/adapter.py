@@ -60,7 +60,7 @@ from bus.errors import (
     SchemaViolation,
 )
 from bus.filenames import safe_name, unique_name
-from bus.policy import REVOKE, UPDATE, check_edoc_alone, related_document_ids
+from bus.policy import REVOKE, UPDATE, check_secrecy, related_document_ids
 from bus.province import CRL_KIND, QCVN_ORGAN_ID
 from bus.router import load_trust
 from bus.topology import URGENT_PRIORITY, Names
@@ -241,7 +241,7 @@ class Adapter:
             self.chunks.adopt(a.path, a.external)
         if isinstance(msg, Edoc):
             try:
-                check_edoc_alone(msg)  # before signing: a secret document never leaves the agency
+                check_secrecy(msg)  # before signing: a secret document never leaves the agency
             except PolicyRefusal as exc:
                 raise PolicyRefusal(f"not sent: {exc.message}", reason=exc.reason) from exc
         raw = compose.sign(msg, self.identity)
@@ -260,7 +260,9 @@ class Adapter:
 
     def _check_profile(self, raw: bytes) -> None:
         """Refuse here, before the outbox, what the router would refuse for its shape (an empty
-        subject, number or recipient list): the clerk sees why at once instead of a 02 later."""
+        subject, number or recipient list): the clerk sees why at once instead of a 02 later.
+        The directive's policy on a well-formed document (no electronic file, unknown
+        recipients) stays the router's, answered with a 02 as ever."""
         try:
             schema.validate(safexml.parse(raw, self.settings.limits), "strict")
         except SchemaViolation as exc:

@@ -63,21 +63,7 @@ def check_lifecycle(edoc: Edoc, original_recipients: Callable[[str], set[str] | 
 
 def check_edoc(edoc: Edoc, known: Container[str]) -> None:
     """Everything the directive asks of a document, at the router (``known``: enabled agencies)."""
-    check_edoc_alone(edoc)
-    ids = [r.organ_id for r in edoc.recipients]
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        raise PolicyRefusal(f"unknown recipient(s): {', '.join(unknown)}", reason="unknown-recipient")
-
-
-def check_edoc_alone(edoc: Edoc) -> None:
-    """What can be judged from the document alone, without the registry: the sending adapter
-    applies it before signing, so a secret document never leaves the agency at all."""
-    level = fold(edoc.secrecy)
-    if level in SECRET_LEVELS:
-        raise PolicyRefusal(
-            f"document is marked {edoc.secrecy!r}: secret documents never travel on the bus", reason="secret-document"
-        )
+    check_secrecy(edoc)
     if not edoc.attachments and edoc.priority < 1 and edoc.business.paper != 1 and edoc.business.doc_type != REVOKE:
         raise PolicyRefusal(
             "document has no electronic file (attach it, mark it urgent, or declare it paper-only)",
@@ -89,6 +75,20 @@ def check_edoc_alone(edoc: Edoc) -> None:
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise PolicyRefusal(f"recipient {dup[0]} is named more than once", reason="duplicate-recipient")
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise PolicyRefusal(f"unknown recipient(s): {', '.join(unknown)}", reason="unknown-recipient")
+
+
+def check_secrecy(edoc: Edoc) -> None:
+    """A document marked secret never travels on this network.  The sending adapter applies
+    this before signing, so such a document never leaves the agency; the router applies it
+    again to whatever arrives (another implementation's adapter may not)."""
+    level = fold(edoc.secrecy)
+    if level in SECRET_LEVELS:
+        raise PolicyRefusal(
+            f"document is marked {edoc.secrecy!r}: secret documents never travel on the bus", reason="secret-document"
+        )
 
 
 def check_status(status: Status, edoc_recipients: Container[str] | None, edoc_sender: str | None) -> None:

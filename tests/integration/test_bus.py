@@ -9,6 +9,7 @@ import pytest
 from adapters import Adapter
 from bus.archive import Message
 from bus.demo import RouterThread
+from bus.edxml import Attachment
 from bus.errors import BrokerUnavailable, DocbusError, PolicyRefusal
 from bus.topology import Binding, Names, Queue, Topology, core
 from bus.transport import AmqpTransport
@@ -87,10 +88,25 @@ def test_distribution_to_many_agencies(broker_province, tmp_path) -> None:
 
 def test_refused_document_is_quarantined_answered_and_not_delivered(broker_province) -> None:
     p = broker_province
-    with Adapter(p.settings, DEPT) as dept, pytest.raises(PolicyRefusal, match=r"not sent: .*no electronic file"):
-        dept.send([PC], subject="Không có tệp", number="9", notation="SNV-VP")  # refused before it leaves
-    # another implementation's adapter may send it anyway: the router refuses it the same way
-    unchecked = signed_edoc(p.settings, DEPT, [PC], subject="Không có tệp", number="9", files=False)
+    with RouterThread(p.settings, p.archive, p.hub), Adapter(p.settings, DEPT) as dept, Adapter(p.settings, PC) as pc:
+        sent = dept.send([PC], subject="Không có tệp", number="9", notation="SNV-VP")  # no electronic file
+        answers = receive_until(dept, 1)
+        assert pc.receive(idle_timeout=0.5) == []
+    assert [(a.status_code, a.sender) for a in answers] == [("02", p.settings.hub_organ_id)]
+    assert "[no-electronic-file]" in answers[0].subject
+    rec = Message.get((Message.document_id == sent.document_id) & (Message.kind == "edoc"))
+    assert rec.state == "quarantined" and rec.reason == "no-electronic-file"
+
+
+def test_a_secret_document_never_leaves_the_agency_and_the_router_refuses_one_sent_anyway(broker_province) -> None:
+    p = broker_province
+    pdf = Attachment.from_bytes("mat.pdf", b"%PDF-1.4", "application/pdf")
+    with Adapter(p.settings, DEPT) as dept:
+        with pytest.raises(PolicyRefusal, match="not sent: document is marked 'Mật'"):
+            dept.send([PC], subject="Văn bản mật", number="9", notation="SNV-VP", files=[pdf], security_level="Mật")
+        assert dept.store.Outbox.select().count() == 0  # never signed, never published
+    # another implementation's adapter may send one anyway: the router refuses it
+    unchecked = signed_edoc(p.settings, DEPT, [PC], subject="Văn bản mật", number="10", security_level="Mật")
     raw = connect_as(p, DEPT)
     try:
         raw.publish(f"{p.settings.namespace}.submit", f"edoc.{DEPT}", unchecked, user_id=user_of(p, DEPT))
@@ -100,9 +116,7 @@ def test_refused_document_is_quarantined_answered_and_not_delivered(broker_provi
         answers = receive_until(dept, 1)
         assert pc.receive(idle_timeout=0.5) == []
     assert [(a.status_code, a.sender) for a in answers] == [("02", p.settings.hub_organ_id)]
-    assert "[no-electronic-file]" in answers[0].subject
-    rec = Message.get((Message.document_id == answers[0].document_id) & (Message.kind == "edoc"))
-    assert rec.state == "quarantined" and rec.reason == "no-electronic-file"
+    assert "[secret-document]" in answers[0].subject
 
 
 def test_garbage_on_the_bus_does_not_stop_the_router(broker_province, tmp_path) -> None:
