@@ -527,7 +527,9 @@ def send(
 @click.option("--agency", "code", help="OrganId whose inbox to show.")
 @click.option("--kind", type=click.Choice(["edoc", "status"]), help="Only documents (edoc) or only statuses.")
 @click.option("--since", help="Received on or after this day (YYYY-MM-DD, UTC as the Received column).")
-@click.option("--last", type=click.IntRange(min=1), default=50, show_default=True, help="Show only the newest N.")
+@click.option(
+    "--last", type=click.IntRange(min=1), help="Show only the newest N.  [default: 50 in the table, all with --json]"
+)
 @click.option("--all", "show_all", is_flag=True, help="Show every message, however many.")
 @json_option()
 @click.option("--no-fetch", is_flag=True, help="Show the local store only; do not take new deliveries from the broker.")
@@ -538,7 +540,7 @@ def inbox(
     code: str | None,
     kind: str | None,
     since: str | None,
-    last: int,
+    last: int | None,
     show_all: bool,
     as_json: bool,
     no_fetch: bool,
@@ -564,8 +566,11 @@ def inbox(
                 note = f"showing the local store only: {exc.message}"
         day = _date(since)
         start = dt.datetime.combine(day, dt.time()) if day is not None else None
-        items = a.inbox(kind, since=start, last=None if show_all else last)
-        total = len(items) if show_all or len(items) < last else a.inbox_count(kind, since=start)
+        if last is None and not as_json:
+            last = 50  # a screenful for people; machines get everything unless they ask
+        limit = None if show_all else last
+        items = a.inbox(kind, since=start, last=limit)
+        total = len(items) if limit is None or len(items) < limit else a.inbox_count(kind, since=start)
     if total > len(items):
         note = "\n".join(filter(None, [note, f"the newest {len(items)} of {total} shown: --all or --last N for more"]))
     if as_json:

@@ -314,8 +314,10 @@ def test_inbox_shows_the_newest_of_a_kind_and_says_what_it_left_out(memory_provi
     res = CliRunner().invoke(main, ["inbox", "--agency", PC, "--no-fetch", "--kind", "status", "--last", "3"], env=env)
     assert res.exit_code == 0 and res.output.count(f" {DEPT} ") == 3
     assert "the newest 3 of 4 shown" in res.output
-    everything = CliRunner().invoke(main, ["inbox", "--agency", PC, "--no-fetch", "--all", "--json"], env=env)
-    assert len(json.loads(everything.output)) == 4
+    everything = CliRunner().invoke(main, ["inbox", "--agency", PC, "--no-fetch", "--json"], env=env)
+    assert len(json.loads(everything.output)) == 4  # machines get it all unless they ask for less
+    newest = CliRunner().invoke(main, ["inbox", "--agency", PC, "--no-fetch", "--json", "--last", "1"], env=env)
+    assert [i["status_code"] for i in json.loads(newest.stdout)] == ["03"]
 
 
 def test_the_router_says_what_it_did_each_minute_and_in_all(memory_province, router, monkeypatch) -> None:
