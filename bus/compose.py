@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from bus import edxml
 from bus.edxml import Attachment, Business, Edoc, Organ, ResponseFor, StaffInfo, Status, TraceHeader
+from bus.filenames import unique_name
 from signing import xmldsig
 from signing.identity import Identity
 
@@ -19,15 +20,11 @@ def document_id(organ_id: str, day: dt.date, number: str, notation: str) -> str:
 
 def distinct_content_ids(attachments: Sequence[Attachment]) -> list[Attachment]:
     """Two files with one name (scan.pdf from two folders) would share a ContentId, which the
-    router's manifest check refuses: the later ones get ``-2``, ``-3``, …"""
+    router's manifest check refuses: the later ones are numbered as file names are."""
     seen: set[str] = set()
     out = []
     for a in attachments:
-        cid, n = a.content_id, 1
-        while cid in seen:
-            n += 1
-            cid = f"{a.content_id}-{n}"
-        seen.add(cid)
+        cid = unique_name(a.content_id, seen)
         out.append(a if cid == a.content_id else replace(a, content_id=cid))
     return out
 

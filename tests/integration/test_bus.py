@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 
 import pytest
 
@@ -231,6 +233,25 @@ def quorum_queues(*names: str) -> Topology:
     return Topology(queues=tuple(Queue(n, {"x-queue-type": "quorum"}) for n in names))
 
 
+@contextlib.contextmanager
+def one_message_queue(broker_url: str, q: str) -> Iterator[tuple[AmqpTransport, str]]:
+    """A quorum queue ``q`` holding one message ``x``, and a transport on it; however the block
+    ends, that message must be back on the queue afterwards (nothing lost), then the queue goes."""
+    queues = quorum_queues(q)
+    t = AmqpTransport(broker_url)
+    try:
+        t.apply(queues)
+        t.publish("", q, b"x")
+        yield t, q
+    finally:
+        t.close()
+        cleanup = AmqpTransport(broker_url)
+        again = cleanup.get(q)
+        assert again is not None and again.body == b"x"
+        cleanup.delete(queues)
+        cleanup.close()
+
+
 def test_a_batch_is_acked_in_one_frame_and_a_held_delivery_is_not_acked(broker_url, namespace) -> None:
     """Acks of a batch go as one multiple ack where every earlier delivery is settled, and
     never cover one the consumer held back: it is still on the queue after the channel closes."""
@@ -271,12 +292,7 @@ def test_a_batch_is_acked_in_one_frame_and_a_held_delivery_is_not_acked(broker_u
 def test_close_after_the_broker_closed_the_channel_still_closes_the_connection(broker_url, namespace) -> None:
     """An ack still waiting to be written cannot go out on a channel the broker closed; closing
     the transport must still close its connection (and the broker redelivers the message)."""
-    q = f"{namespace}.acks.gone"
-    queues = quorum_queues(q)
-    t = AmqpTransport(broker_url)
-    try:
-        t.apply(queues)
-        t.publish("", q, b"x")
+    with one_message_queue(broker_url, f"{namespace}.acks.gone") as (t, q):
         d = t.get(q)
         assert d is not None
         d.ack()  # waits for the next pump or the close
@@ -284,13 +300,6 @@ def test_close_after_the_broker_closed_the_channel_still_closes_the_connection(b
             t.apply(Topology(queues=(Queue(q, {"x-queue-type": "classic"}),)))
         t.close()
         assert t._conn.is_closed
-    finally:
-        t.close()
-        cleanup = AmqpTransport(broker_url)
-        again = cleanup.get(q)
-        assert again is not None and again.body == b"x"
-        cleanup.delete(queues)
-        cleanup.close()
 
 
 def test_an_ack_goes_out_with_the_next_request_not_at_close(broker_url, namespace) -> None:
@@ -339,25 +348,12 @@ def test_reading_a_queue_that_was_never_declared_says_the_bus_is_not_set_up(brok
 
 def test_a_local_file_error_in_a_handler_is_not_called_a_broker_outage(broker_url, namespace) -> None:
     """A full disk while handling a delivery: its own error, and the delivery goes back to the queue."""
-    q = f"{namespace}.local.io"
-    queues = quorum_queues(q)
-    t = AmqpTransport(broker_url)
-    try:
-        t.apply(queues)
-        t.publish("", q, b"x")
 
-        def disk_full(batch) -> None:
-            raise OSError(28, "No space left on device")
+    def disk_full(batch) -> None:
+        raise OSError(28, "No space left on device")
 
+    with one_message_queue(broker_url, f"{namespace}.local.io") as (t, q):
         with pytest.raises(DocbusError) as info:
             t.consume_batches(q, disk_full, idle_timeout=2)
         assert info.value.reason == "local-io" and "No space left" in info.value.message
         assert not isinstance(info.value, BrokerUnavailable)
-    finally:
-        t.close()
-        cleanup = AmqpTransport(broker_url)
-        again = cleanup.get(q)
-        assert again is not None and again.body == b"x"  # not lost
-        again.ack()
-        cleanup.delete(queues)
-        cleanup.close()

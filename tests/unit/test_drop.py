@@ -25,6 +25,17 @@ def take(p, organ: str) -> list[tuple]:
     return handed
 
 
+def send_cong_van(p, number: str) -> None:
+    """The department sends the People's Committee a công văn with one PDF."""
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        dept.submit(
+            compose.new_edoc(
+                Organ(DEPT, "Sở Nội vụ"), [Organ(PC)], subject="Công văn", number=number, notation="SNV",
+                attachments=[Attachment.from_bytes("cv.pdf", PDF, "application/pdf")],
+            )
+        )
+
+
 def test_every_file_header_and_envelope_land_in_the_folder(memory_province, tmp_path) -> None:
     p = memory_province
     attachments = [
@@ -74,13 +85,7 @@ def test_a_large_file_is_copied_from_the_store_beside_its_envelope(small_inline,
 
 def test_a_status_lands_with_its_header_and_no_files(memory_province, tmp_path) -> None:
     p = memory_province
-    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
-        dept.submit(
-            compose.new_edoc(
-                Organ(DEPT, "Sở Nội vụ"), [Organ(PC)], subject="Công văn", number="6", notation="SNV",
-                attachments=[Attachment.from_bytes("cv.pdf", PDF, "application/pdf")],
-            )
-        )
+    send_cong_van(p, "6")
     take(p, PC)  # PC answers 01
     [(item, msg, raw)] = take(p, DEPT)
     envelope = drop.write(tmp_path / "drop", item.digest, msg, raw)
@@ -103,13 +108,7 @@ def test_a_failing_agency_system_loses_nothing_and_is_not_called_a_broker_fault(
     from bus.errors import BrokerUnavailable, HandOffFailed
 
     p = memory_province
-    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
-        dept.submit(
-            compose.new_edoc(
-                Organ(DEPT, "Sở Nội vụ"), [Organ(PC)], subject="Công văn", number="8", notation="SNV",
-                attachments=[Attachment.from_bytes("cv.pdf", PDF, "application/pdf")],
-            )
-        )
+    send_cong_van(p, "8")
     Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub).run()
 
     def disk_full(item, msg, raw):
