@@ -155,8 +155,20 @@ def not_blank(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 def some_codes(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """Comma-separated OrganIds, at least one."""
-    if value is not None and not split_codes(value):
+    codes = split_codes(value) if value is not None else []
+    if value is not None and not codes:
         raise click.BadParameter("give at least one OrganId, e.g. 000.00.00.H61")
+    twice = sorted({c for c in codes if codes.count(c) > 1})
+    if twice:
+        raise click.BadParameter(f"{twice[0]} is named more than once")
+    return value
+
+
+def electronic_files(ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]) -> tuple[Path, ...]:
+    """Attached files must hold something: an empty scan is no electronic file."""
+    for path in value:
+        if path.is_file() and path.stat().st_size == 0:
+            raise click.BadParameter(f"{path} is empty (0 bytes): attach the document's electronic file")
     return value
 
 
@@ -463,7 +475,7 @@ def _adapter(s: Settings, code: str):
     help="Replace (thay thế) documents this agency sent.",
 )
 @json_option()
-@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path), callback=electronic_files)
 @guarded
 def send(
     sender: str,
@@ -487,6 +499,8 @@ def send(
     The document is kept in the sender's outbox first: if the broker is down it is queued
     and 'docbus adapter run' sends it later.  --revoke, --update and --replace send the
     QCVN lifecycle messages (BussinessDocType 1, 2, 3) about a document already sent.
+    A number this agency already used today is refused (exit 1): two documents would share
+    one DocumentId.  One the bus refused (02 from the data centre) may be sent again.
     """
     chosen = [x for x in (revoke, update, replace_ids) if x]
     if len(chosen) > 1:
@@ -494,6 +508,8 @@ def send(
     doc_type = 1 if revoke else 2 if update else 3 if replace_ids else 0
     s = settings()
     with _adapter(s, sender) as a:
+        if doc_type not in (1, 2):  # a revocation or update keeps its document's DocumentId
+            _refuse_number_in_use(a, number, notation)
         res = a.send(
             split_codes(recipients),
             subject=subject,
@@ -521,6 +537,18 @@ def send(
                 "'docbus adapter run' sends it once the broker takes it",
                 err=True,
             )
+
+
+def _refuse_number_in_use(adapter: Any, number: str, notation: str) -> None:
+    earlier = adapter.number_in_use(number, notation)
+    if earlier is None:
+        return
+    where = "sent" if earlier.published else "queued in the outbox, to be sent when the broker takes it"
+    raise Refused(
+        f"{earlier.document_id} was already {where} on {earlier.created_at:%Y-%m-%d %H:%M:%S} UTC; "
+        "give the new document its own number, or change that one with --update or --replace",
+        reason="number-in-use",
+    )
 
 
 @main.group(invoke_without_command=True)

@@ -95,6 +95,15 @@ class OutboxEntry:
     raw: bytes
 
 
+@dataclass(frozen=True)
+class NumberInUse:
+    """A document this agency already sent under the number a new one asks for."""
+
+    document_id: str
+    created_at: dt.datetime  # when it went into the outbox (UTC)
+    published: bool  # False: still queued in the outbox
+
+
 @dataclass
 class InboxItem:
     digest: str
@@ -211,6 +220,37 @@ class Adapter:
                 raise DocbusError("a replacement names the documents it replaces", reason="usage")
             edoc.business.replacements = [edxml.ReplacementInfo(d, [o.organ_id for o in organs]) for d in replaces]
         return self.submit(edoc)
+
+    def number_in_use(self, number: str, notation: str) -> NumberInUse | None:
+        """What this agency already sent today under số ``number``/``notation``, if anything.
+
+        A new document's DocumentId is ``{OrganId},{date},{number}/{notation}``: a second
+        document under the same number would share it, and every status, trace and inbox
+        lookup by DocumentId would then name two documents.  Clerks re-send after a "queued"
+        or type last week's number by mistake; ``docbus send`` asks this first.  A document
+        the hub refused (its 02) leaves its number free for the corrected one.
+        """
+        document_id = compose.document_id(self.organ_id, edxml.now_vn().date(), number, notation)
+        Outbox, Inbox = self.store.Outbox, self.store.Inbox
+        sent = list(
+            Outbox.select(Outbox.created_at, Outbox.published_at)
+            .where((Outbox.kind == "edoc") & (Outbox.document_id == document_id[:500]))
+            .order_by(Outbox.id)
+        )
+        refused = (
+            Inbox.select()
+            .where(
+                (Inbox.kind == "status")
+                & (Inbox.status_code == "02")
+                & (Inbox.sender == self.settings.hub_organ_id)
+                & (Inbox.document_id == document_id[:500])
+            )
+            .count()
+        )
+        if len(sent) <= refused:
+            return None
+        last = sent[-1]
+        return NumberInUse(document_id, last.created_at, last.published_at is not None)
 
     def send_status(self, document_id: str, edoc_sender: str, code: str, description: str = "") -> SendResult:
         return self.submit(self._status(document_id, edoc_sender, code, description))

@@ -32,6 +32,7 @@ PARSER = etree.XMLParser(
 )
 # The prolog may hold an XML declaration, comments, PIs and whitespace; a DOCTYPE is refused.
 _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
+_PARSER_SOURCE = re.compile(r" \(<string>, line \d+\)$")
 
 
 def parse(data: bytes, limits: Limits | None = None) -> etree._Element:
@@ -53,7 +54,8 @@ def parse(data: bytes, limits: Limits | None = None) -> etree._Element:
         reason = "bad-encoding" if "encoding" in str(exc).lower() or "utf-8" in str(exc).lower() else "malformed"
         if "depth" in str(exc).lower():
             reason = "too-deep"
-        raise MalformedEnvelope(f"not well-formed XML: {exc}", reason=reason) from exc
+        where = _PARSER_SOURCE.sub("", str(exc))  # "…, line 3, column 7", without lxml's "(<string>, line 3)"
+        raise MalformedEnvelope(f"not well-formed XML: {where}", reason=reason) from exc
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or root.getroottree().docinfo.internalDTD is not None:
         raise MalformedEnvelope("a DOCTYPE (DTD or entity declaration) is not allowed", reason="dtd-forbidden")

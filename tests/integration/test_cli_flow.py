@@ -115,6 +115,30 @@ def test_refused_send_reaches_the_sender_as_02(env, tmp_path) -> None:
     assert [(i["status_code"], i["document_id"]) for i in inbox] == [("02", unknown.stdout.strip())]
     assert "unknown-recipient" in inbox[0]["subject"] and "000.00.55.H61" in inbox[0]["subject"]
 
+    # the refused document's number is free for the corrected one; after that it is taken
+    corrected = send_from_dept(env, tmp_path, "Gửi đúng", "1", "X")
+    assert corrected.stdout.strip() == unknown.stdout.strip()
+    args = ["send", "--from", DEPT, "--to", PC, "--subject", "Khác", "--number", "1", "--notation", "X"]
+    again = docbus(env, *args, str(_file(tmp_path)), check=False)
+    assert again.returncode == 1 and again.stdout == ""
+    assert f"refused [number-in-use]: {corrected.stdout.strip()} was already sent on " in again.stderr
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    assert [i["subject"] for i in json.loads(docbus(env, "inbox", "--agency", PC, "--json").stdout)] == ["Gửi đúng"]
+
+
+def test_send_refuses_what_a_clerk_typed_wrong_before_anything_leaves(env, tmp_path) -> None:
+    set_up(env)
+    empty = tmp_path / "scan.pdf"
+    empty.write_bytes(b"")
+    args = ["send", "--from", DEPT, "--subject", "Báo cáo", "--number", "3", "--notation", "BC"]
+    twice = docbus(env, *args, "--to", f"{PC},{PC}", str(_file(tmp_path)), check=False)
+    assert twice.returncode == 2 and f"{PC} is named more than once" in twice.stderr
+    blank = docbus(env, *args, "--to", PC, str(empty), check=False)
+    assert blank.returncode == 2 and "scan.pdf is empty (0 bytes)" in blank.stderr
+    assert "Traceback" not in twice.stderr + blank.stderr
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    assert json.loads(docbus(env, "inbox", "--agency", PC, "--json").stdout) == []
+
 
 def test_adapter_run_hands_documents_to_a_drop_folder(env, tmp_path) -> None:
     set_up(env)

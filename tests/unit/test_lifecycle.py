@@ -106,6 +106,24 @@ def test_replace_names_the_replaced_document(bus) -> None:
     assert copies == {old.document_id: "replaced", new.document_id: None}
 
 
+def test_a_number_is_in_use_once_sent_and_free_again_when_the_hub_refuses_it(bus) -> None:
+    _p, router, a, pdf = bus
+    assert a[PC].number_in_use("9", "UBND") is None
+    sent = a[PC].send([DEPT], subject="Công văn", number="9", notation="UBND", files=[pdf])
+    used = a[PC].number_in_use("9", "UBND")
+    assert used is not None and (used.document_id, used.published) == (sent.document_id, True)
+    assert a[PC].number_in_use("9", "UBND-VP") is None and a[DEPT].number_in_use("9", "UBND") is None
+    cycle(router, a)
+    assert a[PC].number_in_use("9", "UBND") is not None  # delivered, answered 01: still its number
+
+    refused = a[PC].send([DEPT], subject="Không có tệp", number="10", notation="UBND")  # no electronic file
+    cycle(router, a)
+    assert [i.status_code for i in a[PC].inbox("status") if i.document_id == refused.document_id] == ["02"]
+    assert a[PC].number_in_use("10", "UBND") is None
+    a[PC].send([DEPT], subject="Có tệp", number="10", notation="UBND", files=[pdf])
+    assert a[PC].number_in_use("10", "UBND") is not None
+
+
 def test_recall_handshake(bus) -> None:
     p, router, a, pdf = bus
     sent = a[PC].send([DEPT, FIN], subject="Công văn gửi nhầm", number="8", notation="UBND", files=[pdf])
