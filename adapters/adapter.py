@@ -12,6 +12,10 @@ Example (after ``docbus init`` and ``docbus agency add`` for both agencies)::
         for item in receiver.receive(idle_timeout=2):   # verified, stored, status 01 sent
             print(item.document_id, item.subject)
 
+A document's DocumentId is made of its sender, the day and its số/ký hiệu: ask
+``number_in_use(number, notation)`` before sending a new one, as ``docbus send`` does, so
+two documents never share one.
+
 Guarantees, and how:
 
 - sending: every message is signed and committed to the local outbox before it is
