@@ -43,6 +43,7 @@ from peewee import (
 from playhouse.db_url import connect
 
 from bus import statements
+from bus.config import redact
 from bus.errors import ConfigError, NotFound
 
 db = DatabaseProxy()
@@ -241,8 +242,17 @@ MODELS = [
 ]
 
 
+DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql")
+
+
 def open_database(url: str) -> Any:
     """Connect the models to ``url`` (``sqlite:///path`` or ``postgresql://...``) and create tables."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in DATABASE_SCHEMES:
+        raise ConfigError(
+            f"DOCBUS_DB_URL {redact(url)!r}: the archive runs on SQLite (sqlite:///path/archive.db) "
+            "or PostgreSQL (postgresql://user@host/db)"
+        )
     try:
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
@@ -263,9 +273,10 @@ def open_database(url: str) -> Any:
 
         migrations.upgrade(database)
     except OperationalError as exc:
-        raise ConfigError(f"cannot open the archive database {url}: {exc}") from exc
+        detail = " ".join(str(exc).split())  # one line: the driver's message may run over several
+        raise ConfigError(f"cannot open the archive database {redact(url)}: {detail}") from exc
     except ValueError as exc:
-        raise ConfigError(f"DOCBUS_DB_URL {url!r} is not a database URL: {exc}") from exc
+        raise ConfigError(f"DOCBUS_DB_URL {redact(url)!r} is not a database URL: {exc}") from exc
     return database
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -67,3 +68,12 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         limits=Limits(max_age_hours=float(env.get("DOCBUS_MAX_AGE_HOURS") or Limits.max_age_hours)),
         hub_organ_id=env.get("DOCBUS_HUB_ID") or Settings.hub_organ_id,
     )
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages people read."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

@@ -17,13 +17,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import pika
 import pika.exceptions as pex
 from pika.adapters.utils.connection_workflow import AMQPConnectorException, AMQPConnectorStackTimeout
 
 from bus.acks import AckRuns
+from bus.config import redact
 from bus.errors import BrokerUnavailable, DocbusError, NotFound
 from bus.topology import Topology
 
@@ -180,15 +180,6 @@ def _quotas(names: list[str], max_batch: int, caps: dict[str, int | None], waiti
         quotas[q] = max(0, min(waiting[q], max_batch if cap is None else cap, room - later))
         room -= quotas[q]
     return quotas
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages people read."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def _describe(exc: BaseException) -> str:

@@ -279,3 +279,20 @@ def test_health_problems_name_the_agency_and_what_to_do() -> None:
         f"{PC} (Sở) has not taken in 2 document(s), the oldest delivered 30 h ago; no adapter is connected",
     ]  # a disabled agency is cut off on purpose: not its clerks' fault
     assert late.as_dict()["problems"] == late.problems()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://docbus@127.0.0.1/archive", "runs on SQLite (sqlite:///path/archive.db) or PostgreSQL"),
+        ("archive.db", "runs on SQLite"),
+        ("postgresql://docbus:s3cret@127.0.0.1:1/archive", "cannot open the archive database postgresql://docbus:***@"),
+    ],
+)
+def test_an_archive_url_it_cannot_use_is_one_line_without_the_password(tmp_path, url, expected) -> None:
+    res = CliRunner().invoke(
+        main, ["archive", "search"], env={"DOCBUS_HOME": str(tmp_path), "DOCBUS_DB_URL": url}, catch_exceptions=False
+    )
+    assert res.exit_code == 3
+    assert expected in res.output and "s3cret" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
