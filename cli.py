@@ -154,7 +154,9 @@ def not_blank(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 def some_codes(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """Comma-separated OrganIds, at least one."""
+    """Comma-separated OrganIds, at least one; ``@FILE``: a distribution list kept in a file."""
+    if value is not None and value.startswith("@"):
+        value = _distribution_list(Path(value[1:]))
     codes = split_codes(value) if value is not None else []
     if value is not None and not codes:
         raise click.BadParameter("give at least one OrganId, e.g. 000.00.00.H61")
@@ -162,6 +164,18 @@ def some_codes(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if twice:
         raise click.BadParameter(f"{twice[0]} is named more than once")
     return value
+
+
+def _distribution_list(path: Path) -> str:
+    """OrganIds from a file, separated by commas or line breaks; ``#`` starts a comment
+    (``000.00.01.H61  # Sở Nội vụ``)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read the distribution list {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"the distribution list {path} is not UTF-8 text") from exc
+    return ",".join(code for line in text.splitlines() for code in line.split("#", 1)[0].replace(",", " ").split())
 
 
 def electronic_files(ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]) -> tuple[Path, ...]:
@@ -448,7 +462,13 @@ def _adapter(s: Settings, code: str):
 
 @main.command()
 @click.option("--from", "sender", required=True, help="OrganId of the sending agency.")
-@click.option("--to", "recipients", required=True, callback=some_codes, help="Recipient OrganIds, comma-separated.")
+@click.option(
+    "--to",
+    "recipients",
+    required=True,
+    callback=some_codes,
+    help="Recipient OrganIds, comma-separated, or @FILE: a distribution list, one OrganId a line (# comments).",
+)
 @click.option("--subject", required=True, callback=not_blank, help="Trích yếu: what the document is about.")
 @click.option("--number", required=True, callback=not_blank, help="Số: the document number.")
 @click.option("--notation", required=True, help="Ký hiệu: e.g. UBND-VP (may be empty).")

@@ -126,18 +126,28 @@ def test_refused_send_reaches_the_sender_as_02(env, tmp_path) -> None:
     assert [i["subject"] for i in json.loads(docbus(env, "inbox", "--agency", PC, "--json").stdout)] == ["Gửi đúng"]
 
 
-def test_send_refuses_what_a_clerk_typed_wrong_before_anything_leaves(env, tmp_path) -> None:
+def test_send_takes_a_distribution_list_and_refuses_what_a_clerk_typed_wrong(env, tmp_path) -> None:
     set_up(env)
     empty = tmp_path / "scan.pdf"
     empty.write_bytes(b"")
+    listed = tmp_path / "nhan.txt"
+    listed.write_text(f"# Nơi nhận\n{PC}   # UBND tỉnh\n\n", encoding="utf-8")
+    doubled = tmp_path / "trung.txt"
+    doubled.write_text(f"{PC}\n{PC}, \n", encoding="utf-8")
     args = ["send", "--from", DEPT, "--subject", "Báo cáo", "--number", "3", "--notation", "BC"]
     twice = docbus(env, *args, "--to", f"{PC},{PC}", str(_file(tmp_path)), check=False)
     assert twice.returncode == 2 and f"{PC} is named more than once" in twice.stderr
+    listed_twice = docbus(env, *args, "--to", f"@{doubled}", str(_file(tmp_path)), check=False)
+    assert listed_twice.returncode == 2 and f"{PC} is named more than once" in listed_twice.stderr
     blank = docbus(env, *args, "--to", PC, str(empty), check=False)
     assert blank.returncode == 2 and "scan.pdf is empty (0 bytes)" in blank.stderr
-    assert "Traceback" not in twice.stderr + blank.stderr
+    assert "Traceback" not in twice.stderr + listed_twice.stderr + blank.stderr
     docbus(env, "router", "run", "--idle-exit", "1.5")
-    assert json.loads(docbus(env, "inbox", "--agency", PC, "--json").stdout) == []
+    assert json.loads(docbus(env, "inbox", "--agency", PC, "--json").stdout) == []  # nothing left
+
+    sent = docbus(env, *args, "--to", f"@{listed}", str(_file(tmp_path))).stdout.strip()
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    assert [i["document_id"] for i in json.loads(docbus(env, "inbox", "--agency", PC, "--json").stdout)] == [sent]
 
 
 def test_adapter_run_hands_documents_to_a_drop_folder(env, tmp_path) -> None:
