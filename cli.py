@@ -1397,9 +1397,12 @@ def bench(
         )
     if as_json:
         emit_json(data)
-        return
-    click.echo(f"machine: {data['machine']['cpus']} CPUs, Python {data['machine']['python']}")
-    click.echo(table(bus_bench.rows(data), ["Measure", "Result", "Detail"]))
+    else:
+        click.echo(f"machine: {data['machine']['cpus']} CPUs, Python {data['machine']['python']}")
+        click.echo(table(bus_bench.rows(data), ["Measure", "Result", "Detail"]))
+    missing = bus_bench.shortfalls(data)
+    if missing:
+        fail(f"the run is not complete, its figures do not hold: {'; '.join(missing)}", EXIT_FAILED)
 
 
 @bench.command("archive")

@@ -106,6 +106,7 @@ def peak_rss_of(pid: int) -> float:
 
 
 def setup(home: Path, amqp_url: str, agencies: int, namespace: str, progress: Progress = _quiet) -> Bench:
+    home = home.absolute()  # the routers and the recipient run in the project's folder, not the caller's
     shutil.rmtree(home, ignore_errors=True)
     settings = Settings(amqp_url=amqp_url, home=home, namespace=namespace)
     archive = Archive(settings.archive_url)
@@ -658,6 +659,24 @@ def run(
         return out
     except CONNECT_ERRORS as exc:
         raise broker_unavailable(settings.amqp_url, exc) from exc
+
+
+def shortfalls(data: dict[str, Any]) -> list[str]:
+    """What a run did not complete: its figures then measure something else (a router that
+    delivers nothing is very fast), so ``docbus bench`` says so and exits non-zero."""
+    out = []
+    if "router" in data:
+        r, x = data["router"], data["raw_relay"]
+        if x["relayed"] < x["messages"]:
+            out.append(f"the raw relay moved {x['relayed']} of {x['messages']} messages")
+        if r["delivered"] < r["documents"]:
+            out.append(f"the routers delivered {r['delivered']} of {r['documents']} documents")
+    if "latency" in data and data["latency"]["stored"] < data["latency"]["documents"]:
+        lat = data["latency"]
+        out.append(f"the recipient stored {lat['stored']} of the latency run's {lat['documents']} documents")
+    if "large_attachment" in data and data["large_attachment"]["intact"] is not True:
+        out.append("the large attachment did not arrive intact")
+    return out
 
 
 def rows(data: dict[str, Any]) -> list[list[str]]:

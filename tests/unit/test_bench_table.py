@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from benchmarks.bus_bench import rows
-from cli import table
+from click.testing import CliRunner
+
+from benchmarks import bus_bench
+from benchmarks.bus_bench import rows, shortfalls
+from cli import main, table
 
 FULL_RUN = {  # the shape `docbus bench --json` reports for a full run (docs/PERFORMANCE.md, run M)
     "machine": {"cpus": 2, "python": "3.11.7", "platform": "Linux"},
@@ -61,6 +64,27 @@ def test_every_figure_of_a_full_run_is_printed_whole() -> None:
 def test_a_corrupted_large_file_says_so() -> None:
     broken = FULL_RUN | {"large_attachment": FULL_RUN["large_attachment"] | {"intact": False}}
     assert "NOT intact" in table(rows(broken), ["Measure", "Result", "Detail"])
+
+
+def test_a_run_that_lost_documents_is_not_reported_as_a_measurement(monkeypatch, tmp_path) -> None:
+    assert shortfalls(FULL_RUN) == []
+    lost = FULL_RUN | {
+        "latency": FULL_RUN["latency"] | {"stored": 0},
+        "router": FULL_RUN["router"] | {"delivered": 19999},
+        "large_attachment": FULL_RUN["large_attachment"] | {"intact": False},
+    }
+    assert shortfalls(lost) == [
+        "the routers delivered 19999 of 20000 documents",
+        "the recipient stored 0 of the latency run's 2000 documents",
+        "the large attachment did not arrive intact",
+    ]
+    monkeypatch.setattr(bus_bench, "run", lambda *a, **k: lost)
+    for args in (["bench"], ["bench", "--json"]):
+        res = CliRunner().invoke(main, args, env={"DOCBUS_HOME": str(tmp_path)})
+        assert res.exit_code == 5
+        assert "the run is not complete, its figures do not hold: the routers delivered 19999" in res.output
+    monkeypatch.setattr(bus_bench, "run", lambda *a, **k: FULL_RUN)
+    assert CliRunner().invoke(main, ["bench"], env={"DOCBUS_HOME": str(tmp_path)}).exit_code == 0
 
 
 def test_one_part_alone_prints_only_its_rows() -> None:
