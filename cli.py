@@ -863,13 +863,22 @@ def adapter() -> None:
     help="Hand each received message to the agency's system here: its files as <key>-<name>, its header "
     "as <key>.json, then the signed <key>.edxml (written last; key: 16 hex digits of its SHA-256).",
 )
+@click.option(
+    "--pickup",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Send what the agency's system leaves here: its files, then <name>.send.json naming them "
+    '({"to", "subject", "number", "notation", "type", "files"}); moved to sent/ or refused/ with result.json.',
+)
 @guarded
-def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
+def adapter_run(code: str, idle_exit: float | None, drop: Path | None, pickup: Path | None) -> None:
     """Send the outbox and receive deliveries (urgent first; verify, store, answer 01) until interrupted.
 
     With the broker down it keeps the outbox and retries with backoff; it reconnects by itself.
+    --drop and --pickup connect a document system that has no edXML of its own: what arrives
+    is written to the drop folder, what it leaves in the pickup folder is sent.
     """
     from adapters import drop as drop_folder
+    from adapters.pickup import Pickup
 
     s = settings()
     received = 0
@@ -887,11 +896,23 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None) -> None:
 
     with _adapter(s, code) as a:
         a.on_receive = hand_off
+        folder = Pickup(pickup) if pickup is not None else None
+
+        def send_picked_up() -> int:
+            done = folder.work(a) if folder is not None else []
+            for o in done:
+                click.echo(
+                    f"sent {o.name}: {o.document_id}"
+                    if o.state == "sent"
+                    else f"refused {o.name} [{o.reason}]: {o.message} (kept in {o.folder})"
+                )
+            return len(done)
+
         click.echo(f"adapter {code} consuming {', '.join(a.names.inboxes(code))}", err=True)
         longrun.settle()
         longrun.stop_on_sigterm()
         try:
-            a.run(idle_exit=idle_exit)
+            a.run(idle_exit=idle_exit, pickup=send_picked_up if folder is not None else None)
         except KeyboardInterrupt:
             pass
     click.echo(f"adapter {code} stopped after {received} message(s)", err=True)

@@ -104,6 +104,7 @@ class NumberInUse:
     """A document this agency already sent under the number a new one asks for."""
 
     document_id: str
+    digest: str  # of the signed envelope, as SendResult.digest
     created_at: dt.datetime  # when it went into the outbox (UTC)
     published: bool  # False: still queued in the outbox
 
@@ -237,7 +238,7 @@ class Adapter:
         document_id = compose.document_id(self.organ_id, edxml.now_vn().date(), number, notation)
         Outbox, Inbox = self.store.Outbox, self.store.Inbox
         sent = list(
-            Outbox.select(Outbox.created_at, Outbox.published_at)
+            Outbox.select(Outbox.digest, Outbox.created_at, Outbox.published_at)
             .where((Outbox.kind == "edoc") & (Outbox.document_id == document_id[:500]))
             .order_by(Outbox.id)
         )
@@ -254,7 +255,7 @@ class Adapter:
         if len(sent) <= refused:
             return None
         last = sent[-1]
-        return NumberInUse(document_id, last.created_at, last.published_at is not None)
+        return NumberInUse(document_id, last.digest, last.created_at, last.published_at is not None)
 
     def send_status(self, document_id: str, edoc_sender: str, code: str, description: str = "") -> SendResult:
         return self.submit(self._status(document_id, edoc_sender, code, description))
@@ -716,9 +717,17 @@ class Adapter:
 
     # -- the long-running process
     def run(
-        self, *, stop: Callable[[], bool] | None = None, idle_exit: float | None = None, max_backoff: float = 30.0
+        self,
+        *,
+        stop: Callable[[], bool] | None = None,
+        idle_exit: float | None = None,
+        max_backoff: float = 30.0,
+        pickup: Callable[[], object] | None = None,
     ) -> None:
-        """Send the outbox and receive, forever: reconnects with backoff when the broker goes away."""
+        """Send the outbox and receive, forever: reconnects with backoff when the broker goes away.
+
+        ``pickup``: called each round before the outbox is sent, to take what the agency's
+        system left to send (:class:`adapters.pickup.Pickup`); a truthy answer counts as activity."""
         stop = stop or (lambda: False)
         self.hand_pending()
         self.chunks.sweep()  # chunks of deliveries whose envelope never came
@@ -726,6 +735,8 @@ class Adapter:
         idle_since = time.monotonic()
         while not stop():
             try:
+                if pickup is not None and pickup():
+                    idle_since = time.monotonic()
                 self.flush()
                 got = self.receive(idle_timeout=0.5, stop=stop)
                 backoff = 0.5

@@ -150,6 +150,29 @@ def test_send_takes_a_distribution_list_and_refuses_what_a_clerk_typed_wrong(env
     assert [i["document_id"] for i in json.loads(docbus(env, "inbox", "--agency", PC, "--json").stdout)] == [sent]
 
 
+def test_a_system_without_edxml_sends_through_the_pickup_folder(env, tmp_path) -> None:
+    set_up(env)
+    pickup = tmp_path / "pickup"
+    pickup.mkdir()
+    (pickup / "Tờ trình.pdf").write_bytes(b"%PDF-1.4 to trinh")
+    header = {"to": [PC], "subject": "Tờ trình kế hoạch", "number": "7", "notation": "TTr-SNV"}
+    header["files"] = ["Tờ trình.pdf"]
+    (pickup / "tt7.send.json").write_text(json.dumps(header, ensure_ascii=False), encoding="utf-8")
+    (pickup / "sai.send.json").write_text(json.dumps(header | {"number": ""}), encoding="utf-8")
+    run = docbus(env, "adapter", "run", "--agency", DEPT, "--idle-exit", "1", "--pickup", str(pickup))
+    sent = json.loads((pickup / "sent" / "tt7" / "result.json").read_text(encoding="utf-8"))
+    assert f"sent tt7: {sent['document_id']}" in run.stdout and sent["published"] is True
+    assert 'refused sai [bad-job]: "number" may not be empty' in run.stdout
+    assert (pickup / "refused" / "sai" / "sai.send.json").is_file()
+
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    drop = tmp_path / "drop"
+    docbus(env, "adapter", "run", "--agency", PC, "--idle-exit", "1", "--drop", str(drop))
+    [received] = [json.loads(f.read_text(encoding="utf-8")) for f in drop.glob("*.json")]
+    assert (received["document_id"], received["subject"]) == (sent["document_id"], "Tờ trình kế hoạch")
+    assert (drop / received["attachments"][0]["file"]).read_bytes() == b"%PDF-1.4 to trinh"
+
+
 def test_adapter_run_hands_documents_to_a_drop_folder(env, tmp_path) -> None:
     set_up(env)
     sent = send_from_dept(env, tmp_path, "Báo cáo tháng", "2", "BC-SNV").stdout.strip()

@@ -1,0 +1,284 @@
+"""The pickup folder: how an agency's document system sends without Python or edXML of its
+own (``docbus adapter run --pickup FOLDER``).  The drop folder (:mod:`adapters.drop`) is
+the other direction.
+
+The system puts a document's files into FOLDER, then its header as ``<name>.send.json``,
+last (write it under another name and rename it, so a half-written header is never read)::
+
+    {"to": ["000.00.00.H61"], "subject": "Công văn V/v kết nối", "number": "125",
+     "notation": "SNV-VP", "type": "Công văn", "files": ["scan.pdf"]}
+
+Optional: ``"priority"`` (0 thường … 4), ``"content"``, ``"paper_only"``, ``"zip"``.  The
+adapter sends it as ``docbus send`` would (signed, outbox first, queued while the broker is
+down) and moves the header and its files out of the way, with ``result.json`` beside them:
+
+- ``FOLDER/sent/<name>/``: ``{"document_id", "digest", "published", "error"}``; the 01 and
+  later statuses arrive like any other message (the drop folder, ``docbus inbox``);
+- ``FOLDER/refused/<name>/``: ``{"reason", "message"}``: a header that is not valid, a file
+  missing or empty, a số already used today, a secret document, … Nothing is dropped.
+
+A header is moved to ``FOLDER/.sending/`` before the document is signed: after a crash, a
+header found there was sent if its số is in the outbox, and is sent otherwise, never twice.
+Each header's files are its own (they are moved with it).
+
+Security: the header and the files come from the agency's own system, not from the bus; still,
+a file is named by a plain name inside FOLDER (no path), and a header is read only up to
+:data:`MAX_HEADER_BYTES`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bus.errors import DocbusError, NotFound, Refused
+from bus.filenames import safe_name, unique_name
+
+log = logging.getLogger("docbus.pickup")
+
+SUFFIX = ".send.json"
+MAX_HEADER_BYTES = 1 << 20
+RESULT = "result.json"
+_OPTIONAL = {"type": "Công văn", "priority": 0, "content": "", "paper_only": False, "zip": False}
+_REQUIRED = ("to", "subject", "number", "notation", "files")
+
+
+class BadJob(Refused):
+    """A header the adapter cannot send as it stands; kept in ``refused/`` with this reason."""
+
+    reason = "bad-job"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A header read and checked: what ``Adapter.send`` is called with."""
+
+    name: str
+    to: tuple[str, ...]
+    subject: str
+    number: str
+    notation: str
+    type_name: str
+    priority: int
+    content: str
+    paper_only: bool
+    zipped: bool
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one header: ``state`` sent or refused, and the folder now holding it."""
+
+    name: str
+    state: str
+    folder: Path
+    document_id: str | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+class Pickup:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.sending = folder / ".sending"
+        for d in (folder, self.sending, folder / "sent", folder / "refused"):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def work(self, adapter: Any) -> list[Outcome]:
+        """Send what the system left (headers a crash left in flight first); one outcome each.
+
+        A file error of the folder itself (its permissions, a full disk) stops the adapter:
+        ``local-io``, as the drop folder does, rather than be retried without end."""
+        try:
+            done = [self._recover(h, adapter) for h in _in_order(self.sending.glob(f"*{SUFFIX}"))]
+            return done + [self._take(h, adapter) for h in _in_order(self.folder.glob(f"*{SUFFIX}"))]
+        except OSError as exc:
+            raise DocbusError(f"pickup folder {self.folder}: {exc}", reason="local-io") from exc
+
+    def _take(self, header: Path, adapter: Any) -> Outcome:
+        try:
+            job = read_job(header)
+            earlier = adapter.number_in_use(job.number, job.notation)
+            if earlier is not None:
+                raise Refused(
+                    f"{earlier.document_id} was already sent on {earlier.created_at:%Y-%m-%d %H:%M:%S} UTC; "
+                    "give the new document its own number",
+                    reason="number-in-use",
+                )
+        except Refused as exc:
+            return self._refuse(header, exc)
+        in_flight = self.sending / header.name
+        header.replace(in_flight)
+        return self._send(in_flight, job, adapter)
+
+    def _recover(self, header: Path, adapter: Any) -> Outcome:
+        """A header a crash left between taken and moved: sent if its số is in the outbox."""
+        try:
+            job = read_job(header, files_in=self.folder)
+        except Refused as exc:
+            return self._refuse(header, exc)
+        earlier = adapter.number_in_use(job.number, job.notation)
+        if earlier is None:
+            return self._send(header, job, adapter)
+        result = {"document_id": earlier.document_id, "digest": earlier.digest, "published": earlier.published}
+        return self._finish(header, job, result)
+
+    def _send(self, header: Path, job: Job, adapter: Any) -> Outcome:
+        try:
+            sent = adapter.send(
+                list(job.to),
+                subject=job.subject,
+                number=job.number,
+                notation=job.notation,
+                files=job.files,
+                type_name=job.type_name,
+                priority=job.priority,
+                content=job.content,
+                paper_only=job.paper_only,
+                zipped=job.zipped,
+            )
+        except (Refused, NotFound) as exc:
+            return self._refuse(header, exc, job)
+        result = {"document_id": sent.document_id, "digest": sent.digest, "published": sent.published}
+        return self._finish(header, job, result | {"error": sent.error})
+
+    def _finish(self, header: Path, job: Job, result: dict[str, Any]) -> Outcome:
+        dest = self._move(header, job.files, "sent", result)
+        log.info("sent %s: %s", job.name, result["document_id"])
+        return Outcome(job.name, "sent", dest, document_id=result["document_id"])
+
+    def _refuse(self, header: Path, exc: DocbusError, job: Job | None = None) -> Outcome:
+        files = job.files if job is not None else _named_files(header, self.folder)
+        dest = self._move(header, files, "refused", {"reason": exc.reason, "message": exc.message})
+        log.info("refused %s: %s (%s)", header.name, exc.reason, exc.message)
+        return Outcome(_job_name(header), "refused", dest, reason=exc.reason, message=exc.message)
+
+    def _move(self, header: Path, files: Sequence[Path], where: str, result: dict[str, Any]) -> Path:
+        """Into ``where/<name>/``: the result first, the files, the header last."""
+        parent = self.folder / where
+        taken = {p.name for p in parent.iterdir()}
+        dest = parent / unique_name(_job_name(header), taken)
+        dest.mkdir()
+        text = json.dumps(result, ensure_ascii=False, indent=2) + "\n"
+        (dest / RESULT).write_text(text, encoding="utf-8")
+        for f in files:
+            if f.is_file():
+                f.replace(dest / f.name)
+        header.replace(dest / header.name)
+        return dest
+
+
+def read_job(header: Path, *, files_in: Path | None = None) -> Job:
+    """The header at ``header`` checked as ``docbus send`` checks its options (files are looked
+    for in ``files_in``, by default the header's folder); :class:`BadJob` says what is wrong."""
+    folder = files_in or header.parent
+    if header.stat().st_size > MAX_HEADER_BYTES:
+        raise BadJob(f"the header is over {MAX_HEADER_BYTES} bytes")
+    try:
+        data = json.loads(header.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise BadJob("the header is not UTF-8 text") from exc
+    except json.JSONDecodeError as exc:
+        raise BadJob(f"the header is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadJob("the header is not a JSON object")
+    unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
+    missing = [k for k in _REQUIRED if k not in data]
+    if unknown or missing:
+        what = [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+        what += [f"missing {', '.join(missing)}"] if missing else []
+        raise BadJob("; ".join(what))
+    fields = _OPTIONAL | data
+    to = fields["to"].split(",") if isinstance(fields["to"], str) else fields["to"]
+    if not isinstance(to, list) or not all(isinstance(c, str) for c in to):
+        raise BadJob('"to" is a list of OrganIds')
+    to = [c.strip() for c in to if c.strip()]
+    if not to:
+        raise BadJob('"to" names no recipient')
+    twice = sorted({c for c in to if to.count(c) > 1})
+    if twice:
+        raise BadJob(f"recipient {twice[0]} is named more than once")
+    may_be_empty = ("notation", "content")
+    texts = ("subject", "number", "notation", "type", "content")
+    subject, number, notation, type_name, content = (_text(fields, k, blank=k in may_be_empty) for k in texts)
+    priority = fields["priority"]
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 4:
+        raise BadJob('"priority" is a whole number from 0 (thường) to 4 (hỏa tốc hẹn giờ)')
+    for flag in ("paper_only", "zip"):
+        if not isinstance(fields[flag], bool):
+            raise BadJob(f'"{flag}" is true or false')
+    return Job(
+        _job_name(header),
+        tuple(to),
+        subject,
+        number,
+        notation,
+        type_name,
+        priority,
+        content,
+        fields["paper_only"],
+        fields["zip"],
+        _files(fields["files"], folder),
+    )
+
+
+def _text(fields: dict[str, Any], key: str, *, blank: bool) -> str:
+    value = fields[key]
+    if isinstance(value, int) and not isinstance(value, bool) and key == "number":
+        value = str(value)
+    if not isinstance(value, str):
+        raise BadJob(f'"{key}" is text')
+    if not blank and not value.strip():
+        raise BadJob(f'"{key}" may not be empty')
+    return value.strip()
+
+
+def _files(names: Any, folder: Path) -> tuple[Path, ...]:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BadJob('"files" is a list of file names in the pickup folder')
+    out = []
+    for name in names:
+        if not _plain(name):
+            raise BadJob(f"{name!r} is not a plain file name in the pickup folder")
+        path = folder / name
+        if not path.is_file():
+            raise Refused(f"{name} is not in the pickup folder", reason="missing-file")
+        if path.stat().st_size == 0:
+            raise Refused(f"{name} is empty (0 bytes): attach the document's electronic file", reason="empty-file")
+        out.append(path)
+    if len(set(out)) < len(out):
+        raise BadJob("a file is named more than once")
+    return tuple(out)
+
+
+def _named_files(header: Path, folder: Path) -> list[Path]:
+    """The plain names a header that could not be used lists, to keep them with it."""
+    try:
+        if header.stat().st_size > MAX_HEADER_BYTES:
+            return []
+        names = json.loads(header.read_bytes().decode("utf-8-sig")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(names, list):
+        return []
+    return [folder / n for n in names if isinstance(n, str) and _plain(n)]
+
+
+def _plain(name: str) -> bool:
+    """A file name of the folder's own: no path, not hidden, not another header."""
+    return name == safe_name(name) and not name.startswith(".") and not name.endswith(SUFFIX)
+
+
+def _in_order(headers: Iterable[Path]) -> list[Path]:
+    """In the order the system left them (then by name): its numbers usually follow that order."""
+    found = [(h.stat().st_mtime_ns, h.name, h) for h in headers if h.is_file()]
+    return [h for _, _, h in sorted(found)]
+
+
+def _job_name(header: Path) -> str:
+    return header.name[: -len(SUFFIX)] if header.name.endswith(SUFFIX) else header.name

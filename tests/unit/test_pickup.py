@@ -1,0 +1,151 @@
+"""The pickup folder an agency's system sends through (adapters.pickup), on the in-memory transport."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from adapters import Adapter
+from adapters.pickup import Pickup
+from bus.errors import DocbusError
+from tests.unit.test_drop import PDF, take
+from tests.unit.test_large_files import DEPT, PC
+
+FIN = "000.00.02.H61"
+
+
+def leave(folder: Path, name: str, header: dict | str, files: dict[str, bytes] | None = None) -> Path:
+    """What the agency's system does: the files first, then the header."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for file_name, data in (files or {}).items():
+        (folder / file_name).write_bytes(data)
+    path = folder / f"{name}.send.json"
+    path.write_text(header if isinstance(header, str) else json.dumps(header, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def bao_cao(number: str = "12", **changes) -> dict:
+    return {
+        "to": [PC, FIN],
+        "subject": "Báo cáo tháng 11",
+        "number": number,
+        "notation": "BC-SNV",
+        "type": "Báo cáo",
+        "files": ["Báo cáo.pdf"],
+    } | changes
+
+
+def outbox_rows(a: Adapter, document_id: str) -> int:
+    return a.store.Outbox.select().where(a.store.Outbox.document_id == document_id).count()
+
+
+def test_a_header_and_its_file_are_sent_and_moved_to_sent(memory_province, tmp_path) -> None:
+    p = memory_province
+    folder = tmp_path / "pickup"
+    leave(folder, "bc", bao_cao(), {"Báo cáo.pdf": PDF})
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        [done] = Pickup(folder).work(dept)
+    assert (done.name, done.state, done.folder) == ("bc", "sent", folder / "sent" / "bc")
+    result = json.loads((done.folder / "result.json").read_text(encoding="utf-8"))
+    assert result["document_id"] == done.document_id and result["published"] is True and len(result["digest"]) == 64
+    assert sorted(f.name for f in done.folder.iterdir()) == ["Báo cáo.pdf", "bc.send.json", "result.json"]
+    assert not list(folder.glob("*.pdf")) and not list(folder.glob("*.send.json"))  # nothing sent twice
+
+    [(item, msg, _raw)] = take(p, PC)
+    assert (item.document_id, item.subject, msg.type_name) == (done.document_id, "Báo cáo tháng 11", "Báo cáo")
+    assert [(a.name, a.data) for a in msg.attachments] == [("Báo cáo.pdf", PDF)]
+    assert [r.organ_id for r in msg.recipients] == [PC, FIN]
+
+
+@pytest.mark.parametrize(
+    ("header", "files", "reason", "words"),
+    [
+        ("{not json", {}, "bad-job", "not JSON"),
+        (bao_cao(subjet="x"), {"Báo cáo.pdf": PDF}, "bad-job", "unknown field(s) subjet"),
+        ({"to": [PC]}, {}, "bad-job", "missing subject, number, notation, files"),
+        (bao_cao(to=[PC, PC]), {"Báo cáo.pdf": PDF}, "bad-job", f"recipient {PC} is named more than once"),
+        (bao_cao(to=[]), {"Báo cáo.pdf": PDF}, "bad-job", '"to" names no recipient'),
+        (bao_cao(subject="  "), {"Báo cáo.pdf": PDF}, "bad-job", '"subject" may not be empty'),
+        (bao_cao(priority=True), {"Báo cáo.pdf": PDF}, "bad-job", '"priority" is a whole number'),
+        (bao_cao(files=["../secret.pdf"]), {}, "bad-job", "not a plain file name"),
+        (bao_cao(), {}, "missing-file", "Báo cáo.pdf is not in the pickup folder"),
+        (bao_cao(), {"Báo cáo.pdf": b""}, "empty-file", "Báo cáo.pdf is empty (0 bytes)"),
+    ],
+)
+def test_a_header_that_cannot_be_sent_is_kept_with_its_files_and_reason(
+    memory_province, tmp_path, header, files, reason, words
+) -> None:
+    p = memory_province
+    folder = tmp_path / "pickup"
+    leave(folder, "bc", header, files)
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        [done] = Pickup(folder).work(dept)
+        assert dept.pending() == 0 and dept.store.Outbox.select().count() == 0  # nothing signed or sent
+    assert (done.state, done.reason, done.folder) == ("refused", reason, folder / "refused" / "bc")
+    assert words in done.message
+    result = json.loads((done.folder / "result.json").read_text(encoding="utf-8"))
+    assert result == {"reason": reason, "message": done.message}
+    kept = {f.name for f in done.folder.iterdir()}
+    assert kept == {"bc.send.json", "result.json", *files}
+    assert not list(folder.glob("*.send.json"))
+
+
+def test_a_number_already_used_is_refused_and_one_the_hub_refused_is_free(memory_province, tmp_path) -> None:
+    p = memory_province
+    folder = tmp_path / "pickup"
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        pickup = Pickup(folder)
+        leave(folder, "first", bao_cao(files=[]))  # no electronic file: the router refuses it with a 02
+        leave(folder, "second", bao_cao(), {"Báo cáo.pdf": PDF})
+        os.utime(folder / "second.send.json", (1, 1))  # left earlier: taken first
+        second, first = pickup.work(dept)
+        assert (second.name, second.state) == ("second", "sent")
+        assert (first.name, first.state, first.reason) == ("first", "refused", "number-in-use")
+
+        leave(folder, "third", bao_cao("13", files=[]))
+        [third] = pickup.work(dept)
+        take(p, PC)
+        dept.receive()  # the hub's 02 for the document without its file
+        leave(folder, "fourth", bao_cao("13"), {"Báo cáo.pdf": PDF})
+        [fourth] = pickup.work(dept)
+        assert (third.state, fourth.state, fourth.document_id) == ("sent", "sent", third.document_id)
+        assert outbox_rows(dept, third.document_id) == 2
+
+
+def test_after_a_crash_a_header_in_flight_is_sent_once(memory_province, tmp_path) -> None:
+    p = memory_province
+    folder = tmp_path / "pickup"
+    pickup = Pickup(folder)
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        # signed and in the outbox, then the crash: the header still in .sending, its file not moved
+        sent = dept.send([PC, FIN], subject="Báo cáo tháng 11", number="12", notation="BC-SNV", files=[])
+        leave(pickup.sending, "done", bao_cao())
+        (folder / "Báo cáo.pdf").write_bytes(PDF)
+        # taken, then the crash before it was signed
+        leave(pickup.sending, "undone", bao_cao("14", files=["Phụ lục.pdf"]))
+        (folder / "Phụ lục.pdf").write_bytes(PDF)
+        outcomes = {o.name: o for o in pickup.work(dept)}
+        assert outcomes["done"].state == outcomes["undone"].state == "sent"
+        assert outcomes["done"].document_id == sent.document_id and outbox_rows(dept, sent.document_id) == 1
+        assert outbox_rows(dept, outcomes["undone"].document_id) == 1
+        assert json.loads((folder / "sent" / "done" / "result.json").read_text())["digest"] == sent.digest
+        assert (folder / "sent" / "done" / "Báo cáo.pdf").read_bytes() == PDF
+        assert not list(pickup.sending.iterdir()) and pickup.work(dept) == []
+
+
+def test_a_pickup_folder_that_cannot_be_read_stops_the_adapter(memory_province, tmp_path) -> None:
+    p = memory_province
+    folder = tmp_path / "pickup"
+    pickup = Pickup(folder)
+    leave(folder, "bc", bao_cao(), {"Báo cáo.pdf": PDF})
+    (folder / "refused").rmdir()
+    (folder / "refused").write_text("not a folder")
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        pickup.work(dept)  # sent: refused/ is not needed
+        leave(folder, "bad", "{")
+        with pytest.raises(DocbusError) as exc:
+            pickup.work(dept)
+    assert exc.value.reason == "local-io" and "pickup folder" in exc.value.message
