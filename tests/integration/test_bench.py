@@ -56,6 +56,7 @@ def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
     large = report["large_attachment"]
     assert large["intact"] is True and large["bytes"] == 5 * 1024 * 1024
     assert set(large["peak_rss_mib"]) == {"docbus send (adapter)", "docbus router run", "docbus adapter run"}
-    table = bench(env, "--only", "router")
+    table = bench(env, "--only", "router", "--only", "large", "--large-mib", "1")  # a file small enough to go inline
     assert table.returncode == 0, table.stderr[-2000:]
     assert "router / relay" in table.stdout and "docs/s" in table.stdout
+    assert "large attachment 1.0 MiB" in table.stdout and "intact (SHA-256 checked)" in table.stdout
