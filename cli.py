@@ -28,6 +28,7 @@ from bus.config import Settings, from_env
 from bus.errors import BrokerUnavailable, ConfigError, DocbusError, NotFound, Refused
 
 EXIT_REFUSED, EXIT_CONFIG, EXIT_BROKER, EXIT_FAILED = 1, 3, 4, 5
+POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -1350,15 +1351,19 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
 )
 @click.option(
     "--rate",
-    type=float,
+    type=POSITIVE,
     default=200,
     show_default=True,
     help="Documents/s offered in the latency run, from four agencies at once (the rate achieved is reported).",
 )
 @click.option(
-    "--latency-seconds", type=float, default=10, show_default=True, help="How long the latency run offers its rate."
+    "--latency-seconds",
+    type=POSITIVE,
+    default=10,
+    show_default=True,
+    help="How long the latency run offers its rate.",
 )
-@click.option("--large-mib", type=float, default=1024, show_default=True, help="Size of the large-attachment run.")
+@click.option("--large-mib", type=POSITIVE, default=1024, show_default=True, help="Size of the large-attachment run.")
 @click.option(
     "--only",
     "parts",

@@ -552,7 +552,7 @@ def large_attachment(b: Bench, size: int, progress: Progress = _quiet) -> dict[s
             "--subject",
             "Tệp lớn",
             "--number",
-            "L1",
+            "TL1",  # its own số: the latency part's are L0, L1, … (one sender has them all with two agencies)
             "--notation",
             "HN",
             str(path),
@@ -572,8 +572,10 @@ def large_attachment(b: Bench, size: int, progress: Progress = _quiet) -> dict[s
 
     w = threading.Thread(target=watch, args=("docbus send (adapter)", send))
     w.start()
-    send.wait(timeout=600)
+    _, send_err = send.communicate(timeout=600)
     w.join()
+    if send.returncode != 0:
+        raise DocbusError(f"docbus send of the large file failed: {send_err.decode(errors='replace').strip()}")
     progress(stage, 1, 3)
     router = b.router("--idle-exit", "3")
     wr = threading.Thread(target=watch, args=("docbus router run", router))

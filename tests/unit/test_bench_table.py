@@ -107,3 +107,9 @@ def test_each_stage_of_a_run_gets_its_own_bar_on_stderr(capsys) -> None:
     labels = ["registering agencies", "router x3, throughput", "latency at 200/s"]
     at = [out.err.find(label) for label in labels]
     assert all(i >= 0 for i in at) and at == sorted(at), out.err
+
+
+def test_sizes_and_rates_that_measure_nothing_are_usage_errors(tmp_path) -> None:
+    for flag in ("--rate", "--latency-seconds", "--large-mib"):
+        res = CliRunner().invoke(main, ["bench", flag, "0"], env={"DOCBUS_HOME": str(tmp_path)})
+        assert res.exit_code == 2 and "is not in the range x>0" in res.output
