@@ -12,8 +12,9 @@ Optional: ``"priority"`` (0 thường … 4), ``"content"``, ``"paper_only"``, `
 adapter sends it as ``docbus send`` would (signed, outbox first, queued while the broker is
 down) and moves the header and its files out of the way, with ``result.json`` beside them:
 
-- ``FOLDER/sent/<name>/``: ``{"document_id", "digest", "published", "error"}``; the 01 and
-  later statuses arrive like any other message (the drop folder, ``docbus inbox``);
+- ``FOLDER/sent/<name>/``: ``{"document_id", "digest", "published", "error"}`` (``published``
+  false: the broker was away, the document waits in the outbox and the running adapter sends
+  it); the 01 and later statuses arrive like any other message (the drop folder, ``docbus inbox``);
 - ``FOLDER/refused/<name>/``: ``{"reason", "message"}``: a header that is not valid, a file
   missing or empty, a số already used today, a secret document, … Nothing is dropped.
 
