@@ -23,8 +23,10 @@ header found there was sent if its số is in the outbox, and is sent otherwise,
 Each header's files are its own (they are moved with it).
 
 Security: the header and the files come from the agency's own system, not from the bus; still,
-a file is named by a plain name inside FOLDER (no path), and a header is read only up to
-:data:`MAX_HEADER_BYTES`.
+a file is named by a plain name inside FOLDER (no path), symbolic links are refused (on a
+folder shared with the agency's staff one would send any file the adapter may read), and a
+header is read only up to :data:`MAX_HEADER_BYTES`.  Whoever may write FOLDER may send in the
+agency's name: give it the permissions of the agency's outgoing mail.
 """
 
 from __future__ import annotations
@@ -178,6 +180,8 @@ def read_job(header: Path, *, files_in: Path | None = None) -> Job:
     """The header at ``header`` checked as ``docbus send`` checks its options (files are looked
     for in ``files_in``, by default the header's folder); :class:`BadJob` says what is wrong."""
     folder = files_in or header.parent
+    if header.is_symlink():
+        raise BadJob("the header is a symbolic link: write the header itself in the pickup folder")
     if header.stat().st_size > MAX_HEADER_BYTES:
         raise BadJob(f"the header is over {MAX_HEADER_BYTES} bytes")
     try:
@@ -247,6 +251,8 @@ def _files(names: Any, folder: Path) -> tuple[Path, ...]:
         if not _plain(name):
             raise BadJob(f"{name!r} is not a plain file name in the pickup folder")
         path = folder / name
+        if path.is_symlink():  # a shared folder: a link would send whatever the adapter may read
+            raise BadJob(f"{name} is a symbolic link: put the file itself in the pickup folder")
         if not path.is_file():
             raise Refused(f"{name} is not in the pickup folder", reason="missing-file")
         if path.stat().st_size == 0:

@@ -72,6 +72,7 @@ def test_a_header_and_its_file_are_sent_and_moved_to_sent(memory_province, tmp_p
         (bao_cao(priority=True), {"Báo cáo.pdf": PDF}, "bad-job", '"priority" is a whole number'),
         (bao_cao(files=["../secret.pdf"]), {}, "bad-job", "not a plain file name"),
         (bao_cao(), {}, "missing-file", "Báo cáo.pdf is not in the pickup folder"),
+        (bao_cao(files=["passwd"]), {}, "bad-job", "passwd is a symbolic link"),
         (bao_cao(), {"Báo cáo.pdf": b""}, "empty-file", "Báo cáo.pdf is empty (0 bytes)"),
     ],
 )
@@ -81,6 +82,9 @@ def test_a_header_that_cannot_be_sent_is_kept_with_its_files_and_reason(
     p = memory_province
     folder = tmp_path / "pickup"
     leave(folder, "bc", header, files)
+    if isinstance(header, dict) and header.get("files") == ["passwd"]:
+        (folder / "passwd").symlink_to("/etc/passwd")
+        files = {"passwd": b""}  # the link is kept with the header
     with Adapter(p.settings, DEPT, transport=p.transport) as dept:
         [done] = Pickup(folder).work(dept)
         assert dept.pending() == 0 and dept.store.Outbox.select().count() == 0  # nothing signed or sent
