@@ -562,14 +562,8 @@ def send(
 
 def _refuse_number_in_use(adapter: Any, number: str, notation: str) -> None:
     earlier = adapter.number_in_use(number, notation)
-    if earlier is None:
-        return
-    where = "sent" if earlier.published else "queued in the outbox, to be sent when the broker takes it"
-    raise Refused(
-        f"{earlier.document_id} was already {where} on {earlier.created_at:%Y-%m-%d %H:%M:%S} UTC; "
-        "give the new document its own number, or change that one with --update or --replace",
-        reason="number-in-use",
-    )
+    if earlier is not None:
+        raise earlier.refusal(", or change that one with --update or --replace")
 
 
 @main.group(invoke_without_command=True)

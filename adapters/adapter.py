@@ -108,6 +108,15 @@ class NumberInUse:
     created_at: dt.datetime  # when it went into the outbox (UTC)
     published: bool  # False: still queued in the outbox
 
+    def refusal(self, hint: str = "") -> Refused:
+        """The refusal of a new document under the same number; ``hint``: what else to do."""
+        where = "sent" if self.published else "queued in the outbox, to be sent when the broker takes it"
+        return Refused(
+            f"{self.document_id} was already {where} on {self.created_at:%Y-%m-%d %H:%M:%S} UTC; "
+            f"give the new document its own number{hint}",
+            reason="number-in-use",
+        )
+
 
 @dataclass
 class InboxItem:

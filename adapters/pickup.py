@@ -108,11 +108,7 @@ class Pickup:
             job = read_job(header)
             earlier = adapter.number_in_use(job.number, job.notation)
             if earlier is not None:
-                raise Refused(
-                    f"{earlier.document_id} was already sent on {earlier.created_at:%Y-%m-%d %H:%M:%S} UTC; "
-                    "give the new document its own number",
-                    reason="number-in-use",
-                )
+                raise earlier.refusal()
         except Refused as exc:
             return self._refuse(header, exc)
         in_flight = self.sending / header.name
