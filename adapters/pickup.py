@@ -118,10 +118,13 @@ class Pickup:
     def _recover(self, header: Path, adapter: Any) -> Outcome:
         """A header a crash left between taken and moved: sent if its số is in the outbox."""
         try:
-            job = read_job(header, files_in=self.folder)
+            # its files may be moved already (the crash came while finishing): not checked yet
+            job = read_job(header, files_in=self.folder, check_files=False)
+            earlier = adapter.number_in_use(job.number, job.notation)
+            if earlier is None:
+                job = read_job(header, files_in=self.folder)
         except Refused as exc:
             return self._refuse(header, exc)
-        earlier = adapter.number_in_use(job.number, job.notation)
         if earlier is None:
             return self._send(header, job, adapter)
         result = {"document_id": earlier.document_id, "digest": earlier.digest, "published": earlier.published}
@@ -172,9 +175,10 @@ class Pickup:
         return dest
 
 
-def read_job(header: Path, *, files_in: Path | None = None) -> Job:
+def read_job(header: Path, *, files_in: Path | None = None, check_files: bool = True) -> Job:
     """The header at ``header`` checked as ``docbus send`` checks its options (files are looked
-    for in ``files_in``, by default the header's folder); :class:`BadJob` says what is wrong."""
+    for in ``files_in``, by default the header's folder); :class:`BadJob` says what is wrong.
+    ``check_files=False``: the files named are not looked at, only those present are listed."""
     folder = files_in or header.parent
     if header.is_symlink():
         raise BadJob("the header is a symbolic link: write the header itself in the pickup folder")
@@ -224,7 +228,7 @@ def read_job(header: Path, *, files_in: Path | None = None) -> Job:
         content,
         fields["paper_only"],
         fields["zip"],
-        _files(fields["files"], folder),
+        _files(fields["files"], folder) if check_files else _present(fields["files"], folder),
     )
 
 
@@ -259,6 +263,12 @@ def _files(names: Any, folder: Path) -> tuple[Path, ...]:
     return tuple(out)
 
 
+def _present(names: Any, folder: Path) -> tuple[Path, ...]:
+    if not isinstance(names, list):
+        return ()
+    return tuple(folder / n for n in names if isinstance(n, str) and _plain(n) and (folder / n).is_file())
+
+
 def _named_files(header: Path, folder: Path) -> list[Path]:
     """The plain names a header that could not be used lists, to keep them with it."""
     try:
@@ -267,9 +277,7 @@ def _named_files(header: Path, folder: Path) -> list[Path]:
         names = json.loads(header.read_bytes().decode("utf-8-sig")).get("files", [])
     except (OSError, ValueError, AttributeError):
         return []
-    if not isinstance(names, list):
-        return []
-    return [folder / n for n in names if isinstance(n, str) and _plain(n)]
+    return list(_present(names, folder))
 
 
 def _plain(name: str) -> bool:

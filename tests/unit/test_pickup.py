@@ -128,11 +128,14 @@ def test_after_a_crash_a_header_in_flight_is_sent_once(memory_province, tmp_path
         sent = dept.send([PC, FIN], subject="Báo cáo tháng 11", number="12", notation="BC-SNV", files=[])
         leave(pickup.sending, "done", bao_cao())
         (folder / "Báo cáo.pdf").write_bytes(PDF)
+        # sent, its file moved to sent/, then the crash before its header followed
+        dept.send([PC], subject="Báo cáo quý", number="15", notation="BC-SNV", files=[])
+        leave(pickup.sending, "half", bao_cao("15", files=["Quý.pdf"]))
         # taken, then the crash before it was signed
         leave(pickup.sending, "undone", bao_cao("14", files=["Phụ lục.pdf"]))
         (folder / "Phụ lục.pdf").write_bytes(PDF)
         outcomes = {o.name: o for o in pickup.work(dept)}
-        assert outcomes["done"].state == outcomes["undone"].state == "sent"
+        assert outcomes["done"].state == outcomes["undone"].state == outcomes["half"].state == "sent"
         assert outcomes["done"].document_id == sent.document_id and outbox_rows(dept, sent.document_id) == 1
         assert outbox_rows(dept, outcomes["undone"].document_id) == 1
         assert json.loads((folder / "sent" / "done" / "result.json").read_text())["digest"] == sent.digest
