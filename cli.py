@@ -16,6 +16,7 @@ import logging
 import shutil
 import sys
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
@@ -66,6 +67,30 @@ def json_option(what: str = "") -> Callable[[Callable[..., Any]], Callable[..., 
     """``--json``: what a command prints for people, as JSON for machines (UTF-8, diacritics intact)."""
     text = f"Print {what} as JSON, for machines." if what else "Print JSON for machines instead of text for people."
     return click.option("--json", "as_json", is_flag=True, help=text)
+
+
+def listing_options(noun: str, fetched: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--last``, ``--all``, ``--json`` and ``--no-fetch``, as the agency's listings (inbox,
+    sent) take them: the newest 50 for people, everything for machines."""
+    options = [
+        click.option(
+            "--last",
+            type=click.IntRange(min=1),
+            help="Show only the newest N.  [default: 50 in the table, all with --json]",
+        ),
+        click.option("--all", "show_all", is_flag=True, help=f"Show every {noun}, however many."),
+        json_option(),
+        click.option(
+            "--no-fetch", is_flag=True, help=f"Show the local store only; do not take new {fetched} from the broker."
+        ),
+    ]
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
 
 
 class StageBars:
@@ -198,7 +223,7 @@ def main(verbose: bool) -> None:
     \b
     Set-up:      docbus init; docbus agency add 000.00.00.H61 "UBND tỉnh Vĩnh Long"
     Run:         docbus router run   (central)   docbus adapter run --agency CODE (each agency)
-    Documents:   docbus send, docbus inbox, docbus status send, docbus trace
+    Documents:   docbus send, docbus inbox, docbus sent, docbus status send, docbus trace
     Files:       docbus inspect FILE, docbus verify FILE...
     Try it all:  docbus demo
 
@@ -570,12 +595,7 @@ def _refuse_number_in_use(adapter: Any, number: str, notation: str) -> None:
 @click.option("--agency", "code", help="OrganId whose inbox to show.")
 @click.option("--kind", type=click.Choice(["edoc", "status"]), help="Only documents (edoc) or only statuses.")
 @click.option("--since", help="Received on or after this day (YYYY-MM-DD, UTC as the Received column).")
-@click.option(
-    "--last", type=click.IntRange(min=1), help="Show only the newest N.  [default: 50 in the table, all with --json]"
-)
-@click.option("--all", "show_all", is_flag=True, help="Show every message, however many.")
-@json_option()
-@click.option("--no-fetch", is_flag=True, help="Show the local store only; do not take new deliveries from the broker.")
+@listing_options("message", "deliveries")
 @click.pass_context
 @guarded
 def inbox(
@@ -600,22 +620,11 @@ def inbox(
         raise click.UsageError("--agency CODE is required")
     s = settings()
     with _adapter(s, code) as a:
-        note = ""
-        if not no_fetch:
-            try:
-                a.flush()
-                a.receive(idle_timeout=0.5)
-            except BrokerUnavailable as exc:
-                note = f"showing the local store only: {exc.message}"
-        day = _date(since)
-        start = dt.datetime.combine(day, dt.time()) if day is not None else None
-        if last is None and not as_json:
-            last = 50  # a screenful for people; machines get everything unless they ask
-        limit = None if show_all else last
+        note = _take_new(a, no_fetch)
+        start, limit = _window(since, last, show_all, as_json)
         items = a.inbox(kind, since=start, last=limit)
         total = len(items) if limit is None or len(items) < limit else a.inbox_count(kind, since=start)
-    if total > len(items):
-        note = "\n".join(filter(None, [note, f"the newest {len(items)} of {total} shown: --all or --last N for more"]))
+    note = _more_note(note, len(items), total)
     if as_json:
         emit_json([item.__dict__ for item in items])
     else:
@@ -698,6 +707,112 @@ def status_send(
 
 
 SUPERSEDED_NAMES = {"revoked": "thu hồi", "updated": "cập nhật", "replaced": "thay thế"}
+
+
+@main.command()
+@click.option("--agency", "code", required=True, help="OrganId of the agency whose sent documents to show.")
+@click.argument("document_id", required=False)
+@click.option("--since", help="Sent on or after this day (YYYY-MM-DD, UTC as the Sent column).")
+@listing_options("document", "statuses")
+@guarded
+def sent(
+    code: str,
+    document_id: str | None,
+    since: str | None,
+    last: int | None,
+    show_all: bool,
+    as_json: bool,
+    no_fetch: bool,
+) -> None:
+    """What an agency sent (văn bản đi), newest last, and what each recipient answered.
+
+    From the agency's own store (no archive needed): new statuses are taken from the broker
+    first.  With DOCUMENT_ID, one line per recipient with its latest status.
+    """
+    s = settings()
+    with _adapter(s, code) as a:
+        note = _take_new(a, no_fetch)
+        start, limit = _window(since, last, show_all or document_id is not None, as_json)
+        items = a.sent(since=start, last=limit)
+        total = len(items) if limit is None or len(items) < limit else a.sent_count(since=start)
+    if document_id is not None:
+        items = [i for i in items if i.document_id == document_id]
+        if not items:
+            raise NotFound(f"{code} sent no document {document_id!r}")
+    note = _more_note(note, len(items), total)
+    if as_json:
+        emit_json([_sent_json(i) for i in items])
+    elif document_id is not None:
+        for i in items:
+            click.echo(f"{i.document_id}  “{i.subject}”  sent {i.sent_at} UTC: {_sent_state(i)}")
+            rows = [[org, *(_answer_cells(ans))] for org, ans in i.answers.items()]
+            click.echo(table(rows, ["Recipient", "Status", "At (UTC)"]))
+    else:
+        rows = [[i.sent_at, i.document_id, i.subject, _answers_summary(i), _sent_state(i)] for i in items]
+        click.echo(table(rows, ["Sent (UTC)", "DocumentId", "Subject", "Answers", "State"]))
+    if note:
+        click.echo(note, err=True)
+
+
+def _sent_json(item: Any) -> dict[str, Any]:
+    data = {k: v for k, v in item.__dict__.items() if k != "answers"}
+    data["recipients"] = [
+        {"organ_id": org, "status": ans[0] if ans else None, "at": ans[1] if ans else None}
+        for org, ans in item.answers.items()
+    ]
+    return data
+
+
+def _sent_state(item: Any) -> str:
+    if item.refused:
+        return f"refused by the data centre: {item.refused}"
+    state = "sent" if item.published else "queued (the adapter sends it when the broker takes it)"
+    if item.business_doc_type:
+        state += f", {edxml.BUSINESS_DOC_TYPES.get(item.business_doc_type, '').lower()}"
+    return state
+
+
+def _answer_cells(answer: tuple[str, str] | None) -> list[str]:
+    if answer is None:
+        return ["—", ""]
+    code, at = answer
+    return [f"{code} {edxml.STATUS_CODES.get(code, '')}".strip(), at]
+
+
+def _answers_summary(item: Any) -> str:
+    """'01 ×1, 03 ×2, none ×1' over the recipients' latest statuses."""
+    counts = Counter(ans[0] if ans else "none" for ans in item.answers.values())
+    return ", ".join(f"{c} ×{n}" for c, n in sorted(counts.items(), key=lambda kv: (kv[0] == "none", kv[0])))
+
+
+def _take_new(adapter: Any, no_fetch: bool) -> str:
+    """Send what waits in the outbox and take what the broker holds for the agency, before a
+    listing; the note to print when the broker cannot be reached (the store is shown anyway)."""
+    if no_fetch:
+        return ""
+    try:
+        adapter.flush()
+        adapter.receive(idle_timeout=0.5)
+    except BrokerUnavailable as exc:
+        return f"showing the local store only: {exc.message}"
+    return ""
+
+
+def _window(
+    since: str | None, last: int | None, show_all: bool, as_json: bool
+) -> tuple[dt.datetime | None, int | None]:
+    """A listing's start (``--since`` day) and how many of the newest to show: a screenful (50)
+    for people, everything for machines unless ``--last`` asks for fewer, all with ``--all``."""
+    day = _date(since)
+    start = dt.datetime.combine(day, dt.time()) if day is not None else None
+    if last is None and not as_json:
+        last = 50
+    return start, None if show_all else last
+
+
+def _more_note(note: str, shown: int, total: int) -> str:
+    more = f"the newest {shown} of {total} shown: --all or --last N for more" if total > shown else ""
+    return "\n".join(filter(None, [note, more]))
 
 
 def _inbox_state(item: Any) -> str:

@@ -5,6 +5,6 @@
 status 01 automatically.  See :mod:`adapters.adapter` for a runnable example.
 """
 
-from adapters.adapter import Adapter, InboxItem
+from adapters.adapter import Adapter, InboxItem, SentItem
 
-__all__ = ["Adapter", "InboxItem"]
+__all__ = ["Adapter", "InboxItem", "SentItem"]

@@ -31,6 +31,7 @@ Guarantees, and how:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -116,6 +117,21 @@ class NumberInUse:
             f"give the new document its own number{hint}",
             reason="number-in-use",
         )
+
+
+@dataclass
+class SentItem:
+    """A document this agency sent (văn bản đi) and what became of it, from its own store:
+    the statuses its recipients answered and the data centre's 02 if it refused it."""
+
+    document_id: str
+    digest: str
+    sent_at: str  # when it went into the outbox (UTC)
+    published: bool  # False: still queued in the outbox
+    subject: str
+    answers: dict[str, tuple[str, str] | None]  # recipient -> its latest (status code, received at), or None
+    refused: str | None = None  # the data centre's 02, "[reason] detail", if it refused this submission
+    business_doc_type: int = 0  # 1 thu hồi, 2 cập nhật, 3 thay thế: about a document sent before
 
 
 @dataclass
@@ -265,6 +281,50 @@ class Adapter:
             return None
         last = sent[-1]
         return NumberInUse(document_id, last.digest, last.created_at, last.published_at is not None)
+
+    def sent(self, *, since: dt.datetime | None = None, last: int | None = None) -> list[SentItem]:
+        """The documents this agency sent, oldest first (``since``: put in the outbox at or after,
+        UTC; ``last``: only the newest so many), each with its recipients' latest status."""
+        Outbox, Inbox = self.store.Outbox, self.store.Inbox
+        query = Outbox.select().where(Outbox.kind == "edoc")
+        if since is not None:
+            query = query.where(Outbox.created_at >= since)
+        rows = list(reversed(list(query.order_by(Outbox.id.desc()).limit(last))))
+        ids = list({r.document_id for r in rows})
+        latest: dict[tuple[str, str], tuple[str, str]] = {}
+        hub: dict[str, str] = {}  # the refused submission's digest -> the 02's description
+        for st in Inbox.select().where((Inbox.kind == "status") & Inbox.document_id.in_(ids)).order_by(Inbox.id):
+            if st.sender == self.settings.hub_organ_id:
+                digest = st.subject.rsplit("sha256:", 1)[-1].rstrip(")")
+                hub[digest] = st.subject.rsplit(" (submission sha256:", 1)[0]
+            else:
+                latest[(st.document_id, st.sender)] = (st.status_code or "", f"{st.received_at:%Y-%m-%d %H:%M:%S}")
+        out = []
+        for r in rows:
+            msg = None
+            with contextlib.suppress(DocbusError):  # our own signed bytes: read for the header only
+                msg = edxml.parse_tree(safexml.parse(bytes(r.raw), self.settings.limits))
+            refused = hub.get(r.digest)
+            recipients = [c for c in r.recipients.split(",") if c]
+            out.append(
+                SentItem(
+                    r.document_id,
+                    r.digest,
+                    f"{r.created_at:%Y-%m-%d %H:%M:%S}",
+                    r.published_at is not None,
+                    msg.subject if isinstance(msg, Edoc) else "",
+                    # a refused submission reached nobody: answers under its DocumentId are another's
+                    {c: None if refused else latest.get((r.document_id, c)) for c in recipients},
+                    refused,
+                    msg.business.doc_type if isinstance(msg, Edoc) else 0,
+                )
+            )
+        return out
+
+    def sent_count(self, *, since: dt.datetime | None = None) -> int:
+        Outbox = self.store.Outbox
+        query = Outbox.select().where(Outbox.kind == "edoc")
+        return (query.where(Outbox.created_at >= since) if since is not None else query).count()
 
     def send_status(self, document_id: str, edoc_sender: str, code: str, description: str = "") -> SendResult:
         return self.submit(self._status(document_id, edoc_sender, code, description))

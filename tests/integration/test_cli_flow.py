@@ -91,6 +91,11 @@ def test_send_route_receive_answer_trace(env, tmp_path) -> None:
 
     statuses = json.loads(docbus(env, "inbox", "--agency", DEPT, "--json").stdout)
     assert [(s["status_code"], s["sender"]) for s in statuses] == [("01", PC), ("03", PC)]
+    [register] = json.loads(docbus(env, "sent", "--agency", DEPT, "--json").stdout)
+    assert (register["document_id"], register["subject"]) == (document_id, "Tờ trình V/v kết nối")
+    assert [(r["organ_id"], r["status"]) for r in register["recipients"]] == [(PC, "03")]
+    one = docbus(env, "sent", "--agency", DEPT, document_id).stdout
+    assert "03 Đã tiếp nhận" in one and PC in one
     trace = json.loads(docbus(env, "trace", "--json", document_id).stdout)
     assert [s["code"] for s in trace["submissions"][0]["recipients"][0]["statuses"]] == ["01", "03"]
     table = docbus(env, "trace", document_id).stdout

@@ -124,6 +124,24 @@ def test_a_number_is_in_use_once_sent_and_free_again_when_the_hub_refuses_it(bus
     assert a[PC].number_in_use("10", "UBND") is not None
 
 
+def test_the_senders_register_shows_each_recipients_latest_answer_and_refusals(bus) -> None:
+    _p, router, a, pdf = bus
+    sent = a[PC].send([DEPT, FIN], subject="Quyết định 20", number="20", notation="QĐ-UBND", files=[pdf])
+    cycle(router, a)
+    a[DEPT].send_status(sent.document_id, PC, "03", "Đã tiếp nhận")
+    refused = a[PC].send([DEPT], subject="Thiếu tệp", number="21", notation="QĐ-UBND")
+    cycle(router, a)
+    first, second = a[PC].sent()
+    assert (first.document_id, first.subject, first.published) == (sent.document_id, "Quyết định 20", True)
+    assert first.refused is None
+    assert {org: ans[0] if ans else None for org, ans in first.answers.items()} == {DEPT: "03", FIN: "01"}
+    assert second.document_id == refused.document_id and second.answers == {DEPT: None}
+    assert second.refused is not None and second.refused.startswith("[no-electronic-file] ")
+    assert "sha256" not in second.refused
+    assert [i.document_id for i in a[PC].sent(last=1)] == [refused.document_id] and a[PC].sent_count() == 2
+    assert a[DEPT].sent() == []  # its 03 is a status, not a document it sent
+
+
 def test_recall_handshake(bus) -> None:
     p, router, a, pdf = bus
     sent = a[PC].send([DEPT, FIN], subject="Công văn gửi nhầm", number="8", notation="UBND", files=[pdf])
