@@ -293,7 +293,14 @@ class Adapter:
         ids = list({r.document_id for r in rows})
         latest: dict[tuple[str, str], tuple[str, str]] = {}
         hub: dict[str, str] = {}  # the refused submission's digest -> the 02's description
-        for st in Inbox.select().where((Inbox.kind == "status") & Inbox.document_id.in_(ids)).order_by(Inbox.id):
+        answers = (  # in slices: a year's register is more DocumentIds than one statement may bind
+            st
+            for at in range(0, len(ids), 500)
+            for st in Inbox.select()
+            .where((Inbox.kind == "status") & Inbox.document_id.in_(ids[at : at + 500]))
+            .order_by(Inbox.id)
+        )
+        for st in sorted(answers, key=lambda row: row.id):
             if st.sender == self.settings.hub_organ_id:
                 digest = st.subject.rsplit("sha256:", 1)[-1].rstrip(")")
                 hub[digest] = st.subject.rsplit(" (submission sha256:", 1)[0]
