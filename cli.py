@@ -72,7 +72,7 @@ def json_option(what: str = "") -> Callable[[Callable[..., Any]], Callable[..., 
 def listing_options(noun: str, fetched: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--last``, ``--all``, ``--json`` and ``--no-fetch``, as the agency's listings (inbox,
     sent) take them: the newest 50 for people, everything for machines."""
-    options = [
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option(
             "--last",
             type=click.IntRange(min=1),

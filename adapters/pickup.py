@@ -36,10 +36,13 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bus.errors import DocbusError, NotFound, Refused
 from bus.filenames import safe_name, unique_name
+
+if TYPE_CHECKING:
+    from adapters.adapter import Adapter
 
 log = logging.getLogger("docbus.pickup")
 
@@ -92,7 +95,7 @@ class Pickup:
         for d in (folder, self.sending, folder / "sent", folder / "refused"):
             d.mkdir(parents=True, exist_ok=True)
 
-    def work(self, adapter: Any) -> list[Outcome]:
+    def work(self, adapter: Adapter) -> list[Outcome]:
         """Send what the system left (headers a crash left in flight first); one outcome each.
 
         A file error of the folder itself (its permissions, a full disk) stops the adapter:
@@ -103,7 +106,7 @@ class Pickup:
         except OSError as exc:
             raise DocbusError(f"pickup folder {self.folder}: {exc}", reason="local-io") from exc
 
-    def _take(self, header: Path, adapter: Any) -> Outcome:
+    def _take(self, header: Path, adapter: Adapter) -> Outcome:
         try:
             job = read_job(header)
             earlier = adapter.number_in_use(job.number, job.notation)
@@ -115,7 +118,7 @@ class Pickup:
         header.replace(in_flight)
         return self._send(in_flight, job, adapter)
 
-    def _recover(self, header: Path, adapter: Any) -> Outcome:
+    def _recover(self, header: Path, adapter: Adapter) -> Outcome:
         """A header a crash left between taken and moved: sent if its số is in the outbox."""
         try:
             # its files may be moved already (the crash came while finishing): not checked yet
@@ -130,7 +133,7 @@ class Pickup:
         result = {"document_id": earlier.document_id, "digest": earlier.digest, "published": earlier.published}
         return self._finish(header, job, result)
 
-    def _send(self, header: Path, job: Job, adapter: Any) -> Outcome:
+    def _send(self, header: Path, job: Job, adapter: Adapter) -> Outcome:
         try:
             sent = adapter.send(
                 list(job.to),
@@ -214,9 +217,9 @@ def read_job(header: Path, *, files_in: Path | None = None, check_files: bool = 
     priority = fields["priority"]
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 4:
         raise BadJob('"priority" is a whole number from 0 (thường) to 4 (hỏa tốc hẹn giờ)')
-    for flag in ("paper_only", "zip"):
-        if not isinstance(fields[flag], bool):
-            raise BadJob(f'"{flag}" is true or false')
+    paper_only, zipped = fields["paper_only"], fields["zip"]
+    if not isinstance(paper_only, bool) or not isinstance(zipped, bool):
+        raise BadJob('"paper_only" and "zip" are true or false')
     return Job(
         _job_name(header),
         tuple(to),
@@ -226,8 +229,8 @@ def read_job(header: Path, *, files_in: Path | None = None, check_files: bool = 
         type_name,
         priority,
         content,
-        fields["paper_only"],
-        fields["zip"],
+        paper_only,
+        zipped,
         _files(fields["files"], folder) if check_files else _present(fields["files"], folder),
     )
 
