@@ -977,7 +977,8 @@ def adapter() -> None:
     "--pickup",
     type=click.Path(file_okay=False, path_type=Path),
     help="Send what the agency's system leaves here: its files, then <name>.send.json naming them "
-    '({"to", "subject", "number", "notation", "type", "files"}); moved to sent/ or refused/ with result.json.',
+    '({"to", "subject", "number", "notation", "type", "files"}), or <name>.status.json '
+    '({"document_id", "code"}) answering a received document; moved to sent/ or refused/ with result.json.',
 )
 @guarded
 def adapter_run(code: str, idle_exit: float | None, drop: Path | None, pickup: Path | None) -> None:
@@ -1011,8 +1012,9 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None, pickup: P
         def send_picked_up() -> int:
             done = folder.work(a) if folder is not None else []
             for o in done:
+                what = f"status {o.status_code} for {o.document_id}" if o.status_code else o.document_id
                 click.echo(
-                    f"sent {o.name}: {o.document_id}"
+                    f"sent {o.name}: {what}"
                     if o.state == "sent"
                     else f"refused {o.name} [{o.reason}]: {o.message} (kept in {o.folder})"
                 )

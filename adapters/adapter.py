@@ -333,6 +333,17 @@ class Adapter:
         query = Outbox.select().where(Outbox.kind == "edoc")
         return (query.where(Outbox.created_at >= since) if since is not None else query).count()
 
+    def answered(self, document_id: str, code: str) -> SendResult | None:
+        """The status ``code`` this agency already put in its outbox about ``document_id``, if any."""
+        Outbox = self.store.Outbox
+        rows = Outbox.select().where((Outbox.kind == "status") & (Outbox.document_id == document_id[:500]))
+        for r in rows.order_by(Outbox.id.desc()):
+            with contextlib.suppress(DocbusError):  # our own signed bytes
+                msg = edxml.parse_tree(safexml.parse(bytes(r.raw), self.settings.limits))
+                if isinstance(msg, edxml.Status) and msg.status_code == code:
+                    return SendResult(r.document_id, r.digest, r.published_at is not None, r.last_error)
+        return None
+
     def send_status(self, document_id: str, edoc_sender: str, code: str, description: str = "") -> SendResult:
         return self.submit(self._status(document_id, edoc_sender, code, description))
 

@@ -18,9 +18,16 @@ down) and moves the header and its files out of the way, with ``result.json`` be
 - ``FOLDER/refused/<name>/``: ``{"reason", "message"}``: a header that is not valid, a file
   missing or empty, a số already used today, a secret document, … Nothing is dropped.
 
-A header is moved to ``FOLDER/.sending/`` before the document is signed: after a crash, a
-header found there was sent if its số is in the outbox, and is sent otherwise, never twice.
-Each header's files are its own (they are moved with it).
+A status about a received document (03 accepted, 04 assigned, 05 processing, 06 done, …) is
+``<name>.status.json``: ``{"document_id": "…", "code": "03", "description": "…"}`` (the
+description is optional); it goes to the document's sender, into ``sent/`` or ``refused/`` the
+same way (``result.json``: ``{"document_id", "status_code", "to", "digest", "published",
+"error"}``).
+
+A header is moved to ``FOLDER/.sending/`` before its message is signed: after a crash, a
+header found there was sent if its message is in the outbox (a document by its số, a status by
+its document and code), and is sent otherwise, never twice.  Each header's files are its own
+(they are moved with it).
 
 Security: the header and the files come from the agency's own system, not from the bus; still,
 a file is named by a plain name inside FOLDER (no path), symbolic links are refused (on a
@@ -38,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bus.edxml import STATUS_CODES
 from bus.errors import DocbusError, NotFound, Refused
 from bus.filenames import safe_name, unique_name
 
@@ -47,6 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("docbus.pickup")
 
 SUFFIX = ".send.json"
+STATUS_SUFFIX = ".status.json"
+HEADERS = (f"*{SUFFIX}", f"*{STATUS_SUFFIX}")
 MAX_HEADER_BYTES = 1 << 20
 RESULT = "result.json"
 _OPTIONAL = {"type": "Công văn", "priority": 0, "content": "", "paper_only": False, "zip": False}
@@ -77,6 +87,16 @@ class Job:
 
 
 @dataclass(frozen=True)
+class StatusJob:
+    """A status header read and checked."""
+
+    name: str
+    document_id: str
+    code: str
+    description: str
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What became of one header: ``state`` sent or refused, and the folder now holding it."""
 
@@ -86,6 +106,7 @@ class Outcome:
     document_id: str | None = None
     reason: str | None = None
     message: str | None = None
+    status_code: str | None = None  # a status header's code
 
 
 class Pickup:
@@ -101,12 +122,14 @@ class Pickup:
         A file error of the folder itself (its permissions, a full disk) stops the adapter:
         ``local-io``, as the drop folder does, rather than be retried without end."""
         try:
-            done = [self._recover(h, adapter) for h in _in_order(self.sending.glob(f"*{SUFFIX}"))]
-            return done + [self._take(h, adapter) for h in _in_order(self.folder.glob(f"*{SUFFIX}"))]
+            done = [self._recover(h, adapter) for h in _in_order(self.sending, HEADERS)]
+            return done + [self._take(h, adapter) for h in _in_order(self.folder, HEADERS)]
         except OSError as exc:
             raise DocbusError(f"pickup folder {self.folder}: {exc}", reason="local-io") from exc
 
     def _take(self, header: Path, adapter: Adapter) -> Outcome:
+        if header.name.endswith(STATUS_SUFFIX):
+            return self._answer(header, adapter, in_flight=False)
         try:
             job = read_job(header)
             earlier = adapter.number_in_use(job.number, job.notation)
@@ -120,6 +143,8 @@ class Pickup:
 
     def _recover(self, header: Path, adapter: Adapter) -> Outcome:
         """A header a crash left between taken and moved: sent if its số is in the outbox."""
+        if header.name.endswith(STATUS_SUFFIX):
+            return self._answer(header, adapter, in_flight=True)
         try:
             # its files may be moved already (the crash came while finishing): not checked yet
             job = read_job(header, files_in=self.folder, check_files=False)
@@ -152,6 +177,29 @@ class Pickup:
         result = {"document_id": sent.document_id, "digest": sent.digest, "published": sent.published}
         return self._finish(header, job, result | {"error": sent.error})
 
+    def _answer(self, header: Path, adapter: Adapter, *, in_flight: bool) -> Outcome:
+        """A status header: to the sender of the document it answers (a recall request, 13,
+        to the recipients of the agency's own document)."""
+        try:
+            job = read_status_job(header)
+            to = adapter.organ_id if job.code == "13" else adapter.document(job.document_id).sender.organ_id
+        except (Refused, NotFound) as exc:
+            return self._refuse(header, exc)
+        earlier = adapter.answered(job.document_id, job.code) if in_flight else None
+        if not in_flight:
+            header.replace(self.sending / header.name)
+            header = self.sending / header.name
+        if earlier is None:
+            try:
+                earlier = adapter.send_status(job.document_id, to, job.code, job.description)
+            except (Refused, NotFound) as exc:
+                return self._refuse(header, exc)
+        result = {"document_id": job.document_id, "status_code": job.code, "to": to}
+        result |= {"digest": earlier.digest, "published": earlier.published, "error": earlier.error}
+        dest = self._move(header, (), "sent", result)
+        log.info("sent %s: status %s for %s", job.name, job.code, job.document_id)
+        return Outcome(job.name, "sent", dest, document_id=job.document_id, status_code=job.code)
+
     def _finish(self, header: Path, job: Job, result: dict[str, Any]) -> Outcome:
         dest = self._move(header, job.files, "sent", result)
         log.info("sent %s: %s", job.name, result["document_id"])
@@ -183,18 +231,7 @@ def read_job(header: Path, *, files_in: Path | None = None, check_files: bool = 
     for in ``files_in``, by default the header's folder); :class:`BadJob` says what is wrong.
     ``check_files=False``: the files named are not looked at, only those present are listed."""
     folder = files_in or header.parent
-    if header.is_symlink():
-        raise BadJob("the header is a symbolic link: write the header itself in the pickup folder")
-    if header.stat().st_size > MAX_HEADER_BYTES:
-        raise BadJob(f"the header is over {MAX_HEADER_BYTES} bytes")
-    try:
-        data = json.loads(header.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise BadJob("the header is not UTF-8 text") from exc
-    except json.JSONDecodeError as exc:
-        raise BadJob(f"the header is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadJob("the header is not a JSON object")
+    data = _header(header)
     unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
     missing = [k for k in _REQUIRED if k not in data]
     if unknown or missing:
@@ -233,6 +270,40 @@ def read_job(header: Path, *, files_in: Path | None = None, check_files: bool = 
         zipped,
         _files(fields["files"], folder) if check_files else _present(fields["files"], folder),
     )
+
+
+def read_status_job(header: Path) -> StatusJob:
+    """A status header checked: a DocumentId, a QCVN status code, an optional description."""
+    data = _header(header)
+    unknown = sorted(set(data) - {"document_id", "code", "description"})
+    missing = [k for k in ("document_id", "code") if k not in data]
+    if unknown or missing:
+        what = [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+        what += [f"missing {', '.join(missing)}"] if missing else []
+        raise BadJob("; ".join(what))
+    fields = {"description": ""} | data
+    document_id, code = _text(fields, "document_id", blank=False), _text(fields, "code", blank=False)
+    if code not in STATUS_CODES or code == "02":
+        allowed = ", ".join(c for c in sorted(STATUS_CODES) if c != "02")
+        raise BadJob(f'"code" {code!r} is not a status the agency sends ({allowed}; 02 is the adapter\'s own)')
+    return StatusJob(_job_name(header), document_id, code, _text(fields, "description", blank=True))
+
+
+def _header(header: Path) -> dict[str, Any]:
+    """A header file as a JSON object, bounded and UTF-8, not a link."""
+    if header.is_symlink():
+        raise BadJob("the header is a symbolic link: write the header itself in the pickup folder")
+    if header.stat().st_size > MAX_HEADER_BYTES:
+        raise BadJob(f"the header is over {MAX_HEADER_BYTES} bytes")
+    try:
+        data = json.loads(header.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise BadJob("the header is not UTF-8 text") from exc
+    except json.JSONDecodeError as exc:
+        raise BadJob(f"the header is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadJob("the header is not a JSON object")
+    return data
 
 
 def _text(fields: dict[str, Any], key: str, *, blank: bool) -> str:
@@ -285,14 +356,18 @@ def _named_files(header: Path, folder: Path) -> list[Path]:
 
 def _plain(name: str) -> bool:
     """A file name of the folder's own: no path, not hidden, not another header."""
-    return name == safe_name(name) and not name.startswith(".") and not name.endswith(SUFFIX)
+    return name == safe_name(name) and not name.startswith(".") and not name.endswith((SUFFIX, STATUS_SUFFIX))
 
 
-def _in_order(headers: Iterable[Path]) -> list[Path]:
-    """In the order the system left them (then by name): its numbers usually follow that order."""
-    found = [(h.stat().st_mtime_ns, h.name, h) for h in headers if h.is_file()]
+def _in_order(folder: Path, patterns: Iterable[str]) -> list[Path]:
+    """The headers in the order the system left them (then by name): its numbers, and a
+    document's statuses, usually follow that order."""
+    found = [(h.stat().st_mtime_ns, h.name, h) for p in patterns for h in folder.glob(p) if h.is_file()]
     return [h for _, _, h in sorted(found)]
 
 
 def _job_name(header: Path) -> str:
-    return header.name[: -len(SUFFIX)] if header.name.endswith(SUFFIX) else header.name
+    for suffix in (SUFFIX, STATUS_SUFFIX):
+        if header.name.endswith(suffix):
+            return header.name[: -len(suffix)]
+    return header.name

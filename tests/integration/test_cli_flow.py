@@ -177,6 +177,16 @@ def test_a_system_without_edxml_sends_through_the_pickup_folder(env, tmp_path) -
     assert (received["document_id"], received["subject"]) == (sent["document_id"], "Tờ trình kế hoạch")
     assert (drop / received["attachments"][0]["file"]).read_bytes() == b"%PDF-1.4 to trinh"
 
+    answers = tmp_path / "pc-pickup"  # the People's Committee's system answers 03 the same way
+    answers.mkdir()
+    answer = {"document_id": sent["document_id"], "code": "03", "description": "Đã vào sổ văn bản đến"}
+    (answers / "tt7-03.status.json").write_text(json.dumps(answer, ensure_ascii=False), encoding="utf-8")
+    run = docbus(env, "adapter", "run", "--agency", PC, "--idle-exit", "1", "--pickup", str(answers))
+    assert f"sent tt7-03: status 03 for {sent['document_id']}" in run.stdout
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    back = docbus(env, "adapter", "run", "--agency", DEPT, "--idle-exit", "1").stdout
+    assert f"status 03 from {PC}: {sent['document_id']} Đã vào sổ văn bản đến" in back
+
 
 def test_adapter_run_hands_documents_to_a_drop_folder(env, tmp_path) -> None:
     set_up(env)

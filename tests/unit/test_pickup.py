@@ -17,12 +17,14 @@ from tests.unit.test_large_files import DEPT, PC
 FIN = "000.00.02.H61"
 
 
-def leave(folder: Path, name: str, header: dict | str, files: dict[str, bytes] | None = None) -> Path:
-    """What the agency's system does: the files first, then the header."""
+def leave(
+    folder: Path, name: str, header: dict | str, files: dict[str, bytes] | None = None, *, kind: str = "send"
+) -> Path:
+    """What the agency's system does: the files first, then the header (``kind`` send or status)."""
     folder.mkdir(parents=True, exist_ok=True)
     for file_name, data in (files or {}).items():
         (folder / file_name).write_bytes(data)
-    path = folder / f"{name}.send.json"
+    path = folder / f"{name}.{kind}.json"
     path.write_text(header if isinstance(header, str) else json.dumps(header, ensure_ascii=False), encoding="utf-8")
     return path
 
@@ -156,3 +158,50 @@ def test_a_pickup_folder_that_cannot_be_read_stops_the_adapter(memory_province, 
         with pytest.raises(DocbusError) as exc:
             pickup.work(dept)
     assert exc.value.reason == "local-io" and "pickup folder" in exc.value.message
+
+
+def status_rows(a: Adapter, document_id: str) -> int:
+    Outbox = a.store.Outbox
+    return Outbox.select().where((Outbox.kind == "status") & (Outbox.document_id == document_id)).count()
+
+
+def test_a_status_header_answers_the_documents_sender(memory_province, tmp_path) -> None:
+    p = memory_province
+    folder = tmp_path / "pickup"
+    leave(folder, "bc", bao_cao(), {"Báo cáo.pdf": PDF})
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        [sent] = Pickup(folder).work(dept)
+    take(p, PC)  # delivered; the People's Committee answers 01 on its own
+    answers = tmp_path / "pc-pickup"
+    accepted = {"document_id": sent.document_id, "code": "03", "description": "Đã vào sổ"}
+    leave(answers, "tiep-nhan", accepted, kind="status")
+    leave(answers, "la", {"document_id": "000.00.09.H61,2026/01/01,1/X", "code": "03"}, kind="status")
+    leave(answers, "sai-ma", {"document_id": sent.document_id, "code": "02"}, kind="status")
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        done = {o.name: o for o in Pickup(answers).work(pc)}
+        assert status_rows(pc, sent.document_id) == 2  # its 01 and this 03
+    assert done["tiep-nhan"].state == "sent"
+    result = json.loads((done["tiep-nhan"].folder / "result.json").read_text(encoding="utf-8"))
+    assert (result["status_code"], result["to"], result["published"]) == ("03", DEPT, True)
+    assert (done["la"].state, done["la"].reason) == ("refused", "not-found")
+    assert (done["sai-ma"].state, done["sai-ma"].reason) == ("refused", "bad-job")
+    statuses = [(m.status_code, m.description) for _, m, _ in take(p, DEPT) if m.kind == "status"]
+    assert ("03", "Đã vào sổ") in statuses
+
+
+def test_after_a_crash_a_status_in_flight_is_sent_once(memory_province, tmp_path) -> None:
+    p = memory_province
+    folder = tmp_path / "pickup"
+    leave(folder, "bc", bao_cao(), {"Báo cáo.pdf": PDF})
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        [sent] = Pickup(folder).work(dept)
+    take(p, PC)
+    answers = Pickup(tmp_path / "pc-pickup")
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        pc.send_status(sent.document_id, DEPT, "04", "Phân công")  # in the outbox, then the crash
+        leave(answers.sending, "phan-cong", {"document_id": sent.document_id, "code": "04"}, kind="status")
+        leave(answers.sending, "xu-ly", {"document_id": sent.document_id, "code": "05"}, kind="status")  # not sent
+        done = {o.name: o.state for o in answers.work(pc)}
+        assert done == {"phan-cong": "sent", "xu-ly": "sent"}
+        assert status_rows(pc, sent.document_id) == 3  # 01, 04 once, 05
+        assert pc.answered(sent.document_id, "05") is not None and pc.answered(sent.document_id, "06") is None
