@@ -283,9 +283,8 @@ def read_status_job(header: Path) -> StatusJob:
         raise BadJob("; ".join(what))
     fields = {"description": ""} | data
     document_id, code = _text(fields, "document_id", blank=False), _text(fields, "code", blank=False)
-    if code not in STATUS_CODES or code == "02":
-        allowed = ", ".join(c for c in sorted(STATUS_CODES) if c != "02")
-        raise BadJob(f'"code" {code!r} is not a status the agency sends ({allowed}; 02 is the adapter\'s own)')
+    if code not in STATUS_CODES:
+        raise BadJob(f'"code" {code!r} is not a QCVN status code ({", ".join(sorted(STATUS_CODES))})')
     return StatusJob(_job_name(header), document_id, code, _text(fields, "description", blank=True))
 
 

@@ -176,7 +176,7 @@ def test_a_status_header_answers_the_documents_sender(memory_province, tmp_path)
     accepted = {"document_id": sent.document_id, "code": "03", "description": "Đã vào sổ"}
     leave(answers, "tiep-nhan", accepted, kind="status")
     leave(answers, "la", {"document_id": "000.00.09.H61,2026/01/01,1/X", "code": "03"}, kind="status")
-    leave(answers, "sai-ma", {"document_id": sent.document_id, "code": "02"}, kind="status")
+    leave(answers, "sai-ma", {"document_id": sent.document_id, "code": "99"}, kind="status")
     with Adapter(p.settings, PC, transport=p.transport) as pc:
         done = {o.name: o for o in Pickup(answers).work(pc)}
         assert status_rows(pc, sent.document_id) == 2  # its 01 and this 03
