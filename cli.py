@@ -816,8 +816,11 @@ def _more_note(note: str, shown: int, total: int) -> str:
 
 
 def _inbox_state(item: Any) -> str:
-    """'handed', 'invalid: reason', and whether its sender has since revoked, updated or replaced it."""
+    """'handed', 'invalid: reason', the agency's latest answer beyond the automatic 01, and
+    whether its sender has since revoked, updated or replaced it."""
     state = item.state if item.state != "invalid" else f"invalid: {item.reason}"
+    if item.answered and item.answered != "01":
+        state += f", answered {item.answered}"
     if item.superseded:
         state += f", {item.superseded} ({SUPERSEDED_NAMES.get(item.superseded, '')})".replace(" ()", "")
     return state

@@ -54,7 +54,7 @@ from bus.blobs import CHUNK_KIND, ChunkStore, External, chunk_headers, is_chunk,
 from bus.brokeradmin import agency_url
 from bus.config import Settings
 from bus.edxml import Attachment, Edoc, Organ
-from bus.envelope import open_envelope, peek_document_id, peek_kind
+from bus.envelope import open_envelope, peek_document_id, peek_kind, peek_status_code
 from bus.errors import (
     BrokerUnavailable,
     DocbusError,
@@ -147,6 +147,7 @@ class InboxItem:
     received_at: str = ""
     priority: int = 0
     superseded: str | None = None  # revoked | updated | replaced, by a later message from its sender
+    answered: str | None = None  # the latest status this agency sent about it (01 on its own, 03, …)
 
 
 Handler = Callable[[InboxItem, edxml.Message, bytes], None]
@@ -852,7 +853,25 @@ class Adapter:
         query = self._inbox_query(kind, since).order_by(Inbox.received_at.desc(), Inbox.id.desc())
         if last is not None:
             query = query.limit(last)
-        return [self._item(r) for r in reversed(list(query))]
+        items = [self._item(r) for r in reversed(list(query))]
+        answered = self._answered([i.document_id for i in items if i.kind == "edoc"])
+        for i in items:
+            if i.kind == "edoc":
+                i.answered = answered.get(i.document_id)
+        return items
+
+    def _answered(self, document_ids: list[str]) -> dict[str, str]:
+        """DocumentId -> the latest status code this agency sent about it."""
+        Outbox = self.store.Outbox
+        latest: dict[str, tuple[int, str]] = {}
+        for at in range(0, len(document_ids), 500):
+            query = Outbox.select(Outbox.id, Outbox.document_id, Outbox.raw).where(
+                (Outbox.kind == "status") & Outbox.document_id.in_(document_ids[at : at + 500])
+            )
+            for r in query:
+                if r.document_id not in latest or latest[r.document_id][0] < r.id:
+                    latest[r.document_id] = (r.id, peek_status_code(bytes(r.raw)))
+        return {doc: code for doc, (_, code) in latest.items()}
 
     def inbox_count(self, kind: str | None = None, *, since: dt.datetime | None = None) -> int:
         return self._inbox_query(kind, since).count()

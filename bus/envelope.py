@@ -149,6 +149,14 @@ def peek_document_id(body: bytes) -> str:
         return ""
 
 
+def peek_status_code(body: bytes) -> str:
+    """Best-effort StatusCode of a status, for showing one of the agency's own (never trusted)."""
+    tag = b"StatusCode>"
+    start = body.find(tag, 0, 1_000_000)
+    end = body.find(b"<", start + len(tag)) if start >= 0 else -1
+    return body[start + len(tag) : end].decode("ascii", "replace").strip()[:4] if end >= 0 else ""
+
+
 def peek_kind(body: bytes) -> str:
     """Best-effort kind of a refused message ('edoc', 'status' or 'unknown'), never trusted."""
     return "status" if b"StatusCode>" in body[:1_000_000] else ("edoc" if b"edXML" in body[:4096] else "unknown")

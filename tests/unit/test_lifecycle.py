@@ -128,7 +128,9 @@ def test_the_senders_register_shows_each_recipients_latest_answer_and_refusals(b
     _p, router, a, pdf = bus
     sent = a[PC].send([DEPT, FIN], subject="Quyết định 20", number="20", notation="QĐ-UBND", files=[pdf])
     cycle(router, a)
+    assert [i.answered for i in a[DEPT].inbox("edoc")] == ["01"]  # on its own, on arrival
     a[DEPT].send_status(sent.document_id, PC, "03", "Đã tiếp nhận")
+    assert [i.answered for i in a[DEPT].inbox("edoc")] == ["03"] and a[FIN].inbox("edoc")[0].answered == "01"
     refused = a[PC].send([DEPT], subject="Thiếu tệp", number="21", notation="QĐ-UBND")
     cycle(router, a)
     first, second = a[PC].sent()
