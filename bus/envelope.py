@@ -138,23 +138,24 @@ def open_envelope(data: bytes, trust: Trust, *, at: dt.datetime | None = None, f
 def peek_document_id(body: bytes) -> str:
     """Best-effort DocumentId of a refused message, to address the answer only (never trusted:
     the router checks that whoever answers is a recipient of that document)."""
-    tag = b"DocumentId>"
+    return _peek_text(body, b"DocumentId>")[:300]
+
+
+def peek_status_code(body: bytes) -> str:
+    """Best-effort StatusCode of a status, for showing one of the agency's own (never trusted)."""
+    return _peek_text(body, b"StatusCode>")[:4]
+
+
+def _peek_text(body: bytes, tag: bytes) -> str:
+    """The text after the first ``tag`` (an element's opening tag's end) in the first MB, or ''."""
     start = body.find(tag, 0, 1_000_000)
     end = body.find(b"<", start + len(tag)) if start >= 0 else -1
     if end < 0:
         return ""
     try:
-        return body[start + len(tag) : end].decode("utf-8").strip()[:300]
+        return body[start + len(tag) : end].decode("utf-8").strip()
     except UnicodeDecodeError:
         return ""
-
-
-def peek_status_code(body: bytes) -> str:
-    """Best-effort StatusCode of a status, for showing one of the agency's own (never trusted)."""
-    tag = b"StatusCode>"
-    start = body.find(tag, 0, 1_000_000)
-    end = body.find(b"<", start + len(tag)) if start >= 0 else -1
-    return body[start + len(tag) : end].decode("ascii", "replace").strip()[:4] if end >= 0 else ""
 
 
 def peek_kind(body: bytes) -> str:
