@@ -186,9 +186,11 @@ def some_codes(ctx: click.Context, param: click.Parameter, value: str) -> str:
     codes = split_codes(value) if value is not None else []
     if value is not None and not codes:
         raise click.BadParameter("give at least one OrganId, e.g. 000.00.00.H61")
-    twice = sorted({c for c in codes if codes.count(c) > 1})
+    from bus.policy import named_twice  # not at start-up: it builds its folding table on import
+
+    twice = named_twice(codes)
     if twice:
-        raise click.BadParameter(f"{twice[0]} is named more than once")
+        raise click.BadParameter(f"{twice} is named more than once")
     return value
 
 
@@ -733,12 +735,10 @@ def sent(
     with _adapter(s, code) as a:
         note = _take_new(a, no_fetch)
         start, limit = _window(since, last, show_all or document_id is not None, as_json)
-        items = a.sent(since=start, last=limit)
+        items = a.sent(since=start, last=limit, document_id=document_id)
         total = len(items) if limit is None or len(items) < limit else a.sent_count(since=start)
-    if document_id is not None:
-        items = [i for i in items if i.document_id == document_id]
-        if not items:
-            raise NotFound(f"{code} sent no document {document_id!r}")
+    if document_id is not None and not items:
+        raise NotFound(f"{code} sent no document {document_id!r}")
     note = _more_note(note, len(items), total)
     if as_json:
         emit_json([_sent_json(i) for i in items])

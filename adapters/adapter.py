@@ -38,7 +38,7 @@ import logging
 import mimetypes
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -262,50 +262,55 @@ class Adapter:
         the hub refused (its 02) leaves its number free for the corrected one.
         """
         document_id = compose.document_id(self.organ_id, edxml.now_vn().date(), number, notation)
-        Outbox, Inbox = self.store.Outbox, self.store.Inbox
-        sent = list(
-            Outbox.select(Outbox.digest, Outbox.created_at, Outbox.published_at)
-            .where((Outbox.kind == "edoc") & (Outbox.document_id == document_id[:500]))
-            .order_by(Outbox.id)
+        Outbox = self.store.Outbox
+        sent = Outbox.select(Outbox.digest, Outbox.created_at, Outbox.published_at).where(
+            (Outbox.kind == "edoc") & (Outbox.document_id == document_id[:500])
         )
-        refused = (
-            Inbox.select()
-            .where(
-                (Inbox.kind == "status")
-                & (Inbox.status_code == "02")
-                & (Inbox.sender == self.settings.hub_organ_id)
-                & (Inbox.document_id == document_id[:500])
-            )
-            .count()
-        )
-        if len(sent) <= refused:
+        refused = self._hub_refusals([document_id[:500]])
+        standing = [r for r in sent.order_by(Outbox.id) if r.digest not in refused]
+        if not standing:
             return None
-        last = sent[-1]
+        last = standing[-1]
         return NumberInUse(document_id, last.digest, last.created_at, last.published_at is not None)
 
-    def sent(self, *, since: dt.datetime | None = None, last: int | None = None) -> list[SentItem]:
+    def _by_document(self, model: Any, kind: str, document_ids: Sequence[str]) -> Iterator[Any]:
+        """``model``'s rows of ``kind`` about these DocumentIds, in id order; asked in slices of
+        500, as a year's register is more DocumentIds than one statement may bind."""
+        rows = (
+            r
+            for at in range(0, len(document_ids), 500)
+            for r in model.select().where((model.kind == kind) & model.document_id.in_(document_ids[at : at + 500]))
+        )
+        return iter(sorted(rows, key=lambda r: r.id))
+
+    def _hub_refusals(self, document_ids: Sequence[str]) -> dict[str, str]:
+        """Refused submission's digest -> the data centre's 02 about it ("[reason] detail"): the
+        02 names the digest of the submission it refused."""
+        refusals = {}
+        for st in self._by_document(self.store.Inbox, "status", document_ids):
+            if st.sender == self.settings.hub_organ_id and "(submission sha256:" in st.subject:
+                detail, digest = st.subject.rsplit(" (submission sha256:", 1)
+                refusals[digest.rstrip(")")] = detail
+        return refusals
+
+    def sent(
+        self, *, since: dt.datetime | None = None, last: int | None = None, document_id: str | None = None
+    ) -> list[SentItem]:
         """The documents this agency sent, oldest first (``since``: put in the outbox at or after,
-        UTC; ``last``: only the newest so many), each with its recipients' latest status."""
-        Outbox, Inbox = self.store.Outbox, self.store.Inbox
+        UTC; ``last``: only the newest so many; ``document_id``: only that one, with its
+        revocations and updates), each with its recipients' latest status."""
+        Outbox = self.store.Outbox
         query = Outbox.select().where(Outbox.kind == "edoc")
+        if document_id is not None:
+            query = query.where(Outbox.document_id == document_id[:500])
         if since is not None:
             query = query.where(Outbox.created_at >= since)
         rows = list(reversed(list(query.order_by(Outbox.id.desc()).limit(last))))
         ids = list({r.document_id for r in rows})
+        hub = self._hub_refusals(ids)
         latest: dict[tuple[str, str], tuple[str, str]] = {}
-        hub: dict[str, str] = {}  # the refused submission's digest -> the 02's description
-        answers = (  # in slices: a year's register is more DocumentIds than one statement may bind
-            st
-            for at in range(0, len(ids), 500)
-            for st in Inbox.select()
-            .where((Inbox.kind == "status") & Inbox.document_id.in_(ids[at : at + 500]))
-            .order_by(Inbox.id)
-        )
-        for st in sorted(answers, key=lambda row: row.id):
-            if st.sender == self.settings.hub_organ_id:
-                digest = st.subject.rsplit("sha256:", 1)[-1].rstrip(")")
-                hub[digest] = st.subject.rsplit(" (submission sha256:", 1)[0]
-            else:
+        for st in self._by_document(self.store.Inbox, "status", ids):
+            if st.sender != self.settings.hub_organ_id:
                 latest[(st.document_id, st.sender)] = (st.status_code or "", f"{st.received_at:%Y-%m-%d %H:%M:%S}")
         out = []
         for r in rows:
@@ -336,13 +341,9 @@ class Adapter:
 
     def answered(self, document_id: str, code: str) -> SendResult | None:
         """The status ``code`` this agency already put in its outbox about ``document_id``, if any."""
-        Outbox = self.store.Outbox
-        rows = Outbox.select().where((Outbox.kind == "status") & (Outbox.document_id == document_id[:500]))
-        for r in rows.order_by(Outbox.id.desc()):
-            with contextlib.suppress(DocbusError):  # our own signed bytes
-                msg = edxml.parse_tree(safexml.parse(bytes(r.raw), self.settings.limits))
-                if isinstance(msg, edxml.Status) and msg.status_code == code:
-                    return SendResult(r.document_id, r.digest, r.published_at is not None, r.last_error)
+        for r in reversed(list(self._by_document(self.store.Outbox, "status", [document_id[:500]]))):
+            if peek_status_code(bytes(r.raw)) == code:  # our own signed bytes
+                return SendResult(r.document_id, r.digest, r.published_at is not None, r.last_error)
         return None
 
     def send_status(self, document_id: str, edoc_sender: str, code: str, description: str = "") -> SendResult:
@@ -862,16 +863,8 @@ class Adapter:
 
     def _answered(self, document_ids: list[str]) -> dict[str, str]:
         """DocumentId -> the latest status code this agency sent about it."""
-        Outbox = self.store.Outbox
-        latest: dict[str, tuple[int, str]] = {}
-        for at in range(0, len(document_ids), 500):
-            query = Outbox.select(Outbox.id, Outbox.document_id, Outbox.raw).where(
-                (Outbox.kind == "status") & Outbox.document_id.in_(document_ids[at : at + 500])
-            )
-            for r in query:
-                if r.document_id not in latest or latest[r.document_id][0] < r.id:
-                    latest[r.document_id] = (r.id, peek_status_code(bytes(r.raw)))
-        return {doc: code for doc, (_, code) in latest.items()}
+        statuses = self._by_document(self.store.Outbox, "status", document_ids)
+        return {r.document_id: peek_status_code(bytes(r.raw)) for r in statuses}  # in id order: the latest stays
 
     def inbox_count(self, kind: str | None = None, *, since: dt.datetime | None = None) -> int:
         return self._inbox_query(kind, since).count()

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from bus.edxml import STATUS_CODES
 from bus.errors import DocbusError, NotFound, Refused
 from bus.filenames import safe_name, unique_name
+from bus.policy import named_twice
 
 if TYPE_CHECKING:
     from adapters.adapter import Adapter
@@ -245,9 +246,9 @@ def read_job(header: Path, *, files_in: Path | None = None, check_files: bool = 
     to = [c.strip() for c in to if c.strip()]
     if not to:
         raise BadJob('"to" names no recipient')
-    twice = sorted({c for c in to if to.count(c) > 1})
+    twice = named_twice(to)
     if twice:
-        raise BadJob(f"recipient {twice[0]} is named more than once")
+        raise BadJob(f"recipient {twice} is named more than once")
     may_be_empty = ("notation", "content")
     texts = ("subject", "number", "notation", "type", "content")
     subject, number, notation, type_name, content = (_text(fields, k, blank=k in may_be_empty) for k in texts)

@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Container
+from collections import Counter
+from collections.abc import Callable, Container, Sequence
 
 from bus.edxml import Edoc, Status
 from bus.errors import PolicyRefusal
@@ -72,12 +73,18 @@ def check_edoc(edoc: Edoc, known: Container[str]) -> None:
     ids = [r.organ_id for r in edoc.recipients]
     if not ids:
         raise PolicyRefusal("document names no recipient", reason="no-recipient")
-    dup = sorted({i for i in ids if ids.count(i) > 1})
+    dup = named_twice(ids)
     if dup:
-        raise PolicyRefusal(f"recipient {dup[0]} is named more than once", reason="duplicate-recipient")
+        raise PolicyRefusal(f"recipient {dup} is named more than once", reason="duplicate-recipient")
     unknown = [i for i in ids if i not in known]
     if unknown:
         raise PolicyRefusal(f"unknown recipient(s): {', '.join(unknown)}", reason="unknown-recipient")
+
+
+def named_twice(organ_ids: Sequence[str]) -> str | None:
+    """The lowest OrganId a recipient list names more than once, or None; the sending CLI and
+    the pickup folder refuse such a list before signing, as the router does."""
+    return min((i for i, n in Counter(organ_ids).items() if n > 1), default=None)
 
 
 def check_secrecy(edoc: Edoc) -> None:

@@ -40,8 +40,20 @@ def bao_cao(number: str = "12", **changes) -> dict:
     } | changes
 
 
-def outbox_rows(a: Adapter, document_id: str) -> int:
-    return a.store.Outbox.select().where(a.store.Outbox.document_id == document_id).count()
+def outbox_rows(a: Adapter, document_id: str, kind: str = "edoc") -> int:
+    Outbox = a.store.Outbox
+    return Outbox.select().where((Outbox.kind == kind) & (Outbox.document_id == document_id)).count()
+
+
+def delivered_bao_cao(p, tmp_path: Path):
+    """The department's system sends the báo cáo through its pickup folder; the People's
+    Committee's adapter takes it in (and answers 01 on its own).  Returns the sent outcome."""
+    folder = tmp_path / "pickup"
+    leave(folder, "bc", bao_cao(), {"Báo cáo.pdf": PDF})
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        [sent] = Pickup(folder).work(dept)
+    take(p, PC)
+    return sent
 
 
 def test_a_header_and_its_file_are_sent_and_moved_to_sent(memory_province, tmp_path) -> None:
@@ -160,18 +172,9 @@ def test_a_pickup_folder_that_cannot_be_read_stops_the_adapter(memory_province, 
     assert exc.value.reason == "local-io" and "pickup folder" in exc.value.message
 
 
-def status_rows(a: Adapter, document_id: str) -> int:
-    Outbox = a.store.Outbox
-    return Outbox.select().where((Outbox.kind == "status") & (Outbox.document_id == document_id)).count()
-
-
 def test_a_status_header_answers_the_documents_sender(memory_province, tmp_path) -> None:
     p = memory_province
-    folder = tmp_path / "pickup"
-    leave(folder, "bc", bao_cao(), {"Báo cáo.pdf": PDF})
-    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
-        [sent] = Pickup(folder).work(dept)
-    take(p, PC)  # delivered; the People's Committee answers 01 on its own
+    sent = delivered_bao_cao(p, tmp_path)
     answers = tmp_path / "pc-pickup"
     accepted = {"document_id": sent.document_id, "code": "03", "description": "Đã vào sổ"}
     leave(answers, "tiep-nhan", accepted, kind="status")
@@ -179,7 +182,7 @@ def test_a_status_header_answers_the_documents_sender(memory_province, tmp_path)
     leave(answers, "sai-ma", {"document_id": sent.document_id, "code": "99"}, kind="status")
     with Adapter(p.settings, PC, transport=p.transport) as pc:
         done = {o.name: o for o in Pickup(answers).work(pc)}
-        assert status_rows(pc, sent.document_id) == 2  # its 01 and this 03
+        assert outbox_rows(pc, sent.document_id, "status") == 2  # its 01 and this 03
     assert done["tiep-nhan"].state == "sent"
     result = json.loads((done["tiep-nhan"].folder / "result.json").read_text(encoding="utf-8"))
     assert (result["status_code"], result["to"], result["published"]) == ("03", DEPT, True)
@@ -191,11 +194,7 @@ def test_a_status_header_answers_the_documents_sender(memory_province, tmp_path)
 
 def test_after_a_crash_a_status_in_flight_is_sent_once(memory_province, tmp_path) -> None:
     p = memory_province
-    folder = tmp_path / "pickup"
-    leave(folder, "bc", bao_cao(), {"Báo cáo.pdf": PDF})
-    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
-        [sent] = Pickup(folder).work(dept)
-    take(p, PC)
+    sent = delivered_bao_cao(p, tmp_path)
     answers = Pickup(tmp_path / "pc-pickup")
     with Adapter(p.settings, PC, transport=p.transport) as pc:
         pc.send_status(sent.document_id, DEPT, "04", "Phân công")  # in the outbox, then the crash
@@ -203,5 +202,5 @@ def test_after_a_crash_a_status_in_flight_is_sent_once(memory_province, tmp_path
         leave(answers.sending, "xu-ly", {"document_id": sent.document_id, "code": "05"}, kind="status")  # not sent
         done = {o.name: o.state for o in answers.work(pc)}
         assert done == {"phan-cong": "sent", "xu-ly": "sent"}
-        assert status_rows(pc, sent.document_id) == 3  # 01, 04 once, 05
+        assert outbox_rows(pc, sent.document_id, "status") == 3  # 01, 04 once, 05
         assert pc.answered(sent.document_id, "05") is not None and pc.answered(sent.document_id, "06") is None
