@@ -246,7 +246,13 @@ DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql")
 
 
 def open_database(url: str) -> Any:
-    """Connect the models to ``url`` (``sqlite:///path`` or ``postgresql://...``) and create tables."""
+    """Connect the models to ``url`` (``sqlite:///path`` or ``postgresql://...``) and create tables.
+
+    SQLite runs in WAL mode with ``synchronous = FULL``: every commit is on disk before it
+    returns, because the router acks a submission to the broker right after the commit that
+    archives it, and the broker then forgets it.  With ``NORMAL`` a power cut could roll back
+    commits whose documents RabbitMQ had already let go (an fsync costs about 0.15 ms here;
+    one commit covers a whole batch)."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in DATABASE_SCHEMES:
         raise ConfigError(
@@ -262,7 +268,7 @@ def open_database(url: str) -> Any:
                     "journal_mode": "wal",
                     "foreign_keys": 1,
                     "busy_timeout": 10000,
-                    "synchronous": "normal",
+                    "synchronous": "full",
                 },
             )
         else:

@@ -296,3 +296,15 @@ def test_an_archive_url_it_cannot_use_is_one_line_without_the_password(tmp_path,
     assert res.exit_code == 3
     assert expected in res.output and "s3cret" not in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_a_sqlite_archive_commits_to_disk_before_the_router_acks(tmp_path) -> None:
+    """WAL with synchronous FULL: a commit the router acks after survives a power cut."""
+    from bus.archive import Archive, db
+
+    archive = Archive(f"sqlite:///{tmp_path / 'archive.db'}")
+    try:
+        assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute_sql("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        archive.close()
