@@ -426,13 +426,14 @@ def cert_list(as_json: bool) -> None:
         [
             r["organ_id"],
             r["serial"][:16] + "…",
-            r["state"] + (f" until {r['retire_after']}" if r["retire_after"] and r["state"] == "retiring" else ""),
-            r["not_after"],
+            r["state"]
+            + (f" until {edxml.vn_text(r['retire_after'])}" if r["retire_after"] and r["state"] == "retiring" else ""),
+            edxml.vn_text(r["not_after"]),
             f"{r['days_left']}" + ("  EXPIRES SOON" if r["expiring"] else ""),
         ]
         for r in rows
     ]
-    click.echo(table(table_rows, ["OrganId", "Serial", "State", "Expires (UTC)", "Days left"]))
+    click.echo(table(table_rows, ["OrganId", "Serial", "State", "Expires (UTC+7)", "Days left"]))
 
 
 @cert.command("rotate")
@@ -448,7 +449,7 @@ def cert_rotate(code: str, overlap_days: float) -> None:
     old, new = province.rotate(settings(), open_archive(settings()), code, dt.timedelta(days=overlap_days))
     click.echo(
         f"{code}: new certificate {new.serial[:16]}…; "
-        f"{old.serial[:16]}… valid until {old.retire_after:%Y-%m-%d %H:%M} UTC"
+        f"{old.serial[:16]}… valid until {edxml.vn_text(old.retire_after)[:16]} (UTC+7)"
     )
 
 
@@ -596,7 +597,7 @@ def _refuse_number_in_use(adapter: Any, number: str, notation: str) -> None:
 @main.group(invoke_without_command=True)
 @click.option("--agency", "code", help="OrganId whose inbox to show.")
 @click.option("--kind", type=click.Choice(["edoc", "status"]), help="Only documents (edoc) or only statuses.")
-@click.option("--since", help="Received on or after this day (YYYY-MM-DD, UTC as the Received column).")
+@click.option("--since", help="Received on or after this day (YYYY-MM-DD, a Vietnamese day, as every time shown).")
 @listing_options("message", "deliveries")
 @click.pass_context
 @guarded
@@ -632,7 +633,7 @@ def inbox(
     else:
         rows = [
             [
-                i.received_at,
+                edxml.vn_text(i.received_at),
                 i.kind,
                 i.status_code or "",
                 i.sender,
@@ -642,7 +643,7 @@ def inbox(
             ]
             for i in items
         ]
-        click.echo(table(rows, ["Received (UTC)", "Kind", "Status", "From", "DocumentId", "Subject", "State"]))
+        click.echo(table(rows, ["Received (UTC+7)", "Kind", "Status", "From", "DocumentId", "Subject", "State"]))
     if note:
         click.echo(note, err=True)
 
@@ -714,7 +715,7 @@ SUPERSEDED_NAMES = {"revoked": "thu hồi", "updated": "cập nhật", "replaced
 @main.command()
 @click.option("--agency", "code", required=True, help="OrganId of the agency whose sent documents to show.")
 @click.argument("document_id", required=False)
-@click.option("--since", help="Sent on or after this day (YYYY-MM-DD, UTC as the Sent column).")
+@click.option("--since", help="Sent on or after this day (YYYY-MM-DD, a Vietnamese day, as every time shown).")
 @listing_options("document", "statuses")
 @guarded
 def sent(
@@ -744,12 +745,14 @@ def sent(
         emit_json([_sent_json(i) for i in items])
     elif document_id is not None:
         for i in items:
-            click.echo(f"{i.document_id}  “{i.subject}”  sent {i.sent_at} UTC: {_sent_state(i)}")
+            click.echo(f"{i.document_id}  “{i.subject}”  sent {edxml.vn_text(i.sent_at)} (UTC+7): {_sent_state(i)}")
             rows = [[org, *(_answer_cells(ans))] for org, ans in i.answers.items()]
-            click.echo(table(rows, ["Recipient", "Status", "At (UTC)"]))
+            click.echo(table(rows, ["Recipient", "Status", "At (UTC+7)"]))
     else:
-        rows = [[i.sent_at, i.document_id, i.subject, _answers_summary(i), _sent_state(i)] for i in items]
-        click.echo(table(rows, ["Sent (UTC)", "DocumentId", "Subject", "Answers", "State"]))
+        rows = [
+            [edxml.vn_text(i.sent_at), i.document_id, i.subject, _answers_summary(i), _sent_state(i)] for i in items
+        ]
+        click.echo(table(rows, ["Sent (UTC+7)", "DocumentId", "Subject", "Answers", "State"]))
     if note:
         click.echo(note, err=True)
 
@@ -776,7 +779,7 @@ def _answer_cells(answer: tuple[str, str] | None) -> list[str]:
     if answer is None:
         return ["—", ""]
     code, at = answer
-    return [f"{code} {edxml.STATUS_CODES.get(code, '')}".strip(), at]
+    return [f"{code} {edxml.STATUS_CODES.get(code, '')}".strip(), edxml.vn_text(at)]
 
 
 def _answers_summary(item: Any) -> str:
@@ -804,7 +807,7 @@ def _window(
     """A listing's start (``--since`` day) and how many of the newest to show: a screenful (50)
     for people, everything for machines unless ``--last`` asks for fewer, all with ``--all``."""
     day = _date(since)
-    start = dt.datetime.combine(day, dt.time()) if day is not None else None
+    start = edxml.vn_day_start(day) if day is not None else None
     if last is None and not as_json:
         last = 50
     return start, None if show_all else last
@@ -840,16 +843,18 @@ def trace(document_id: str, as_json: bool) -> None:
     for sub in data["submissions"]:
         click.echo(f"{data['document_id']}  {sub['code']}  “{sub['subject']}”")
         click.echo(
-            f"  submitted by {sub['sender']}, archived {sub['received_at']} UTC "
+            f"  submitted by {sub['sender']}, archived {edxml.vn_text(sub['received_at'])} (UTC+7) "
             f"({sub['state']}{': ' + sub['reason'] if sub['reason'] else ''})"
         )
         rows = []
         for r in sub["recipients"]:
-            rows.append([r["organ_id"], r["delivered_at"] or "pending", "", ""])
+            rows.append([r["organ_id"], edxml.vn_text(r["delivered_at"]) or "pending", "", ""])
             for st in r["statuses"]:
-                rows.append(["", "", f"{st['code']} {edxml.STATUS_CODES.get(st['code'], '')}", st["received_at"]])
+                rows.append(
+                    ["", "", f"{st['code']} {edxml.STATUS_CODES.get(st['code'], '')}", edxml.vn_text(st["received_at"])]
+                )
         for st in sub["other_statuses"]:
-            rows.append([st["organ_id"], "", f"{st['code']} {st['description']}", st["received_at"]])
+            rows.append([st["organ_id"], "", f"{st['code']} {st['description']}", edxml.vn_text(st["received_at"])])
         click.echo(table(rows, ["Recipient", "Delivered", "Status", "At"]))
 
 
@@ -1077,8 +1082,18 @@ def dead_list(as_json: bool) -> None:
         click.echo(f"moved {moved} message(s) from {names.dead} into the archive", err=True)
     click.echo(
         table(
-            [[r["id"], r["dead_at"], r["routing_key"], r["bytes"], r["reason"], r["replayed_at"] or ""] for r in rows],
-            ["Id", "Dead at (UTC)", "Routing key", "Bytes", "Reason", "Replayed"],
+            [
+                [
+                    r["id"],
+                    edxml.vn_text(r["dead_at"]),
+                    r["routing_key"],
+                    r["bytes"],
+                    r["reason"],
+                    edxml.vn_text(r["replayed_at"]),
+                ]
+                for r in rows
+            ],
+            ["Id", "Dead at (UTC+7)", "Routing key", "Bytes", "Reason", "Replayed"],
         )
     )
 
@@ -1093,7 +1108,7 @@ def dead_show(letter_id: int) -> None:
     open_archive(settings())
     d = deadletter.get(letter_id)
     body = bytes(d.body)
-    click.echo(f"id          {d.id}\ndead at     {d.dead_at:%Y-%m-%d %H:%M:%S} UTC\nrouting key {d.routing_key}")
+    click.echo(f"id          {d.id}\ndead at     {edxml.vn_text(d.dead_at)} (UTC+7)\nrouting key {d.routing_key}")
     click.echo(
         f"broker user {d.user_id or ''}\nreason      {d.reason}\nbytes       {len(body)}\nheaders     {d.headers}"
     )
@@ -1232,8 +1247,10 @@ def archive_search(
     if as_json:
         emit_json({"total": total, "page": page, "per_page": per_page, "results": data})
         return
-    cols = ["Received (UTC)", "From", "Số/Ký hiệu", "Type", "Subject", "DocumentId"]
-    body = [[d["received_at"], d["from"], d["code"], d["type"], d["subject"], d["document_id"]] for d in data]
+    cols = ["Received (UTC+7)", "From", "Số/Ký hiệu", "Type", "Subject", "DocumentId"]
+    body = [
+        [edxml.vn_text(d["received_at"]), d["from"], d["code"], d["type"], d["subject"], d["document_id"]] for d in data
+    ]
     if refused:
         cols[3], body = "Reason", [[*r[:3], d["reason"], *r[4:]] for r, d in zip(body, data, strict=True)]
     click.echo(table(body, cols))
@@ -1268,7 +1285,7 @@ def archive_show(document_id: str, as_json: bool) -> None:
     )
     click.echo(
         f"  “{data['subject']}”\n  from {data['from']['organ_id']} {data['from']['name']}, "
-        f"archived {data['archived_at']} UTC"
+        f"archived {edxml.vn_text(data['archived_at'])} (UTC+7)"
     )
     click.echo(
         table(
@@ -1279,9 +1296,9 @@ def archive_show(document_id: str, as_json: bool) -> None:
     rows = []
     for sub in data["trace"]["submissions"]:
         for r in sub["recipients"]:
-            codes = ", ".join(f"{st['code']} {st['received_at'][5:16]}" for st in r["statuses"]) or "—"
-            rows.append([r["organ_id"], r["delivered_at"] or "pending", codes])
-    click.echo(table(rows, ["Recipient", "Delivered (UTC)", "Statuses"]))
+            codes = ", ".join(f"{st['code']} {edxml.vn_text(st['received_at'])[5:16]}" for st in r["statuses"]) or "—"
+            rows.append([r["organ_id"], edxml.vn_text(r["delivered_at"]) or "pending", codes])
+    click.echo(table(rows, ["Recipient", "Delivered (UTC+7)", "Statuses"]))
 
 
 @archive.command("export")
@@ -1369,7 +1386,7 @@ def archive_prune(before: str, yes: bool) -> None:
     arch = open_archive(s)
     day = _date(before)
     assert day is not None  # --before is required
-    cutoff = dt.datetime.combine(day, dt.time(), tzinfo=edxml.VN_TZ).astimezone(dt.UTC).replace(tzinfo=None)
+    cutoff = edxml.vn_day_start(day)
     if not yes and not click.confirm(f"Prune before {day}? Rule: {RETENTION_RULE}."):
         click.echo("nothing pruned")
         sys.exit(EXIT_FAILED)

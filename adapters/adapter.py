@@ -113,7 +113,7 @@ class NumberInUse:
         """The refusal of a new document under the same number; ``hint``: what else to do."""
         where = "sent" if self.published else "queued in the outbox, to be sent when the broker takes it"
         return Refused(
-            f"{self.document_id} was already {where} on {self.created_at:%Y-%m-%d %H:%M:%S} UTC; "
+            f"{self.document_id} was already {where} on {edxml.vn_text(self.created_at)} (UTC+7); "
             f"give the new document its own number{hint}",
             reason="number-in-use",
         )

@@ -15,6 +15,7 @@ from adapters import Adapter
 from bus import province, topology
 from bus.archive import Archive
 from bus.config import Settings
+from bus.edxml import vn_text
 from bus.errors import NotFound
 from bus.router import Router, load_trust
 from bus.topology import Names
@@ -168,7 +169,9 @@ def _complete(archive: Archive, expected: dict[str, set[str]]) -> bool:
 def _print_trace(archive: Archive, doc: str, echo: Callable[[str], None]) -> None:
     t = archive.trace(doc)
     for sub in t["submissions"]:
-        echo(f"trace {doc}: “{sub['subject']}” from {sub['sender']}, archived {sub['received_at']} UTC")
+        archived = vn_text(sub["received_at"])
+        echo(f"trace {doc}: “{sub['subject']}” from {sub['sender']}, archived {archived} (UTC+7)")
         for r in sub["recipients"]:
-            statuses = ", ".join(f"{s['code']} at {s['received_at'][11:]}" for s in r["statuses"])
-            echo(f"  -> {r['organ_id']}: delivered {r['delivered_at'][11:] if r['delivered_at'] else 'no'}; {statuses}")
+            statuses = ", ".join(f"{s['code']} at {vn_text(s['received_at'])[11:]}" for s in r["statuses"])
+            delivered = vn_text(r["delivered_at"])[11:] or "no"
+            echo(f"  -> {r['organ_id']}: delivered {delivered}; {statuses}")

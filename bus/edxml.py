@@ -18,7 +18,7 @@ import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,32 @@ def fmt_timestamp(value: datetime) -> str:
 
 def now_vn() -> datetime:
     return datetime.now(VN_TZ)
+
+
+def vn_day_start(day: date) -> datetime:
+    """Midnight starting ``day`` in Vietnam, as naive UTC (how the archive and the agencies'
+    stores keep time).  Every day a person names (``--since``, ``--until``, ``--before``, a
+    report's month) is a Vietnamese day: a document sent at 06:00 on the 28th is the 28th's,
+    though the stores keep 23:00 on the 27th."""
+    return datetime.combine(day, datetime.min.time(), tzinfo=VN_TZ).astimezone(UTC).replace(tzinfo=None)
+
+
+def vn_text(utc: datetime | str | None) -> str:
+    """A stored time (naive UTC, or its ``YYYY-MM-DD HH:MM:SS`` text) as Vietnam time, for people;
+    anything else (``""``, "pending") as it is.  A text to the minute stays to the minute."""
+    layout = "%Y-%m-%d %H:%M:%S"
+    if isinstance(utc, str):
+        if len(utc) == len("2026-11-27 09:00"):
+            layout = "%Y-%m-%d %H:%M"
+        try:
+            utc = datetime.fromisoformat(utc)
+        except ValueError:
+            return utc
+    if utc is None:
+        return ""
+    if utc.tzinfo is None:
+        utc = utc.replace(tzinfo=UTC)
+    return utc.astimezone(VN_TZ).strftime(layout)
 
 
 _TIMESTAMP = re.compile(r"(\d{4})/(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})")

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bus.archive import Agency, Message, Recipient, StatusEvent
-from bus.edxml import VN_TZ
+from bus.edxml import VN_TZ, vn_day_start
 
 REASONS_VI = {
     "no-electronic-file": "không có tệp điện tử",
@@ -88,9 +88,7 @@ def add_working_days(start: dt.datetime, days: int) -> dt.datetime:
 def month_bounds(month: str) -> tuple[dt.datetime, dt.datetime]:
     """[start, end) of a YYYY-MM month in Vietnam time, as naive UTC (how the archive stores time)."""
     year, mon = (int(x) for x in month.split("-"))
-    start = dt.datetime(year, mon, 1, tzinfo=VN_TZ)
-    end = dt.datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=VN_TZ)
-    return start.astimezone(dt.UTC).replace(tzinfo=None), end.astimezone(dt.UTC).replace(tzinfo=None)
+    return vn_day_start(dt.date(year, mon, 1)), vn_day_start(dt.date(year + (mon == 12), mon % 12 + 1, 1))
 
 
 def _units(agencies: list[Agency]) -> dict[str, str]:

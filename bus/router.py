@@ -360,7 +360,7 @@ class Router:
             batch.deliver.append((i, existing, sub.body))
             batch.outcomes[i] = Outcome("duplicate", sub.digest, existing.reason)
         elif existing.state == "accepted":
-            when = f"{existing.received_at:%Y-%m-%d %H:%M:%S} UTC"
+            when = f"{edxml.vn_text(existing.received_at)} (UTC+7)"
             self._answer(
                 batch,
                 sub.claimed,

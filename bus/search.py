@@ -19,7 +19,7 @@ from peewee import SQL, Model, SqliteDatabase, TextField, fn
 from playhouse.sqlite_ext import RowIDField
 
 from bus.archive import Message, Recipient, StatusEvent, db
-from bus.edxml import Edoc
+from bus.edxml import Edoc, vn_day_start
 from bus.policy import fold
 
 ABBREVIATIONS = {"v/v": "v/v ve viec", "q/d": "q/d quyet dinh", "ubnd": "ubnd uy ban nhan dan", "cv": "cv cong van"}
@@ -109,10 +109,10 @@ def build(filters: Filters) -> Any:
         q = q.where(Message.code_number == number)
         if notation:
             q = q.where(Message.code_notation == notation)
-    if filters.since:
-        q = q.where(Message.received_at >= dt.datetime.combine(filters.since, dt.time()))
+    if filters.since:  # Vietnamese days (edxml.vn_day_start)
+        q = q.where(Message.received_at >= vn_day_start(filters.since))
     if filters.until:
-        q = q.where(Message.received_at < dt.datetime.combine(filters.until + dt.timedelta(days=1), dt.time()))
+        q = q.where(Message.received_at < vn_day_start(filters.until + dt.timedelta(days=1)))
     if filters.priority is not None:
         q = q.where(Message.priority == filters.priority)
     if filters.status:

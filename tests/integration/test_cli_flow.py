@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 
 from bus import topology
 from bus.brokeradmin import BrokerAdmin, user_name
+from bus.edxml import VN_TZ
 from bus.topology import Names
 from bus.transport import AmqpTransport
 
@@ -83,6 +85,12 @@ def test_send_route_receive_answer_trace(env, tmp_path) -> None:
     assert [(i["kind"], i["document_id"], i["subject"]) for i in inbox] == [
         ("edoc", document_id, "Tờ trình V/v kết nối")
     ]
+    # the clerk's daily look names a Vietnamese day, whatever the hour in UTC
+    today = dt.datetime.now(VN_TZ).date()
+    day = json.loads(docbus(env, "inbox", "--agency", PC, "--no-fetch", "--since", str(today), "--json").stdout)
+    assert [i["document_id"] for i in day] == [document_id]
+    later = str(today + dt.timedelta(days=1))
+    assert json.loads(docbus(env, "inbox", "--agency", PC, "--no-fetch", "--since", later, "--json").stdout) == []
     saved = docbus(env, "inbox", "save", "--agency", PC, document_id, str(tmp_path / "out"))
     assert Path(saved.stdout.strip()).read_bytes() == pdf.read_bytes()
     answer = json.loads(docbus(env, "status", "send", "--agency", PC, "--code", "03", document_id, "--json").stdout)

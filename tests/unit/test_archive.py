@@ -72,7 +72,7 @@ def test_metadata_filters(filled) -> None:
     assert codes(type_name="Quyết định") == ["112"]
     assert codes(number="125/SNV-VP") == ["125"]
     assert codes(priority=3) == ["77"]
-    today = dt.date.today()
+    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=7))).date()  # the days people name are Vietnamese
     assert codes(since=today, until=today) == ["112", "125", "77"]
     assert codes(until=today - dt.timedelta(days=2)) == []
     refused = search.search(search.Filters(state="quarantined", kinds=("edoc", "status", "unknown")))[0]
@@ -308,3 +308,35 @@ def test_a_sqlite_archive_commits_to_disk_before_the_router_acks(tmp_path) -> No
         assert db.execute_sql("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
         archive.close()
+
+
+
+def test_days_people_name_are_vietnamese_days_and_times_are_shown_in_vietnam_time(filled) -> None:
+    """A document archived at 23:30 UTC on the 27th arrived at 06:30 on the 28th in Vĩnh Long:
+    a search from the 28th finds it, one up to the 27th does not, and the table shows 06:30."""
+    p, *_ = filled
+    late = dt.datetime(2026, 11, 27, 23, 30)
+    Message.update(received_at=late).where(Message.code_number == "125").execute()
+    Message.update(received_at=dt.datetime(2026, 11, 20, 3, 0)).where(Message.code_number != "125").execute()
+    env = {"DOCBUS_HOME": str(p.settings.home), "DOCBUS_NAMESPACE": "mem", "DOCBUS_DB_URL": p.settings.db_url}
+
+    def search(*args: str) -> dict:
+        res = CliRunner().invoke(main, ["archive", "search", *args, "--json"], env=env)
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output)
+
+    assert [r["code"] for r in search("--since", "2026-11-28")["results"]] == ["125/SNV-VP"]
+    assert "125/SNV-VP" not in [r["code"] for r in search("--until", "2026-11-27")["results"]]
+    assert search("--since", "2026-11-28")["results"][0]["received_at"] == "2026-11-27 23:30:00"  # JSON: UTC
+    shown = CliRunner().invoke(main, ["archive", "search", "--since", "2026-11-28"], env=env).output
+    assert "Received (UTC+7)" in shown and "2026-11-28 06:30:00" in shown and "23:30" not in shown
+
+
+def test_vietnam_time_helpers() -> None:
+    from bus.edxml import vn_day_start, vn_text
+
+    assert vn_day_start(dt.date(2026, 12, 1)) == dt.datetime(2026, 11, 30, 17, 0)
+    assert vn_text("2026-11-27 23:30:00") == "2026-11-28 06:30:00"
+    assert vn_text(dt.datetime(2026, 11, 27, 23, 30)) == "2026-11-28 06:30:00"
+    assert vn_text("2026-12-31 17:05") == "2027-01-01 00:05"  # to the minute stays to the minute
+    assert vn_text(None) == "" and vn_text("pending") == "pending"
