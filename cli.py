@@ -179,6 +179,16 @@ def not_blank(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value.strip() if value is not None else value
 
 
+def new_organ_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The OrganId of an agency being registered: QCVN 102:2016's form, which the bus issues
+    certificates and broker users for (deliveries from outside may carry others)."""
+    from bus.province import QCVN_ORGAN_ID
+
+    if value is not None and not QCVN_ORGAN_ID.match(value):
+        raise click.BadParameter(f"{value!r} is not a QCVN 102:2016 OrganId (like 000.00.00.H61)")
+    return value
+
+
 def some_codes(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """Comma-separated OrganIds, at least one; ``@FILE``: a distribution list kept in a file."""
     if value is not None and value.startswith("@"):
@@ -277,7 +287,7 @@ def agency() -> None:
 
 
 @agency.command("add")
-@click.argument("code")
+@click.argument("code", callback=new_organ_id)
 @click.argument("name", callback=not_blank)
 @click.option("--parent", help="OrganId of the parent agency (province -> department/district -> commune).")
 @guarded

@@ -124,6 +124,12 @@ def test_send_refuses_an_empty_subject_or_recipient_list_as_usage(memory_provinc
     assert blank.exit_code == 2 and "'--subject': may not be empty" in blank.output
 
 
+def test_registering_an_agency_under_a_code_not_in_qcvn_form_is_a_usage_error(tmp_path) -> None:
+    res = CliRunner().invoke(main, ["agency", "add", "12345", "Sở Mới"], env={"DOCBUS_HOME": str(tmp_path)})
+    assert res.exit_code == 2 and "'12345' is not a QCVN 102:2016 OrganId" in res.output
+    assert not (tmp_path / "agencies").exists()  # checked before anything is set up or issued
+
+
 def test_the_adapter_refuses_before_the_outbox_what_the_router_would_refuse_for_its_shape(memory_province) -> None:
     import pytest
 
