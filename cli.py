@@ -1446,9 +1446,8 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
         text = rep.to_html(r)
     else:
         agencies, units = rep.rows_for_table(r)
-        text = (
-            f"Tháng {month}: theo đơn vị\n{table(units, rep.HEADERS)}\n\nTheo cơ quan\n{table(agencies, rep.HEADERS)}"
-        )
+        by_unit = f"Tháng {month}: theo sở, ban, ngành và huyện (gồm các đơn vị trực thuộc)"
+        text = f"{by_unit}\n{table(units, rep.HEADERS)}\n\nTheo cơ quan\n{table(agencies, rep.HEADERS)}"
     if output is not None:
         # Excel reads a CSV file without a byte-order mark in the machine's legacy code page: "Sở" becomes "Sá»Ÿ"
         output.write_text(text, encoding="utf-8-sig" if fmt == "csv" else "utf-8")
