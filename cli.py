@@ -888,6 +888,9 @@ def health(overdue_hours: float, days: int, as_json: bool) -> None:
     delivered to it that it has not taken in yet (no status 01 from it), with the oldest one's
     age.  Exit 0 when nothing needs attention, 5 when something does (each listed), 3 before
     'docbus init', 4 when the broker's management API cannot be reached.
+
+    The queue counts come from RabbitMQ's management statistics, which it refreshes every
+    few seconds (5 by default): right after a burst they may still show what was just taken.
     """
     from bus import health as checkup
     from bus.brokeradmin import BrokerAdmin
