@@ -1330,12 +1330,12 @@ def archive_export(document_id: str, folder: Path) -> None:
     original.write_bytes(raw)
     click.echo(str(original))
     from bus.blobs import ChunkStore
-    from bus.filenames import safe_name, unique_name
+    from bus.filenames import attachment_files
 
     files = ChunkStore(s.home / "blobs")
-    used: set[str] = set()
-    for a in getattr(msg, "attachments", []):
-        target = folder / unique_name(safe_name(a.name), used)  # never a path from the sender
+    attachments = getattr(msg, "attachments", [])
+    for a, name in zip(attachments, attachment_files(a.name for a in attachments), strict=True):
+        target = folder / name  # never a path from the sender
         if a.external is not None:  # a large file kept beside the archive, under its digest
             if not files.has(a.external.sha256):
                 raise NotFound(f"the file of {a.name!r} (sha256:{a.external.sha256}) is not in the archive")
@@ -1685,9 +1685,12 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
     Schema, signature over the whole envelope, certificate (provincial CA, validity, revocation)
     and, where this machine has the archive, the registry and the directive's policy: a file
     is refused with the same reason the router gives.  The replay window does not apply.
+    A large file (over 2 MiB) travels beside its envelope, which signs its SHA-256: it is
+    looked for beside FILE, as 'archive export' or the drop folder writes it, and checked.
     """
     from dataclasses import replace
 
+    from bus.blobs import ChunkStore, check_files_beside
     from bus.envelope import open_envelope
     from bus.gate import Gate
     from bus.router import load_trust
@@ -1709,6 +1712,8 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
                 opened = gate.check(data, claimed=None, at=when, from_hub=True, fresh=False)
             else:
                 opened = open_envelope(data, trust, at=when, from_hub=True)
+            attachments = getattr(opened.message, "attachments", [])
+            large = check_files_beside(f, attachments, ChunkStore(s.home / "blobs"))
             results.append(
                 {
                     "file": str(f),
@@ -1716,6 +1721,7 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
                     "signer": opened.signer,
                     "kind": opened.message.kind,
                     "document_id": opened.message.document_id,
+                    "large_files": [str(p) for p in large],  # each found and matching its signed digest
                 }
             )
         except Refused as exc:
@@ -1728,7 +1734,8 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
     else:
         for r in results:
             if r["ok"]:
-                click.echo(f"OK    {r['file']}: {r['kind']} {r['document_id']} signed by {r['signer']}")
+                files = "".join(f"; large file {p} checked" for p in r["large_files"])
+                click.echo(f"OK    {r['file']}: {r['kind']} {r['document_id']} signed by {r['signer']}{files}")
             else:
                 click.echo(f"FAIL  {r['file']}: [{r['reason']}] {r['detail']}")
     if not all(r["ok"] for r in results):

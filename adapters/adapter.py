@@ -64,7 +64,7 @@ from bus.errors import (
     Refused,
     SchemaViolation,
 )
-from bus.filenames import safe_name, unique_name
+from bus.filenames import attachment_files
 from bus.policy import REVOKE, UPDATE, check_secrecy, related_document_ids
 from bus.province import CRL_KIND, QCVN_ORGAN_ID
 from bus.router import load_trust
@@ -916,9 +916,8 @@ class Adapter:
         edoc = self.document(document_id)
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        used: set[str] = set()
-        for a in edoc.attachments:
-            target = folder / unique_name(safe_name(a.name), used)  # never a path from the sender
+        for a, name in zip(edoc.attachments, attachment_files(a.name for a in edoc.attachments), strict=True):
+            target = folder / name  # never a path from the sender
             if a.path is not None:
                 shutil.copyfile(a.path, target)  # a large file: copied, never read whole
             else:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bus import edxml
-from bus.filenames import safe_name, unique_name
+from bus.filenames import attachment_files
 
 KEY_LENGTH = 16
 
@@ -40,9 +40,9 @@ def write(folder: Path, digest: str, msg: edxml.Message, raw: bytes) -> Path:
     # only verified messages are handed over; the tree read after verification has no Signature
     # element left, so the summary would say "absent"
     header["signature"] = "verified"
-    used: set[str] = set()
-    for att, entry in zip(getattr(msg, "attachments", []), header["attachments"], strict=True):
-        name = unique_name(f"{key}-{safe_name(att.name)}", used)
+    attachments = getattr(msg, "attachments", [])
+    names = attachment_files((a.name for a in attachments), prefix=f"{key}-")
+    for att, entry, name in zip(attachments, header["attachments"], names, strict=True):
         target = folder / name
         if att.path is not None:  # a large file: copied from the store, never read whole
             _replace_with(target, lambda part, src=att.path: shutil.copyfile(src, part))

@@ -23,7 +23,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,3 +225,49 @@ def _write_atomic(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+class FileMissing(Refused):
+    """A large file a verified envelope names is nowhere this check can look."""
+
+    reason = "attachment-missing"
+
+
+def check_files_beside(envelope: Path, attachments: Sequence[Any], store: ChunkStore | None = None) -> list[Path]:
+    """Check each large file a verified envelope names against the digest it signs; returns
+    the files checked.
+
+    ``docbus verify`` calls this for an envelope on disk: its signature covers only the
+    reference (``External``), so an exported document (``docbus archive export``: the file as
+    ``<name>``) or a received one (the drop folder: ``<key>-<name>`` beside ``<key>.edxml``)
+    is whole only if the file beside it is the one signed.  Looked for there, then in
+    ``store`` (this machine's copy by digest).  Raises :class:`Refused` (``attachment-digest``)
+    for a file that is not the one signed and :class:`FileMissing` when none is found.
+    """
+    from bus.filenames import attachment_files
+
+    names = [a.name for a in attachments]
+    plain, keyed = attachment_files(names), attachment_files(names, prefix=f"{envelope.stem}-")
+    checked: list[Path] = []
+    for att, *candidates in zip(attachments, plain, keyed, strict=True):
+        ext = att.external
+        if ext is None:
+            continue  # inside the envelope: the signature covered its bytes
+        paths = [envelope.parent / c for c in candidates]
+        if store is not None:
+            paths.append(store.file(ext.sha256))
+        found = next((p for p in paths if p.is_file()), None)
+        if found is None:
+            raise FileMissing(
+                f"the large file {att.name!r} ({ext.size} bytes, sha256:{ext.sha256[:16]}…) the envelope signs is "
+                f"not beside it (looked for {', '.join(repr(c) for c in dict.fromkeys(candidates))})"
+            )
+        sha, size = file_sha256(found)
+        if (sha, size) != (ext.sha256, ext.size):
+            raise Refused(
+                f"{found.name!r} is not the file the envelope signs for {att.name!r} "
+                f"(sha256:{sha[:16]}…, {size} bytes; signed: sha256:{ext.sha256[:16]}…, {ext.size} bytes)",
+                reason="attachment-digest",
+            )
+        checked.append(found)
+    return checked

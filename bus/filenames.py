@@ -4,12 +4,14 @@ An attachment's name is whatever the sending agency's system put in the envelope
 (``../../etc/cron.d/x``), a Windows path, control characters, a name longer than the file
 system allows.  Everything that writes an attachment to disk (``docbus inbox save``, the drop
 folder, ``docbus archive export``) names it through :func:`safe_name`, and two attachments of
-one document with the same name through :func:`unique_name`.
+one document with the same name through :func:`unique_name`; :func:`attachment_files` gives
+a whole message's names at once, so ``docbus verify`` finds a large file where they put it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 MAX_NAME_BYTES = 200  # UTF-8; with a 16-digit key and ".part", inside a Linux file name's 255 bytes
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -39,3 +41,10 @@ def unique_name(name: str, used: set[str]) -> str:
         candidate = f"{stem}-{n}.{ext}" if dot and stem else f"{name}-{n}"
     used.add(candidate)
     return candidate
+
+
+def attachment_files(names: Iterable[str], prefix: str = "") -> list[str]:
+    """The file names a message's attachments are written under, in their order: each made
+    safe, after ``prefix`` (the drop folder's key and a dash), a repeated name numbered."""
+    used: set[str] = set()
+    return [unique_name(f"{prefix}{safe_name(name)}", used) for name in names]

@@ -150,3 +150,51 @@ def test_stale_staged_chunks_are_swept(tmp_path) -> None:
     os.utime(old, (0, 0))
     assert store.sweep(older_than_seconds=3600) == 1
     assert not (tmp_path / "incoming" / "000.00.01.H61" / ext.sha256).exists()
+
+
+def test_verify_checks_the_large_file_beside_an_exported_or_received_envelope(small_inline, tmp_path) -> None:
+    """The envelope signs only the file's digest: `docbus verify` finds the file where `archive
+    export` and the drop folder put it and says so; a different file or none is not OK."""
+    import json
+
+    from click.testing import CliRunner
+
+    from adapters import drop
+    from cli import main
+
+    p = small_inline
+    sent, digest = send_big(p, tmp_path, "12", 200_000)
+    router_of(p).run()
+    env = {"DOCBUS_HOME": str(p.settings.home), "DOCBUS_NAMESPACE": p.settings.namespace}
+    run = CliRunner().invoke
+
+    def verify(path) -> tuple[int, dict]:
+        res = run(main, ["verify", "--json", str(path)], env=env)
+        return res.exit_code, json.loads(res.output)[0]
+
+    exported = run(main, ["archive", "export", sent.document_id, str(tmp_path / "exp")], env=env).output.split()
+    envelope, copy = exported[0], tmp_path / "exp" / "ban-do-quy-hoach.tif"
+    assert exported[1] == str(copy)
+    code, out = verify(envelope)
+    assert code == 0 and out["large_files"] == [str(copy)]
+    copy.write_bytes(b"x" + copy.read_bytes()[1:])
+    code, out = verify(envelope)
+    assert (code, out["reason"]) == (1, "attachment-digest")
+    copy.unlink()  # nothing beside it: the data centre's own copy is checked instead
+    kept = ChunkStore(p.settings.home / "blobs").file(digest)
+    code, out = verify(envelope)
+    assert code == 0 and out["large_files"] == [str(kept)]
+    kept.unlink()
+    code, out = verify(envelope)
+    assert (code, out["reason"]) == (1, "attachment-missing") and "ban-do-quy-hoach.tif" in out["detail"]
+
+    dropped = []  # a recipient's drop folder, as `docbus adapter run --drop` fills it
+
+    def hand_off(item, msg, raw) -> None:
+        dropped.append(drop.write(tmp_path / "drop", item.digest, msg, raw))
+
+    with Adapter(p.settings, PC, transport=p.transport, on_receive=hand_off) as pc:
+        pc.receive()
+    [written] = dropped
+    code, out = verify(written)
+    assert code == 0 and out["large_files"] == [str(written.with_name(f"{written.stem}-ban-do-quy-hoach.tif"))]
