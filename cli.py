@@ -493,9 +493,13 @@ def cert_revoke(target: str, reason: str) -> None:
 # --------------------------------------------------------------------------- documents
 
 
-def _adapter(s: Settings, code: str):
+def _adapter(s: Settings, code: str, *, one_shot: bool = True):
+    """``code``'s adapter for a command.  A one-shot command reports what the broker did not
+    take in its own line; the adapter's log line would say it a second time (``-v`` keeps it)."""
     from adapters import Adapter
 
+    if one_shot and logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("docbus.adapter.outbox").setLevel(logging.ERROR)
     return Adapter(s, code)
 
 
@@ -1026,7 +1030,7 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None, pickup: P
             )
         )
 
-    with _adapter(s, code) as a:
+    with _adapter(s, code, one_shot=False) as a:
         a.on_receive = hand_off
         folder = Pickup(pickup) if pickup is not None else None
 

@@ -74,6 +74,9 @@ from signing import crl
 from signing.identity import Identity
 
 log = logging.getLogger("docbus.adapter")
+# "stays in the outbox" lines: a long-running adapter's only word on them; a one-shot command
+# (`docbus send`, `docbus inbox`) says the same in its own words and quiets this one
+outbox_log = logging.getLogger("docbus.adapter.outbox")
 SUPERSEDED = {REVOKE: "revoked", UPDATE: "updated", 3: "replaced"}
 RECEIVE_PREFETCH = 16  # deliveries held at once (chunks 1 MiB, envelopes at most 4 MiB): bounds memory
 UPLOAD_WINDOW = 8  # unconfirmed chunks in flight while a large file is sent
@@ -469,7 +472,7 @@ class Adapter:
             Outbox.digest == item.digest
         ).execute()
         self._last_failure = exc.message
-        log.warning("%s stays in the outbox: %s", item.document_id, exc.message)
+        outbox_log.warning("%s stays in the outbox: %s", item.document_id, exc.message)
 
     def _amqp_url(self) -> str:
         """This agency's own broker user when it has one (``broker.json``), else DOCBUS_AMQP_URL."""

@@ -171,3 +171,4 @@ def test_cli_send_says_queued_when_the_broker_is_down(broker_province, tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip().startswith(DEPT)
     assert "queued in the outbox, not sent yet: " in proc.stderr and "Traceback" not in proc.stderr
     assert "RabbitMQ" in proc.stderr.splitlines()[-1]  # why: the broker's own answer, not a guess
+    assert len(proc.stderr.splitlines()) == 1  # said once, in the command's words, not again as a log line
