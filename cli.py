@@ -1262,7 +1262,9 @@ def archive_search(
         for m in rows
     ]
     if as_json:
-        emit_json({"total": total, "page": page, "per_page": per_page, "results": data})
+        # total_capped: the count stopped at search.COUNT_CAP + 1; there are at least that many
+        capped = total > search.COUNT_CAP
+        emit_json({"total": total, "total_capped": capped, "page": page, "per_page": per_page, "results": data})
         return
     cols = ["Received (UTC+7)", "From", "Số/Ký hiệu", "Type", "Subject", "DocumentId"]
     body = [
@@ -1272,7 +1274,12 @@ def archive_search(
         cols[3], body = "Reason", [[*r[:3], d["reason"], *r[4:]] for r, d in zip(body, data, strict=True)]
     click.echo(table(body, cols))
     pages = max(1, -(-total // per_page))
-    click.echo(f"page {page} of {pages}, {total} document(s)")
+    if total > search.COUNT_CAP:  # counted no further: a common word over years of documents
+        click.echo(f"page {page}; more than {search.COUNT_CAP:,} documents: add filters to narrow the search")
+    elif page > pages:
+        click.echo(f"page {page} is past the last page ({pages}); {total} document(s)")
+    else:
+        click.echo(f"page {page} of {pages}, {total} document(s)")
 
 
 @archive.command("show")

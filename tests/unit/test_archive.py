@@ -340,3 +340,20 @@ def test_vietnam_time_helpers() -> None:
     assert vn_text(dt.datetime(2026, 11, 27, 23, 30)) == "2026-11-28 06:30:00"
     assert vn_text("2026-12-31 17:05") == "2027-01-01 00:05"  # to the minute stays to the minute
     assert vn_text(None) == "" and vn_text("pending") == "pending"
+
+
+def test_search_pages_say_when_the_count_stopped_or_the_page_is_past_the_end(filled, monkeypatch) -> None:
+    p, *_ = filled
+    env = {"DOCBUS_HOME": str(p.settings.home), "DOCBUS_NAMESPACE": "mem", "DOCBUS_DB_URL": p.settings.db_url}
+
+    def search_out(*args: str) -> str:
+        res = CliRunner().invoke(main, ["archive", "search", *args], env=env)
+        assert res.exit_code == 0, res.output
+        return res.output.strip().splitlines()[-1]
+
+    assert search_out("--page", "1") == "page 1 of 1, 3 document(s)"
+    assert search_out("--page", "3") == "page 3 is past the last page (1); 3 document(s)"
+    monkeypatch.setattr(search, "COUNT_CAP", 2)  # three accepted documents: more than the count goes
+    assert search_out() == "page 1; more than 2 documents: add filters to narrow the search"
+    found = json.loads(CliRunner().invoke(main, ["archive", "search", "--json"], env=env).output)
+    assert (found["total"], found["total_capped"], len(found["results"])) == (3, True, 3)
