@@ -869,7 +869,7 @@ def trace(document_id: str, as_json: bool) -> None:
                 )
         for st in sub["other_statuses"]:
             rows.append([st["organ_id"], "", f"{st['code']} {st['description']}", edxml.vn_text(st["received_at"])])
-        click.echo(table(rows, ["Recipient", "Delivered", "Status", "At"]))
+        click.echo(table(rows, ["Recipient", "Delivered (UTC+7)", "Status", "At (UTC+7)"]))
 
 
 @main.command()
