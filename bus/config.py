@@ -9,9 +9,12 @@ good for a developer machine, never for production, where each agency has its ow
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from bus.errors import ConfigError
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -57,15 +60,46 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+# a namespace prefixes every exchange, queue and broker user name: plain characters only
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
 def from_env(env: dict[str, str] | None = None) -> Settings:
+    """Settings from ``DOCBUS_*``; a value that cannot be used raises :class:`ConfigError`
+    naming the variable (the CLI prints it in one line), before anything connects."""
     env = dict(os.environ if env is None else env)
+    amqp_url = env.get("DOCBUS_AMQP_URL") or DEFAULT_AMQP_URL
+    try:
+        parts = urlsplit(amqp_url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"DOCBUS_AMQP_URL is not a URL docbus can use: {exc}") from None
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ConfigError(
+            f"DOCBUS_AMQP_URL {redact(amqp_url)!r} is not an AMQP URL (like amqp://user:password@host:5672/%2F)"
+        )
+    namespace = env.get("DOCBUS_NAMESPACE") or "docbus"
+    if not _NAMESPACE.match(namespace):
+        raise ConfigError(
+            f"DOCBUS_NAMESPACE {namespace!r}: letters, digits, '.', '_' and '-' only (it prefixes queue and user names)"
+        )
+    age = env.get("DOCBUS_MAX_AGE_HOURS") or str(Limits.max_age_hours)
+    try:
+        max_age_hours = float(age)
+    except ValueError:
+        max_age_hours = float("nan")
+    if not max_age_hours > 0 or max_age_hours == float("inf"):
+        raise ConfigError(f"DOCBUS_MAX_AGE_HOURS {age!r} is not a number of hours above 0")
+    home = Path(env.get("DOCBUS_HOME") or "var")
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"DOCBUS_HOME {str(home)!r} is a file, not a folder (keys, stores and the archive go there)")
     return Settings(
-        amqp_url=env.get("DOCBUS_AMQP_URL") or DEFAULT_AMQP_URL,
+        amqp_url=amqp_url,
         db_url=env.get("DOCBUS_DB_URL", ""),
-        home=Path(env.get("DOCBUS_HOME") or "var"),
-        namespace=env.get("DOCBUS_NAMESPACE") or "docbus",
+        home=home,
+        namespace=namespace,
         mgmt_url=env.get("DOCBUS_MGMT_URL", ""),
-        limits=Limits(max_age_hours=float(env.get("DOCBUS_MAX_AGE_HOURS") or Limits.max_age_hours)),
+        limits=Limits(max_age_hours=max_age_hours),
         hub_organ_id=env.get("DOCBUS_HUB_ID") or Settings.hub_organ_id,
     )
 
@@ -74,6 +108,6 @@ def redact(url: str) -> str:
     """The URL without its password, for messages people read."""
     parts = urlsplit(url)
     if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
         return urlunsplit(parts._replace(netloc=netloc))
     return url

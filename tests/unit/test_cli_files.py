@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cli import main
@@ -91,6 +92,28 @@ def test_unreachable_broker_is_one_clear_line_without_traceback(tmp_path) -> Non
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "amqp://guest:***@127.0.0.1:1/%2F" in lines[0] and "rabbitmq-server" in lines[0] and "secret" not in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("DOCBUS_AMQP_URL", "amqp://guest:s3cret@:::", "DOCBUS_AMQP_URL is not a URL docbus can use"),
+        ("DOCBUS_AMQP_URL", "http://guest:s3cret@127.0.0.1/", "'http://guest:***@127.0.0.1/' is not an AMQP URL"),
+        ("DOCBUS_MAX_AGE_HOURS", "một tuần", "DOCBUS_MAX_AGE_HOURS 'một tuần' is not a number of hours above 0"),
+        ("DOCBUS_MAX_AGE_HOURS", "0", "is not a number of hours above 0"),
+        ("DOCBUS_NAMESPACE", "tỉnh vĩnh long", "DOCBUS_NAMESPACE 'tỉnh vĩnh long': letters, digits"),
+        ("DOCBUS_HOME", "/etc/hostname", "DOCBUS_HOME '/etc/hostname' is a file, not a folder"),
+    ],
+)
+def test_a_setting_it_cannot_use_is_one_line_before_anything_connects(tmp_path, variable, value, expected) -> None:
+    env = dict(os.environ, DOCBUS_HOME=str(tmp_path / "home")) | {variable: value}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "init"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 3 and len(lines) == 1 and lines[0].startswith("docbus: ")
+    assert expected in proc.stderr and "s3cret" not in proc.stderr
+    assert not (tmp_path / "home").exists()  # nothing was created
 
 
 def test_not_set_up_is_exit_3(tmp_path) -> None:
