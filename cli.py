@@ -182,7 +182,7 @@ def not_blank(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def new_organ_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """The OrganId of an agency being registered: QCVN 102:2016's form, which the bus issues
     certificates and broker users for (deliveries from outside may carry others)."""
-    from bus.province import QCVN_ORGAN_ID
+    from bus.config import QCVN_ORGAN_ID
 
     if value is not None and not QCVN_ORGAN_ID.match(value):
         raise click.BadParameter(f"{value!r} is not a QCVN 102:2016 OrganId (like 000.00.00.H61)")

@@ -52,7 +52,7 @@ from bus import compose, edxml, safexml, schema, statements
 from bus.archive import sha256
 from bus.blobs import CHUNK_KIND, ChunkStore, External, chunk_headers, is_chunk, read_chunks
 from bus.brokeradmin import agency_url
-from bus.config import Settings
+from bus.config import QCVN_ORGAN_ID, Settings
 from bus.edxml import Attachment, Edoc, Organ
 from bus.envelope import open_envelope, peek_document_id, peek_kind, peek_status_code
 from bus.errors import (
@@ -66,7 +66,7 @@ from bus.errors import (
 )
 from bus.filenames import attachment_files
 from bus.policy import REVOKE, UPDATE, check_secrecy, related_document_ids
-from bus.province import CRL_KIND, QCVN_ORGAN_ID
+from bus.province import CRL_KIND
 from bus.router import load_trust
 from bus.topology import URGENT_PRIORITY, Names
 from bus.transport import AmqpTransport, Delivery, DeliveryFailed, Outgoing, Transport

@@ -60,6 +60,8 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+# an OrganId as QCVN 102:2016 writes it (000.00.00.H61): what this bus issues certificates for
+QCVN_ORGAN_ID = re.compile(r"^\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2}$")
 # a namespace prefixes every exchange, queue and broker user name: plain characters only
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -90,6 +92,9 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         max_age_hours = float("nan")
     if not max_age_hours > 0 or max_age_hours == float("inf"):
         raise ConfigError(f"DOCBUS_MAX_AGE_HOURS {age!r} is not a number of hours above 0")
+    hub = env.get("DOCBUS_HUB_ID") or Settings.hub_organ_id
+    if not QCVN_ORGAN_ID.match(hub):
+        raise ConfigError(f"DOCBUS_HUB_ID {hub!r} is not a QCVN 102:2016 OrganId (like 000.00.99.H61)")
     home = Path(env.get("DOCBUS_HOME") or "var")
     if home.exists() and not home.is_dir():
         raise ConfigError(f"DOCBUS_HOME {str(home)!r} is a file, not a folder (keys, stores and the archive go there)")
@@ -100,7 +105,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         namespace=namespace,
         mgmt_url=env.get("DOCBUS_MGMT_URL", ""),
         limits=Limits(max_age_hours=max_age_hours),
-        hub_organ_id=env.get("DOCBUS_HUB_ID") or Settings.hub_organ_id,
+        hub_organ_id=hub,
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from bus import topology
 from bus.archive import Agency, Archive, Certificate, utcnow
 from bus.brokeradmin import HANDLES_PER_QUORUM_QUEUE, BrokerAdmin, agency_permissions, new_password, vhost_of
-from bus.config import Settings
+from bus.config import QCVN_ORGAN_ID, Settings
 from bus.errors import BrokerUnavailable, ConfigError, DocbusError, NotFound
 from bus.topology import Names
 from bus.transport import AmqpTransport, Transport
@@ -31,7 +30,6 @@ from signing.identity import Identity
 log = logging.getLogger("docbus.province")
 
 # QCVN 102:2016 OrganId: V1V2V3.Z1Z2.Y1Y2.MX1X2
-QCVN_ORGAN_ID = re.compile(r"^\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2}$")
 CRL_KIND = "crl"
 
 

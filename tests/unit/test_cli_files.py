@@ -103,6 +103,7 @@ def test_unreachable_broker_is_one_clear_line_without_traceback(tmp_path) -> Non
         ("DOCBUS_MAX_AGE_HOURS", "0", "is not a number of hours above 0"),
         ("DOCBUS_NAMESPACE", "tỉnh vĩnh long", "DOCBUS_NAMESPACE 'tỉnh vĩnh long': letters, digits"),
         ("DOCBUS_HOME", "/etc/hostname", "DOCBUS_HOME '/etc/hostname' is a file, not a folder"),
+        ("DOCBUS_HUB_ID", "trung-tam", "DOCBUS_HUB_ID 'trung-tam' is not a QCVN 102:2016 OrganId"),
     ],
 )
 def test_a_setting_it_cannot_use_is_one_line_before_anything_connects(tmp_path, variable, value, expected) -> None:
