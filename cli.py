@@ -309,15 +309,35 @@ def agency_add(code: str, name: str, parent: str | None) -> None:
 
 
 @agency.command("list")
+@click.option("--under", metavar="CODE", help="Only the agencies below CODE (a district's communes, …).")
+@click.option(
+    "--codes",
+    is_flag=True,
+    help="Only the enabled agencies' OrganIds, one a line with the name as a # comment: a distribution "
+    "list for 'docbus send --to @FILE'.",
+)
 @json_option("the list")
 @guarded
-def agency_list(as_json: bool) -> None:
-    """The registered agencies, as a tree order (parents first)."""
+def agency_list(under: str | None, codes: bool, as_json: bool) -> None:
+    """The registered agencies as their tree reads: each followed by those under it."""
+    from bus.province import in_tree_order
     from signing.ca import load_cert
 
     s = settings()
+    agencies = open_archive(s).agencies()
+    if under is not None and under not in {a.organ_id for a in agencies}:
+        raise NotFound(f"no agency '{under}' is registered (see 'docbus agency list')")
+    tree = in_tree_order(agencies, under)
+    if codes:
+        enabled = [a for a, _ in tree if a.enabled]
+        below = f" below {under}" if under else ""
+        noun = "agency" if len(enabled) == 1 else "agencies"
+        click.echo(f"# {len(enabled)} enabled {noun}{below} (docbus agency list --codes)")
+        for a in enabled:
+            click.echo(f"{a.organ_id}  # {a.name}")
+        return
     rows = []
-    for a in open_archive(s).agencies():
+    for a, depth in tree:
         cert = load_cert(a.cert_pem)
         rows.append(
             {
@@ -327,6 +347,7 @@ def agency_list(as_json: bool) -> None:
                 "enabled": a.enabled,
                 "certificate_serial": a.cert_serial,
                 "certificate_expires": cert.not_valid_after_utc.date().isoformat(),
+                "depth": depth,
             }
         )
     if as_json:
@@ -335,7 +356,13 @@ def agency_list(as_json: bool) -> None:
     click.echo(
         table(
             [
-                [r["organ_id"], r["name"], r["parent"] or "", "yes" if r["enabled"] else "no", r["certificate_expires"]]
+                [
+                    r["organ_id"],
+                    "· " * r["depth"] + r["name"],  # the tree, as the table can show it
+                    r["parent"] or "",
+                    "yes" if r["enabled"] else "no",
+                    r["certificate_expires"],
+                ]
                 for r in rows
             ],
             ["OrganId", "Name", "Parent", "Enabled", "Cert expires"],

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +178,27 @@ def add_agency(
         if broker_user and on_broker:
             provision_broker_user(settings, agency, admin)
     return Agency.get_by_id(organ_id), created
+
+
+def in_tree_order(agencies: Sequence[Agency], under: str | None = None) -> list[tuple[Agency, int]]:
+    """``agencies`` as their tree reads, each followed by those under it, with its depth (0 at
+    the top): province, then each department and district with its communes.  ``under``: only
+    those below that agency (a district's communes, for a distribution list)."""
+    children: dict[str | None, list[Agency]] = {}
+    known = {a.organ_id for a in agencies}
+    for a in sorted(agencies, key=lambda a: a.organ_id):
+        children.setdefault(a.parent if a.parent in known else None, []).append(a)
+    out: list[tuple[Agency, int]] = []
+    stack: list[tuple[Agency, int]] = [(a, 0) for a in reversed(children.get(under, []))]
+    seen: set[str] = set()
+    while stack:
+        agency, depth = stack.pop()
+        if agency.organ_id in seen:  # a parent loop written by hand into the registry: once each
+            continue
+        seen.add(agency.organ_id)
+        out.append((agency, depth))
+        stack.extend((c, depth + 1) for c in reversed(children.get(agency.organ_id, [])))
+    return out
 
 
 def provision_broker_user(settings: Settings, agency: Agency, admin: BrokerAdmin | None = None) -> bool:

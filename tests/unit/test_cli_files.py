@@ -201,3 +201,41 @@ def test_verify_at_a_time_before_a_revocation_accepts_what_was_signed_then(
     assert before.exit_code == 0 and before.output.startswith("OK"), before.output
     after = run(["verify", "--at", f"{now + dt.timedelta(minutes=40):%Y-%m-%d %H:%M}", str(signed)], env)
     assert after.exit_code == 1 and "[cert-revoked]" in after.output
+
+
+def test_agency_list_reads_as_the_tree_and_writes_a_distribution_list_for_a_district(memory_province, tmp_path) -> None:
+    from bus import province
+
+    p = memory_province
+    s = p.settings
+    for code, name, parent in [
+        ("000.00.11.H61", "UBND huyện Long Hồ", "000.00.00.H61"),
+        ("000.11.02.H61", "UBND xã Lộc Hòa", "000.00.11.H61"),
+        ("000.11.01.H61", "UBND xã Phú Quới", "000.00.11.H61"),
+        ("000.11.03.H61", "UBND xã Tân Hạnh", "000.00.11.H61"),
+    ]:
+        province.add_agency(s, p.archive, p.transport, code, name, parent)
+    province.set_enabled(s, p.archive, "000.11.03.H61", False)
+    env = {"DOCBUS_HOME": str(s.home), "DOCBUS_NAMESPACE": s.namespace}
+    listed = json.loads(CliRunner().invoke(main, ["agency", "list", "--json"], env=env).output)
+    assert [(r["organ_id"], r["depth"]) for r in listed] == [
+        ("000.00.00.H61", 0),
+        ("000.00.01.H61", 1),
+        ("000.00.02.H61", 1),
+        ("000.00.11.H61", 1),
+        ("000.11.01.H61", 2),
+        ("000.11.02.H61", 2),
+        ("000.11.03.H61", 2),
+    ]
+    codes = CliRunner().invoke(main, ["agency", "list", "--under", "000.00.11.H61", "--codes"], env=env).output
+    assert codes.splitlines() == [
+        "# 2 enabled agencies below 000.00.11.H61 (docbus agency list --codes)",
+        "000.11.01.H61  # UBND xã Phú Quới",
+        "000.11.02.H61  # UBND xã Lộc Hòa",
+    ]
+    from cli import _distribution_list
+
+    (tmp_path / "xa.txt").write_text(codes, encoding="utf-8")
+    assert _distribution_list(tmp_path / "xa.txt") == "000.11.01.H61,000.11.02.H61"  # what `send --to @FILE` reads
+    unknown = CliRunner().invoke(main, ["agency", "list", "--under", "000.00.77.H61"], env=env)
+    assert unknown.exit_code == 3 and "no agency '000.00.77.H61'" in unknown.output
