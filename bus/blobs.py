@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.errors import MalformedEnvelope, Refused
+from bus.filenames import attachment_files
 
 EXT_NS = "urn:docbus:external:1"
 CHUNK_KIND = "chunk"
@@ -244,8 +245,6 @@ def check_files_beside(envelope: Path, attachments: Sequence[Any], store: ChunkS
     ``store`` (this machine's copy by digest).  Raises :class:`Refused` (``attachment-digest``)
     for a file that is not the one signed and :class:`FileMissing` when none is found.
     """
-    from bus.filenames import attachment_files
-
     names = [a.name for a in attachments]
     plain, keyed = attachment_files(names), attachment_files(names, prefix=f"{envelope.stem}-")
     checked: list[Path] = []
