@@ -638,7 +638,7 @@ def _refuse_number_in_use(adapter: Any, number: str, notation: str) -> None:
 @main.group(invoke_without_command=True)
 @click.option("--agency", "code", help="OrganId whose inbox to show.")
 @click.option("--kind", type=click.Choice(["edoc", "status"]), help="Only documents (edoc) or only statuses.")
-@click.option("--since", help="Received on or after this day (YYYY-MM-DD, a Vietnamese day, as every time shown).")
+@click.option("--since", help="Received on or after this day: YYYY-MM-DD, today or yesterday (Vietnamese days).")
 @listing_options("message", "deliveries")
 @click.pass_context
 @guarded
@@ -756,7 +756,7 @@ SUPERSEDED_NAMES = {"revoked": "thu hồi", "updated": "cập nhật", "replaced
 @main.command()
 @click.option("--agency", "code", required=True, help="OrganId of the agency whose sent documents to show.")
 @click.argument("document_id", required=False)
-@click.option("--since", help="Sent on or after this day (YYYY-MM-DD, a Vietnamese day, as every time shown).")
+@click.option("--since", help="Sent on or after this day: YYYY-MM-DD, today or yesterday (Vietnamese days).")
 @listing_options("document", "statuses")
 @guarded
 def sent(
@@ -1211,13 +1211,20 @@ def archive() -> None:
     """The central archive: search, show, export, verify, prune."""
 
 
+RELATIVE_DAYS = {"today": 0, "hôm nay": 0, "yesterday": 1, "hôm qua": 1}
+
+
 def _date(value: str | None) -> dt.date | None:
+    """A day people name: ``YYYY-MM-DD``, or today / yesterday (hôm nay / hôm qua) in Vietnam."""
     if value is None:
         return None
+    back = RELATIVE_DAYS.get(value.strip().lower())
+    if back is not None:
+        return edxml.now_vn().date() - dt.timedelta(days=back)
     try:
         return dt.date.fromisoformat(value)
     except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a date like 2026-11-27") from exc
+        raise click.BadParameter(f"{value!r} is not a date like 2026-11-27 (or today, yesterday)") from exc
 
 
 @archive.command("search")
@@ -1225,8 +1232,8 @@ def _date(value: str | None) -> dt.date | None:
 @click.option("--to", "recipient", help="Recipient OrganId.")
 @click.option("--type", "type_name", help="Document type name, e.g. 'Công văn'.")
 @click.option("--number", help="Số or Số/Ký hiệu, e.g. 125 or 125/SNV-VP.")
-@click.option("--since", help="Received on or after (YYYY-MM-DD).")
-@click.option("--until", help="Received on or before (YYYY-MM-DD).")
+@click.option("--since", help="Received on or after this day: YYYY-MM-DD, today or yesterday (Vietnamese days).")
+@click.option("--until", help="Received on or before this day: YYYY-MM-DD, today or yesterday (Vietnamese days).")
 @click.option(
     "--priority",
     type=click.IntRange(0, 4),

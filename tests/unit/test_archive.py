@@ -357,3 +357,18 @@ def test_search_pages_say_when_the_count_stopped_or_the_page_is_past_the_end(fil
     assert search_out() == "page 1; more than 2 documents: add filters to narrow the search"
     found = json.loads(CliRunner().invoke(main, ["archive", "search", "--json"], env=env).output)
     assert (found["total"], found["total_capped"], len(found["results"])) == (3, True, 3)
+
+
+def test_a_clerk_may_name_today_or_yesterday(filled) -> None:
+    p, *_ = filled
+    env = {"DOCBUS_HOME": str(p.settings.home), "DOCBUS_NAMESPACE": "mem", "DOCBUS_DB_URL": p.settings.db_url}
+
+    def total(*args: str) -> int:
+        res = CliRunner().invoke(main, ["archive", "search", *args, "--json"], env=env)
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output)["total"]
+
+    assert total("--since", "today") == total("--since", "hôm nay") == 3  # archived just now
+    assert total("--until", "yesterday") == 0
+    wrong = CliRunner().invoke(main, ["archive", "search", "--since", "tomorrow"], env=env)
+    assert wrong.exit_code == 2 and "(or today, yesterday)" in wrong.output
