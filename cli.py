@@ -677,6 +677,7 @@ def inbox(
                 edxml.vn_text(i.received_at),
                 i.kind,
                 i.status_code or "",
+                edxml.PRIORITIES.get(i.priority, str(i.priority)) if i.kind == "edoc" and i.priority else "",
                 i.sender,
                 i.document_id,
                 i.subject,
@@ -684,7 +685,8 @@ def inbox(
             ]
             for i in items
         ]
-        click.echo(table(rows, ["Received (UTC+7)", "Kind", "Status", "From", "DocumentId", "Subject", "State"]))
+        headers = ["Received (UTC+7)", "Kind", "Status", "Priority", "From", "DocumentId", "Subject", "State"]
+        click.echo(table(rows, headers))
     if note:
         click.echo(note, err=True)
 

@@ -95,7 +95,8 @@ def test_send_route_receive_answer_trace(env, tmp_path) -> None:
     assert Path(saved.stdout.strip()).read_bytes() == pdf.read_bytes()
     answer = json.loads(docbus(env, "status", "send", "--agency", PC, "--code", "03", document_id, "--json").stdout)
     assert (answer["status_code"], answer["to"], answer["published"], answer["error"]) == ("03", DEPT, True, None)
-    assert "handed, answered 03" in docbus(env, "inbox", "--agency", PC, "--no-fetch").stdout
+    listed = docbus(env, "inbox", "--agency", PC, "--no-fetch").stdout
+    assert "handed, answered 03" in listed and " khẩn " in listed  # sent with --priority 1: the clerk sees it
     docbus(env, "router", "run", "--idle-exit", "1.5")
 
     statuses = json.loads(docbus(env, "inbox", "--agency", DEPT, "--json").stdout)
