@@ -446,9 +446,13 @@ class Adapter:
 
     def _uploads(self, item: Any) -> list[External]:
         Upload = self.store.Upload
-        return [
-            External(u.sha256, u.size, u.chunk_size) for u in Upload.select().where(Upload.outbox_digest == item.digest)
-        ]
+        rows = statements.rows(
+            Upload,
+            "uploads-of-one",
+            [item.digest],
+            lambda v: Upload.select(Upload.sha256, Upload.size, Upload.chunk_size).where(Upload.outbox_digest == v[0]),
+        ).tuples()
+        return [External(sha, size, chunk_size) for sha, size, chunk_size in rows]
 
     def _upload(self, item: Any) -> None:
         """Publish the chunks of the large files ``item`` names, a few unconfirmed at a time."""
@@ -505,16 +509,20 @@ class Adapter:
         if not waiting:
             return 0
         Upload = self.store.Upload
-        uploads = statements.rows(
-            Upload,
-            "uploads-of",
-            statements.padded([w.digest for w in waiting]),
-            lambda v: Upload.select(Upload.id).where(Upload.outbox_digest.in_(v)),
-        ).tuples()
-        if len(waiting) == 1 or list(uploads):
+        with_files = {
+            digest
+            for (digest,) in statements.rows(
+                Upload,
+                "uploads-of",
+                statements.padded([w.digest for w in waiting]),
+                lambda v: Upload.select(Upload.outbox_digest).where(Upload.outbox_digest.in_(v)),
+            ).tuples()
+        }
+        if len(waiting) == 1 or with_files:
             sent = 0
             for item in waiting:
-                if not self._publish(item):
+                # known here: asking again per item built a query each time (a recipient's every 01)
+                if not self._publish(item, uploads=item.digest in with_files):
                     break
                 sent += 1
             return sent
