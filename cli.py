@@ -789,8 +789,8 @@ def sent(
     elif document_id is not None:
         for i in items:
             click.echo(f"{i.document_id}  “{i.subject}”  sent {edxml.vn_text(i.sent_at)} (UTC+7): {_sent_state(i)}")
-            rows = [[org, *(_answer_cells(ans))] for org, ans in i.answers.items()]
-            click.echo(table(rows, ["Recipient", "Status", "At (UTC+7)"]))
+            rows = [[org, *(_answer_cells(ans)), i.notes.get(org, "")] for org, ans in i.answers.items()]
+            click.echo(table(rows, ["Recipient", "Status", "At (UTC+7)", "Note"]))
     else:
         rows = [
             [edxml.vn_text(i.sent_at), i.document_id, i.subject, _answers_summary(i), _sent_state(i)] for i in items
@@ -801,9 +801,14 @@ def sent(
 
 
 def _sent_json(item: Any) -> dict[str, Any]:
-    data = {k: v for k, v in item.__dict__.items() if k != "answers"}
+    data = {k: v for k, v in item.__dict__.items() if k not in ("answers", "notes")}
     data["recipients"] = [
-        {"organ_id": org, "status": ans[0] if ans else None, "at": ans[1] if ans else None}
+        {
+            "organ_id": org,
+            "status": ans[0] if ans else None,
+            "at": ans[1] if ans else None,
+            "description": item.notes.get(org) or None,
+        }
         for org, ans in item.answers.items()
     ]
     return data

@@ -39,7 +39,7 @@ import mimetypes
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -135,6 +135,8 @@ class SentItem:
     answers: dict[str, tuple[str, str] | None]  # recipient -> its latest (status code, received at), or None
     refused: str | None = None  # the data centre's 02, "[reason] detail", if it refused this submission
     business_doc_type: int = 0  # 1 thu hồi, 2 cập nhật, 3 thay thế: about a document sent before
+    # recipient -> what its latest status says beyond the code's own name (why it refused a recall, …)
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -312,9 +314,13 @@ class Adapter:
         ids = list({r.document_id for r in rows})
         hub = self._hub_refusals(ids)
         latest: dict[tuple[str, str], tuple[str, str]] = {}
+        notes: dict[tuple[str, str], str] = {}
         for st in self._by_document(self.store.Inbox, "status", ids):
             if st.sender != self.settings.hub_organ_id:
-                latest[(st.document_id, st.sender)] = (st.status_code or "", f"{st.received_at:%Y-%m-%d %H:%M:%S}")
+                key, code = (st.document_id, st.sender), st.status_code or ""
+                latest[key] = (code, f"{st.received_at:%Y-%m-%d %H:%M:%S}")
+                said = (st.subject or "").strip()
+                notes[key] = "" if said == edxml.STATUS_CODES.get(code, "") else said
         out = []
         for r in rows:
             msg = None
@@ -333,6 +339,7 @@ class Adapter:
                     {c: None if refused else latest.get((r.document_id, c)) for c in recipients},
                     refused,
                     msg.business.doc_type if isinstance(msg, Edoc) else 0,
+                    {c: n for c in recipients if not refused and (n := notes.get((r.document_id, c)))},
                 )
             )
         return out

@@ -129,7 +129,7 @@ def test_the_senders_register_shows_each_recipients_latest_answer_and_refusals(b
     sent = a[PC].send([DEPT, FIN], subject="Quyết định 20", number="20", notation="QĐ-UBND", files=[pdf])
     cycle(router, a)
     assert [i.answered for i in a[DEPT].inbox("edoc")] == ["01"]  # on its own, on arrival
-    a[DEPT].send_status(sent.document_id, PC, "03", "Đã tiếp nhận")
+    a[DEPT].send_status(sent.document_id, PC, "03", "Đã vào sổ văn bản đến số 345")
     assert [i.answered for i in a[DEPT].inbox("edoc")] == ["03"] and a[FIN].inbox("edoc")[0].answered == "01"
     refused = a[PC].send([DEPT], subject="Thiếu tệp", number="21", notation="QĐ-UBND")
     cycle(router, a)
@@ -137,6 +137,7 @@ def test_the_senders_register_shows_each_recipients_latest_answer_and_refusals(b
     assert (first.document_id, first.subject, first.published) == (sent.document_id, "Quyết định 20", True)
     assert first.refused is None
     assert {org: ans[0] if ans else None for org, ans in first.answers.items()} == {DEPT: "03", FIN: "01"}
+    assert first.notes == {DEPT: "Đã vào sổ văn bản đến số 345"}  # FIN's 01 says only "Đã đến"
     assert second.document_id == refused.document_id and second.answers == {DEPT: None}
     assert second.refused is not None and second.refused.startswith("[no-electronic-file] ")
     assert "sha256" not in second.refused
