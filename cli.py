@@ -866,6 +866,13 @@ def _more_note(note: str, shown: int, total: int) -> str:
     return "\n".join(filter(None, [note, more]))
 
 
+def _status_text(code: str, description: str | None) -> str:
+    """'16 Từ chối thu hồi/cập nhật: why', the why only when it says more than the code's name."""
+    name = edxml.STATUS_CODES.get(code, "")
+    said = (description or "").strip()
+    return f"{code} {name}" + (f": {said}" if said and said != name else "")
+
+
 def _inbox_state(item: Any) -> str:
     """'handed', 'invalid: reason', the agency's latest answer beyond the automatic 01, and
     whether its sender has since revoked, updated or replaced it."""
@@ -898,9 +905,7 @@ def trace(document_id: str, as_json: bool) -> None:
         for r in sub["recipients"]:
             rows.append([r["organ_id"], edxml.vn_text(r["delivered_at"]) or "pending", "", ""])
             for st in r["statuses"]:
-                rows.append(
-                    ["", "", f"{st['code']} {edxml.STATUS_CODES.get(st['code'], '')}", edxml.vn_text(st["received_at"])]
-                )
+                rows.append(["", "", _status_text(st["code"], st["description"]), edxml.vn_text(st["received_at"])])
         for st in sub["other_statuses"]:
             rows.append([st["organ_id"], "", f"{st['code']} {st['description']}", edxml.vn_text(st["received_at"])])
         click.echo(table(rows, ["Recipient", "Delivered (UTC+7)", "Status", "At (UTC+7)"]))
