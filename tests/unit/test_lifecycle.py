@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
 from adapters import Adapter
 from bus.router import Router, load_trust
 from bus.topology import Names
+from cli import main
 
 PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
 
@@ -161,6 +163,12 @@ def test_recall_handshake(bus) -> None:
     per = {r["organ_id"]: [s["code"] for s in r["statuses"]] for r in trace["recipients"]}
     assert per == {DEPT: ["01", "15"], FIN: ["01", "16"]}
     assert [(s["organ_id"], s["code"]) for s in trace["other_statuses"]] == [(PC, "13")]
+    env = {"DOCBUS_HOME": str(p.settings.home), "DOCBUS_NAMESPACE": p.settings.namespace}
+    shown = CliRunner().invoke(main, ["trace", sent.document_id], env=env).output
+    assert "16 Từ chối thu hồi/cập nhật: Đã ban hành văn bản thực hiện" in shown  # why, for the sender's clerk
+    assert "15 Đồng ý thu hồi/cập nhật: Đồng ý thu hồi" in shown and "01 Đã đến  " in shown  # no ": Đã đến"
+    register = CliRunner().invoke(main, ["sent", "--agency", PC, "--no-fetch", sent.document_id], env=env).output
+    assert "Đã ban hành văn bản thực hiện" in register
 
 
 def test_only_the_sender_may_recall(bus) -> None:
