@@ -1487,17 +1487,26 @@ def report() -> None:
 @click.option(
     "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout."
 )
+@click.option(
+    "--holidays",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Days off besides weekends (Tết, Quốc khánh, …), one YYYY-MM-DD a line, # comments: they do not count "
+    "as working days for the 01 and 03 deadlines.",
+)
 @guarded
-def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) -> None:
-    """Sent, received, 01 within one working day, 03 within three, refusals by reason, unanswered."""
+def report_monthly(month: str, code: str | None, fmt: str, output: Path | None, holidays: Path | None) -> None:
+    """Sent, received, 01 within one working day, 03 within three, refusals by reason, unanswered.
+
+    Working days are Monday to Friday in Vietnam, less the days listed with --holidays."""
     from bus import report as rep
 
     try:
         dt.date.fromisoformat(f"{month}-01")
     except ValueError as exc:
         raise click.BadParameter(f"{month!r} is not a month like 2026-11", param_hint="--month") from exc
+    days_off = _holidays(holidays) if holidays is not None else frozenset()
     open_archive(settings())
-    r = rep.monthly(month, code)
+    r = rep.monthly(month, code, days_off)
     if fmt == "json":
         text = rep.to_json(r)
     elif fmt == "csv":
@@ -1508,12 +1517,33 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None) 
         agencies, units = rep.rows_for_table(r)
         by_unit = f"Tháng {month}: theo sở, ban, ngành và huyện (gồm các đơn vị trực thuộc)"
         text = f"{by_unit}\n{table(units, rep.HEADERS)}\n\nTheo cơ quan\n{table(agencies, rep.HEADERS)}"
+        text += f"\n\n{rep.working_days(r)}"
     if output is not None:
         # Excel reads a CSV file without a byte-order mark in the machine's legacy code page: "Sở" becomes "Sá»Ÿ"
         output.write_text(text, encoding="utf-8-sig" if fmt == "csv" else "utf-8")
         click.echo(str(output))
     else:
         click.echo(text)
+
+
+def _holidays(path: Path) -> frozenset[dt.date]:
+    """Dates from a file, one a line; ``#`` starts a comment (``2027-02-08  # Tết``)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--holidays") from exc
+    days = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        value = line.split("#", 1)[0].strip()
+        if not value:
+            continue
+        try:
+            days.add(dt.date.fromisoformat(value))
+        except ValueError:
+            raise click.BadParameter(
+                f"{path}, line {n}: {value!r} is not a date like 2027-02-08", param_hint="--holidays"
+            ) from None
+    return frozenset(days)
 
 
 # --------------------------------------------------------------------------- benchmarks

@@ -15,7 +15,7 @@ import html
 import io
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,19 +70,30 @@ class Report:
     agencies: list[Row]
     units: list[Row]
     generated_at: str
+    days_off: tuple[str, ...] = ()  # holidays that did not count as working days (YYYY-MM-DD)
 
 
-def add_working_days(start: dt.datetime, days: int) -> dt.datetime:
-    """``start`` plus ``days`` working days (Saturday and Sunday do not count)."""
+def add_working_days(start: dt.datetime, days: int, holidays: Collection[dt.date] = ()) -> dt.datetime:
+    """``start`` plus ``days`` working days, on ``start``'s own clock: Saturday, Sunday and
+    ``holidays`` (Tết, Quốc khánh, … as the province observes them) do not count."""
+
+    def off(t: dt.datetime) -> bool:
+        return t.weekday() >= 5 or t.date() in holidays
+
     t = start
-    while t.weekday() >= 5:  # something delivered at the weekend counts from Monday 00:00
+    while off(t):  # something delivered on a day off counts from the next working day's 00:00
         t = (t + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     added = 0
     while added < days:
         t += dt.timedelta(days=1)
-        if t.weekday() < 5:
+        if not off(t):
             added += 1
     return t
+
+
+def _vn(utc: dt.datetime) -> dt.datetime:
+    """A stored time (naive UTC) on Vietnam's clock, naive: working days are Vietnam's days."""
+    return utc.replace(tzinfo=dt.UTC).astimezone(VN_TZ).replace(tzinfo=None)
 
 
 def month_bounds(month: str) -> tuple[dt.datetime, dt.datetime]:
@@ -103,7 +114,8 @@ def _units(agencies: list[Agency]) -> dict[str, str]:
     return unit
 
 
-def monthly(month: str, agency: str | None = None) -> Report:
+def monthly(month: str, agency: str | None = None, holidays: Collection[dt.date] = ()) -> Report:
+    """The month's figures per agency and per unit; ``holidays``: days off besides weekends."""
     start, end = month_bounds(month)
     agencies = list(Agency.select().order_by(Agency.organ_id))
     names = {a.organ_id: a.name for a in agencies}
@@ -143,12 +155,12 @@ def monthly(month: str, agency: str | None = None) -> Report:
             continue
         r = rows[d.organ_id]
         r.received += 1
-        t0 = d.delivered_at or d.message.received_at
+        t0 = _vn(d.delivered_at or d.message.received_at)
         arrived = first.get((d.message.document_id, d.organ_id, "01"))
         accepted = first.get((d.message.document_id, d.organ_id, "03"))
-        if arrived is not None and arrived <= add_working_days(t0, 1):
+        if arrived is not None and _vn(arrived) <= add_working_days(t0, 1, holidays):
             r.arrived_on_time += 1
-        if accepted is not None and accepted <= add_working_days(t0, 3):
+        if accepted is not None and _vn(accepted) <= add_working_days(t0, 3, holidays):
             r.accepted_on_time += 1
         if accepted is None:
             r.unanswered += 1
@@ -162,10 +174,18 @@ def monthly(month: str, agency: str | None = None) -> Report:
         selected,
         [u for u in units.values() if agency is None or u.organ_id == unit_of.get(agency, agency)],
         dt.datetime.now(VN_TZ).strftime("%Y-%m-%d %H:%M"),
+        tuple(sorted(d.isoformat() for d in holidays if start <= vn_day_start(d) < end)),
     )
 
 
 # --------------------------------------------------------------------------- formats
+
+
+def working_days(rep: Report) -> str:
+    """What the report counted as working days, in one line for its readers."""
+    off = f", trừ ngày nghỉ {', '.join(rep.days_off)}" if rep.days_off else ""
+    return f"Ngày làm việc: thứ Hai đến thứ Sáu{off}."
+
 
 
 def _pct(x: float | None) -> str:
@@ -205,6 +225,7 @@ def to_json(rep: Report) -> str:
         {
             "month": rep.month,
             "generated_at": rep.generated_at,
+            "days_off": list(rep.days_off),
             "agencies": [r.as_dict() for r in rep.agencies],
             "units": [r.as_dict() for r in rep.units],
         },
@@ -287,7 +308,7 @@ def to_html(rep: Report) -> str:
         f"<title>Báo cáo trao đổi văn bản điện tử tháng {html.escape(rep.month)}</title>"
         f"<style>{style}</style></head><body>"
         f"<h1>Báo cáo trao đổi văn bản điện tử tháng {html.escape(rep.month)}</h1>"
-        f"<p>Lập lúc {html.escape(rep.generated_at)} (giờ Việt Nam). Ngày làm việc: thứ Hai đến thứ Sáu.</p>"
+        f"<p>Lập lúc {html.escape(rep.generated_at)} (giờ Việt Nam). {html.escape(working_days(rep))}</p>"
         + "".join(charts)
         + "<h2>Theo sở, ban, ngành và huyện</h2>"
         + table(rep.units)
@@ -301,4 +322,4 @@ def rows_for_table(rep: Report) -> tuple[list[list[str]], list[list[str]]]:
     return [_cells(r) for r in rep.agencies], [_cells(r) for r in rep.units]
 
 
-__all__ = ["HEADERS", "Report", "Row", "add_working_days", "monthly", "to_csv", "to_html", "to_json"]
+__all__ = ["HEADERS", "Report", "Row", "add_working_days", "monthly", "to_csv", "to_html", "to_json", "working_days"]

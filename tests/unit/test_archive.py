@@ -141,6 +141,55 @@ def test_working_days_skip_the_weekend() -> None:
     assert report.add_working_days(saturday, 1) == dt.datetime(2026, 12, 1, 0, 0)
 
 
+def test_working_days_skip_the_holidays_given() -> None:
+    tet = {dt.date(2027, 2, d) for d in range(5, 12)}  # Tết Đinh Mùi, Friday 5 to Thursday 11
+    thursday = dt.datetime(2027, 2, 4, 15, 0)
+    assert report.add_working_days(thursday, 1, tet) == dt.datetime(2027, 2, 12, 15, 0)  # the Friday after
+    assert report.add_working_days(dt.datetime(2027, 2, 8, 9, 0), 1, tet) == dt.datetime(2027, 2, 15)  # from 12th
+
+
+def test_the_monthly_report_counts_deadlines_on_vietnams_working_days(filled, tmp_path) -> None:
+    """The decision reached FIN on Monday 2 November at 05:30 in Vĩnh Long (Sunday 22:30 UTC):
+    its 03 is due three working days later, Thursday 05:30.  Read in UTC, the delivery would
+    fall on a Sunday and the deadline would be Thursday 07:00.  Days off given with --holidays
+    move it further."""
+    p, router, _docs, _outs = filled
+    from adapters import Adapter
+
+    with Adapter(p.settings, FIN, transport=p.transport) as fin:
+        fin.receive()
+        router.run()
+        doc = Message.get(Message.code_number == "112")
+        fin.send_status(doc.document_id, PC, "03")
+        router.run()
+    monday_vn = dt.datetime(2026, 11, 1, 22, 30)  # as stored: UTC
+    Message.update(received_at=monday_vn - dt.timedelta(minutes=1)).where(Message.id == doc.id).execute()
+    Recipient.update(delivered_at=monday_vn).where(Recipient.message == doc).execute()
+    StatusEvent.update(received_at=monday_vn + dt.timedelta(minutes=5)).where(StatusEvent.status_code == "01").execute()
+
+    def registered_at(utc: dt.datetime) -> tuple[int, int]:
+        StatusEvent.update(received_at=utc).where(StatusEvent.status_code == "03").execute()
+        row = next(r for r in report.monthly("2026-11").agencies if r.organ_id == FIN)
+        return row.received, row.accepted_on_time
+
+    assert registered_at(dt.datetime(2026, 11, 4, 22, 15)) == (1, 1)  # Thursday 05:15 in Vĩnh Long: in time
+    assert registered_at(dt.datetime(2026, 11, 4, 23, 0)) == (1, 0)  # Thursday 06:00: late
+
+    env = {"DOCBUS_HOME": str(p.settings.home), "DOCBUS_NAMESPACE": "mem", "DOCBUS_DB_URL": p.settings.db_url}
+    days_off = tmp_path / "ngay-nghi.txt"
+    days_off.write_text("# nghỉ bù\n2026-11-03\n2026-11-04  # nghỉ\n", encoding="utf-8")
+    args = ["report", "monthly", "--month", "2026-11", "--holidays", str(days_off)]
+    res = CliRunner().invoke(main, [*args, "--format", "json"], env=env)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    fin_json = next(a for a in data["agencies"] if a["organ_id"] == FIN)
+    assert (fin_json["accepted_on_time"], data["days_off"]) == (1, ["2026-11-03", "2026-11-04"])  # due Monday 9th
+    assert "trừ ngày nghỉ 2026-11-03, 2026-11-04" in CliRunner().invoke(main, args, env=env).output
+    days_off.write_text("2026-11-31\n", encoding="utf-8")
+    bad = CliRunner().invoke(main, args, env=env)
+    assert bad.exit_code == 2 and "line 1: '2026-11-31' is not a date" in bad.output
+
+
 def test_prune_removes_only_refusals_and_records_it(filled) -> None:
     p, *_ = filled
     from bus.archive import PruneLog, prune
