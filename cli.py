@@ -204,16 +204,23 @@ def some_codes(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-def _distribution_list(path: Path) -> str:
-    """OrganIds from a file, separated by commas or line breaks; ``#`` starts a comment
-    (``000.00.01.H61  # Sở Nội vụ``)."""
+def _listed(path: Path, what: str) -> list[tuple[int, str]]:
+    """(line number, text) of each line of a list kept in a file, without its ``#`` comment;
+    blank ones left out.  Distribution lists and holiday lists are written this way."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise click.BadParameter(f"cannot read the distribution list {path}: {exc.strerror or exc}") from exc
+        raise click.BadParameter(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise click.BadParameter(f"the distribution list {path} is not UTF-8 text") from exc
-    return ",".join(code for line in text.splitlines() for code in line.split("#", 1)[0].replace(",", " ").split())
+        raise click.BadParameter(f"the {what} {path} is not UTF-8 text") from exc
+    lines = ((n, line.split("#", 1)[0].strip()) for n, line in enumerate(text.splitlines(), 1))
+    return [(n, value) for n, value in lines if value]
+
+
+def _distribution_list(path: Path) -> str:
+    """OrganIds from a file, separated by commas or line breaks; ``#`` starts a comment
+    (``000.00.01.H61  # Sở Nội vụ``)."""
+    return ",".join(code for _, line in _listed(path, "distribution list") for code in line.replace(",", " ").split())
 
 
 def electronic_files(ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]) -> tuple[Path, ...]:
@@ -1528,15 +1535,8 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None, 
 
 def _holidays(path: Path) -> frozenset[dt.date]:
     """Dates from a file, one a line; ``#`` starts a comment (``2027-02-08  # Tết``)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--holidays") from exc
     days = set()
-    for n, line in enumerate(text.splitlines(), 1):
-        value = line.split("#", 1)[0].strip()
-        if not value:
-            continue
+    for n, value in _listed(path, "list of days off"):
         try:
             days.add(dt.date.fromisoformat(value))
         except ValueError:
