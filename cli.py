@@ -646,6 +646,12 @@ def _refuse_number_in_use(adapter: Any, number: str, notation: str) -> None:
 @click.option("--agency", "code", help="OrganId whose inbox to show.")
 @click.option("--kind", type=click.Choice(["edoc", "status"]), help="Only documents (edoc) or only statuses.")
 @click.option("--since", help="Received on or after this day: YYYY-MM-DD, today or yesterday (Vietnamese days).")
+@click.option(
+    "--pending",
+    is_flag=True,
+    help="Only the documents still to be taken up: answered with nothing beyond the automatic 01 "
+    "(not registered with 03 yet), not revoked, updated or replaced since.",
+)
 @listing_options("message", "deliveries")
 @click.pass_context
 @guarded
@@ -654,6 +660,7 @@ def inbox(
     code: str | None,
     kind: str | None,
     since: str | None,
+    pending: bool,
     last: int | None,
     show_all: bool,
     as_json: bool,
@@ -663,7 +670,7 @@ def inbox(
 
     New deliveries are taken from the broker first, verified, stored and answered with
     status 01 (arrived).  The clerk's daily look: 'docbus inbox --agency CODE --kind edoc
-    --since 2026-11-27'.
+    --since today', and what is still to be registered: 'docbus inbox --agency CODE --pending'.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -673,8 +680,12 @@ def inbox(
     with _adapter(s, code) as a:
         note = _take_new(a, no_fetch)
         start, limit = _window(since, last, show_all, as_json)
-        items = a.inbox(kind, since=start, last=limit)
-        total = len(items) if limit is None or len(items) < limit else a.inbox_count(kind, since=start)
+        if pending:
+            everything = a.inbox(since=start, pending=True)
+            items, total = everything[-limit:] if limit is not None else everything, len(everything)
+        else:
+            items = a.inbox(kind, since=start, last=limit)
+            total = len(items) if limit is None or len(items) < limit else a.inbox_count(kind, since=start)
     note = _more_note(note, len(items), total)
     if as_json:
         emit_json([item.__dict__ for item in items])

@@ -864,19 +864,34 @@ class Adapter:
 
     # -- reading the store
     def inbox(
-        self, kind: str | None = None, *, since: dt.datetime | None = None, last: int | None = None
+        self,
+        kind: str | None = None,
+        *,
+        since: dt.datetime | None = None,
+        last: int | None = None,
+        pending: bool = False,
     ) -> list[InboxItem]:
         """The local inbox, oldest first: ``kind`` 'edoc' or 'status' only, received at or
-        after ``since`` (UTC), only the ``last`` so many."""
+        after ``since`` (UTC), only the ``last`` so many.
+
+        ``pending``: only the documents still to be taken up, the clerk's list: verified, not
+        revoked, updated or replaced by their sender since (the later message is listed
+        instead), and answered with nothing beyond the automatic 01 (not yet registered with
+        a 03)."""
         Inbox = self.store.Inbox
-        query = self._inbox_query(kind, since).order_by(Inbox.received_at.desc(), Inbox.id.desc())
-        if last is not None:
+        query = self._inbox_query("edoc" if pending else kind, since).order_by(
+            Inbox.received_at.desc(), Inbox.id.desc()
+        )
+        if last is not None and not pending:
             query = query.limit(last)
         items = [self._item(r) for r in reversed(list(query))]
         answered = self._answered([i.document_id for i in items if i.kind == "edoc"])
         for i in items:
             if i.kind == "edoc":
                 i.answered = answered.get(i.document_id)
+        if pending:
+            items = [i for i in items if i.state != "invalid" and i.superseded is None and i.answered in (None, "01")]
+            items = items[-last:] if last is not None else items
         return items
 
     def _answered(self, document_ids: list[str]) -> dict[str, str]:

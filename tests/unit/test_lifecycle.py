@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -216,3 +218,28 @@ def test_an_agency_needs_a_real_organ_id_and_a_name(memory_province) -> None:
     with pytest.raises(ConfigError, match="needs a name"):
         province.add_agency(p.settings, p.archive, p.transport, "000.00.08.H61", "  ")
     assert not p.settings.agency_home("000.00.08.H61").exists()  # no key issued for it
+
+
+def test_the_clerks_pending_list_holds_what_is_not_registered_yet(bus) -> None:
+    p, router, a, pdf = bus
+    first = a[PC].send([DEPT], subject="Công văn 30", number="30", notation="UBND", files=[pdf])
+    second = a[PC].send([DEPT], subject="Công văn 31", number="31", notation="UBND", files=[pdf])
+    third = a[PC].send([DEPT], subject="Công văn 32", number="32", notation="UBND", files=[pdf])
+    cycle(router, a)
+    assert [i.document_id for i in a[DEPT].inbox(pending=True)] == [
+        first.document_id,
+        second.document_id,
+        third.document_id,
+    ]  # 01 only, on arrival
+    a[DEPT].send_status(first.document_id, PC, "03", "Đã vào sổ")
+    a[PC].send([DEPT], subject="Thu hồi", number="32", notation="UBND", business_doc_type=1, about=third.document_id)
+    cycle(router, a)
+    pending = a[DEPT].inbox(pending=True)
+    assert [(i.document_id, i.subject) for i in pending] == [
+        (second.document_id, "Công văn 31"),
+        (third.document_id, "Thu hồi"),  # the revocation itself is to be taken up, not the revoked copy
+    ]
+    assert [i.document_id for i in a[DEPT].inbox(pending=True, last=1)] == [third.document_id]
+    env = {"DOCBUS_HOME": str(p.settings.home), "DOCBUS_NAMESPACE": p.settings.namespace}
+    listed = CliRunner().invoke(main, ["inbox", "--agency", DEPT, "--pending", "--no-fetch", "--json"], env=env)
+    assert [i["subject"] for i in json.loads(listed.output)] == ["Công văn 31", "Thu hồi"]
