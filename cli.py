@@ -1802,6 +1802,8 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
     gate = Gate(s, trust) if when is None and (s.db_url or (s.home / "archive.db").exists()) else None
     if gate is not None:
         open_archive(s)
+    # where this machine keeps large files by digest: the data centre's, each agency's adapter's
+    stores = [ChunkStore(s.home / "blobs")] + [ChunkStore(d) for d in sorted(s.home.glob("agencies/*/files"))]
     results = []
     for f in files:
         data = f.read_bytes()
@@ -1811,7 +1813,7 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
             else:
                 opened = open_envelope(data, trust, at=when, from_hub=True)
             attachments = getattr(opened.message, "attachments", [])
-            large = check_files_beside(f, attachments, ChunkStore(s.home / "blobs"))
+            large = check_files_beside(f, attachments, stores)
             results.append(
                 {
                     "file": str(f),

@@ -234,7 +234,7 @@ class FileMissing(Refused):
     reason = "attachment-missing"
 
 
-def check_files_beside(envelope: Path, attachments: Sequence[Any], store: ChunkStore | None = None) -> list[Path]:
+def check_files_beside(envelope: Path, attachments: Sequence[Any], stores: Sequence[ChunkStore] = ()) -> list[Path]:
     """Check each large file a verified envelope names against the digest it signs; returns
     the files checked.
 
@@ -242,8 +242,9 @@ def check_files_beside(envelope: Path, attachments: Sequence[Any], store: ChunkS
     reference (``External``), so an exported document (``docbus archive export``: the file as
     ``<name>``) or a received one (the drop folder: ``<key>-<name>`` beside ``<key>.edxml``)
     is whole only if the file beside it is the one signed.  Looked for there, then in
-    ``store`` (this machine's copy by digest).  Raises :class:`Refused` (``attachment-digest``)
-    for a file that is not the one signed and :class:`FileMissing` when none is found.
+    ``stores`` (this machine's copies by digest: the data centre's, the agencies').  Raises
+    :class:`Refused` (``attachment-digest``) for a file that is not the one signed and
+    :class:`FileMissing` when none is found.
     """
     names = [a.name for a in attachments]
     plain, keyed = attachment_files(names), attachment_files(names, prefix=f"{envelope.stem}-")
@@ -252,9 +253,7 @@ def check_files_beside(envelope: Path, attachments: Sequence[Any], store: ChunkS
         ext = att.external
         if ext is None:
             continue  # inside the envelope: the signature covered its bytes
-        paths = [envelope.parent / c for c in candidates]
-        if store is not None:
-            paths.append(store.file(ext.sha256))
+        paths = [envelope.parent / c for c in candidates] + [store.file(ext.sha256) for store in stores]
         found = next((p for p in paths if p.is_file()), None)
         if found is None:
             raise FileMissing(

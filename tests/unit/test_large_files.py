@@ -184,7 +184,11 @@ def test_verify_checks_the_large_file_beside_an_exported_or_received_envelope(sm
     kept = ChunkStore(p.settings.home / "blobs").file(digest)
     code, out = verify(envelope)
     assert code == 0 and out["large_files"] == [str(kept)]
-    kept.unlink()
+    kept.unlink()  # ... then the sending agency's, on a machine that holds one
+    senders = ChunkStore(p.settings.agency_home(DEPT) / "files").file(digest)
+    code, out = verify(envelope)
+    assert code == 0 and out["large_files"] == [str(senders)]
+    senders.unlink()
     code, out = verify(envelope)
     assert (code, out["reason"]) == (1, "attachment-missing") and "ban-do-quy-hoach.tif" in out["detail"]
 
