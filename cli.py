@@ -1053,7 +1053,8 @@ def adapter() -> None:
     "--drop",
     type=click.Path(file_okay=False, path_type=Path),
     help="Hand each received message to the agency's system here: its files as <key>-<name>, its header "
-    "as <key>.json, then the signed <key>.edxml (written last; key: 16 hex digits of its SHA-256).",
+    "as <key>.json, then the signed <key>.edxml (written last; key: 16 hex digits of the bus's message "
+    "id, the SHA-256 of the envelope as submitted).",
 )
 @click.option(
     "--pickup",

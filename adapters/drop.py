@@ -9,8 +9,9 @@ For each message handed over, in this order:
   with ``"signature": "verified"``), each attachment's entry naming the file it was written to;
 - ``<key>.edxml``: the signed envelope exactly as received, the legal record.
 
-``key`` is the first 16 hex digits of the envelope's SHA-256, so a message handed over twice
-(after a crash) lands on the same names.  Every file is written under a ``.part`` name and
+``key`` is the first 16 hex digits of the SHA-256 of the envelope as its sender submitted it
+(the bus's message id; the copy written also carries the data centre's TraceHeader), so a
+message handed over twice (after a crash) lands on the same names.  Every file is written under a ``.part`` name and
 then renamed, and the envelope comes last: a system that watches for ``*.edxml`` never sees
 a message whose files are still being written.
 
