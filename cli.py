@@ -845,7 +845,7 @@ def _answer_cells(answer: tuple[str, str] | None) -> list[str]:
     if answer is None:
         return ["—", ""]
     code, at = answer
-    return [f"{code} {edxml.STATUS_CODES.get(code, '')}".strip(), edxml.vn_text(at)]
+    return [_status_text(code), edxml.vn_text(at)]
 
 
 def _answers_summary(item: Any) -> str:
@@ -884,11 +884,10 @@ def _more_note(note: str, shown: int, total: int) -> str:
     return "\n".join(filter(None, [note, more]))
 
 
-def _status_text(code: str, description: str | None) -> str:
+def _status_text(code: str, description: str | None = None) -> str:
     """'16 Từ chối thu hồi/cập nhật: why', the why only when it says more than the code's name."""
-    name = edxml.STATUS_CODES.get(code, "")
-    said = (description or "").strip()
-    return f"{code} {name}" + (f": {said}" if said and said != name else "")
+    note = edxml.status_note(code, description)
+    return f"{code} {edxml.STATUS_CODES.get(code, '')}".strip() + (f": {note}" if note else "")
 
 
 def _inbox_state(item: Any) -> str:

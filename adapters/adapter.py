@@ -319,8 +319,7 @@ class Adapter:
             if st.sender != self.settings.hub_organ_id:
                 key, code = (st.document_id, st.sender), st.status_code or ""
                 latest[key] = (code, f"{st.received_at:%Y-%m-%d %H:%M:%S}")
-                said = (st.subject or "").strip()
-                notes[key] = "" if said == edxml.STATUS_CODES.get(code, "") else said
+                notes[key] = edxml.status_note(code, st.subject)
         out = []
         for r in rows:
             msg = None

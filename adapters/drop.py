@@ -11,9 +11,9 @@ For each message handed over, in this order:
 
 ``key`` is the first 16 hex digits of the SHA-256 of the envelope as its sender submitted it
 (the bus's message id; the copy written also carries the data centre's TraceHeader), so a
-message handed over twice (after a crash) lands on the same names.  Every file is written under a ``.part`` name and
-then renamed, and the envelope comes last: a system that watches for ``*.edxml`` never sees
-a message whose files are still being written.
+message handed over twice (after a crash) lands on the same names.  Every file is written
+under a ``.part`` name and then renamed, and the envelope comes last: a system that watches
+for ``*.edxml`` never sees a message whose files are still being written.
 
 Security: attachment names come from the sender; :func:`bus.filenames.safe_name` keeps one
 harmless name of each, and the key prefix keeps it apart from other messages' files.

@@ -46,6 +46,14 @@ STATUS_CODES = {
     "16": "Từ chối thu hồi/cập nhật",
 }
 BUSINESS_DOC_TYPES = {0: "Văn bản mới", 1: "Thu hồi", 2: "Cập nhật", 3: "Thay thế"}
+
+
+def status_note(code: str, description: str | None) -> str:
+    """What a status says beyond its code's own name (why a recall was refused, a register
+    number), or '' when its Description is just that name."""
+    said = (description or "").strip()
+    return "" if said == STATUS_CODES.get(code, "") else said
+
 ZIP_TYPE = "application/zip"
 # edXML timestamps carry no zone; on this bus they are Vietnam time (UTC+7, no daylight saving).
 VN_TZ = timezone(timedelta(hours=7), "ICT")
@@ -84,6 +92,11 @@ def vn_day_start(day: date) -> datetime:
     return datetime.combine(day, datetime.min.time(), tzinfo=VN_TZ).astimezone(UTC).replace(tzinfo=None)
 
 
+def vn_clock(utc: datetime) -> datetime:
+    """A stored time (naive UTC) on Vietnam's clock, naive: for the days and hours people count."""
+    return utc.replace(tzinfo=UTC).astimezone(VN_TZ).replace(tzinfo=None)
+
+
 def vn_text(utc: datetime | str | None) -> str:
     """A stored time (naive UTC, or its ``YYYY-MM-DD HH:MM:SS`` text) as Vietnam time, for people;
     anything else (``""``, "pending") as it is.  A text to the minute stays to the minute."""
@@ -97,9 +110,7 @@ def vn_text(utc: datetime | str | None) -> str:
             return utc
     if utc is None:
         return ""
-    if utc.tzinfo is None:
-        utc = utc.replace(tzinfo=UTC)
-    return utc.astimezone(VN_TZ).strftime(layout)
+    return (vn_clock(utc) if utc.tzinfo is None else utc.astimezone(VN_TZ)).strftime(layout)
 
 
 _TIMESTAMP = re.compile(r"(\d{4})/(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})")

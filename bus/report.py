@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bus.archive import Agency, Message, Recipient, StatusEvent
-from bus.edxml import VN_TZ, vn_day_start
+from bus.edxml import VN_TZ, vn_clock, vn_day_start
 
 REASONS_VI = {
     "no-electronic-file": "không có tệp điện tử",
@@ -91,11 +91,6 @@ def add_working_days(start: dt.datetime, days: int, holidays: Collection[dt.date
     return t
 
 
-def _vn(utc: dt.datetime) -> dt.datetime:
-    """A stored time (naive UTC) on Vietnam's clock, naive: working days are Vietnam's days."""
-    return utc.replace(tzinfo=dt.UTC).astimezone(VN_TZ).replace(tzinfo=None)
-
-
 def month_bounds(month: str) -> tuple[dt.datetime, dt.datetime]:
     """[start, end) of a YYYY-MM month in Vietnam time, as naive UTC (how the archive stores time)."""
     year, mon = (int(x) for x in month.split("-"))
@@ -155,12 +150,12 @@ def monthly(month: str, agency: str | None = None, holidays: Collection[dt.date]
             continue
         r = rows[d.organ_id]
         r.received += 1
-        t0 = _vn(d.delivered_at or d.message.received_at)
+        t0 = vn_clock(d.delivered_at or d.message.received_at)  # working days are Vietnam's days
         arrived = first.get((d.message.document_id, d.organ_id, "01"))
         accepted = first.get((d.message.document_id, d.organ_id, "03"))
-        if arrived is not None and _vn(arrived) <= add_working_days(t0, 1, holidays):
+        if arrived is not None and vn_clock(arrived) <= add_working_days(t0, 1, holidays):
             r.arrived_on_time += 1
-        if accepted is not None and _vn(accepted) <= add_working_days(t0, 3, holidays):
+        if accepted is not None and vn_clock(accepted) <= add_working_days(t0, 3, holidays):
             r.accepted_on_time += 1
         if accepted is None:
             r.unanswered += 1
