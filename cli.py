@@ -1785,6 +1785,8 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
     is refused with the same reason the router gives.  The replay window does not apply.
     A large file (over 2 MiB) travels beside its envelope, which signs its SHA-256: it is
     looked for beside FILE, as 'archive export' or the drop folder writes it, and checked.
+    A copy an agency received carries the data centre's TraceHeader: its seal must verify,
+    and the time it was relayed is shown.
     """
     from dataclasses import replace
 
@@ -1822,6 +1824,8 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
                     "kind": opened.message.kind,
                     "document_id": opened.message.document_id,
                     "large_files": [str(p) for p in large],  # each found and matching its signed digest
+                    # when the data centre passed it on, by its sealed TraceHeaders (Vietnam time)
+                    "relayed": [t.timestamp for t in opened.message.traces[1:] if t.organ_id == trust.hub_organ_id],
                 }
             )
         except Refused as exc:
@@ -1835,7 +1839,10 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
         for r in results:
             if r["ok"]:
                 files = "".join(f"; large file {p} checked" for p in r["large_files"])
-                click.echo(f"OK    {r['file']}: {r['kind']} {r['document_id']} signed by {r['signer']}{files}")
+                relayed = "".join(f"; relayed by the data centre {t} (sealed)" for t in r["relayed"])
+                click.echo(
+                    f"OK    {r['file']}: {r['kind']} {r['document_id']} signed by {r['signer']}{relayed}{files}"
+                )
             else:
                 click.echo(f"FAIL  {r['file']}: [{r['reason']}] {r['detail']}")
     if not all(r["ok"] for r in results):

@@ -23,8 +23,9 @@ from bus import edxml, safexml, schema
 from bus.archive import sha256
 from bus.config import Limits
 from bus.errors import SignatureRejected
-from signing import xmldsig
+from signing import seal, xmldsig
 from signing.ca import CertificateAuthority
+from signing.identity import Identity
 
 
 @dataclass(frozen=True)
@@ -49,41 +50,104 @@ class Opened:
     signature_digest: str = ""  # the signed DigestValue (identifies the signed content)
 
 
-def strip_hub_traces(root: etree._Element, hub_organ_id: str) -> list[edxml.TraceHeader]:
-    """Remove the hub's trailing TraceHeaders (appended after signing); return them."""
+@dataclass(frozen=True)
+class HubTrace:
+    """A TraceHeader the hub appended, as removed from the envelope, with its seal (signing.seal)."""
+
+    trace: edxml.TraceHeader
+    certificate: str | None  # the Seal's Certificate attribute (base64 DER), None when unsealed
+    value: str | None
+
+
+def strip_hub_traces(root: etree._Element, hub_organ_id: str) -> list[HubTrace]:
+    """Remove the hub's trailing TraceHeaders (appended after signing); return them, unchecked."""
     header = root.find(f"{{{edxml.NS}}}edXMLEnvelope/{{{edxml.NS}}}edXMLHeader")
     thl = header.find(f"{{{edxml.NS}}}TraceHeaderList") if header is not None else None
-    removed: list[edxml.TraceHeader] = []
+    removed: list[HubTrace] = []
     # index 0 is always the sender's own TraceHeader, even when the sender is the hub
     while thl is not None and len(thl) > 1 and thl[-1].tag == edxml.q("TraceHeader"):
         last = thl[-1]
         organ = (last.findtext(edxml.q("OrganId")) or "").strip()
         if organ != hub_organ_id:
             break
-        removed.insert(0, edxml.TraceHeader(organ, (last.findtext(edxml.q("Timestamp")) or "").strip()))
+        trace = edxml.TraceHeader(organ, (last.findtext(edxml.q("Timestamp")) or "").strip())
+        found = last.find(seal.TAG)
+        shape = [child.tag for child in last]
+        if found is None or shape != [edxml.q("OrganId"), edxml.q("Timestamp"), seal.TAG]:
+            removed.insert(0, HubTrace(trace, None, None))
+        else:
+            removed.insert(0, HubTrace(trace, found.get("Certificate") or "", found.text or ""))
         thl.remove(last)
     return removed
+
+
+def check_hub_traces(
+    traces: list[HubTrace], sender_signature: str, trust: Trust, at: dt.datetime | None = None
+) -> list[edxml.TraceHeader]:
+    """Each hub TraceHeader's seal, or :class:`SignatureRejected` (``trace-seal``).
+
+    Only the data centre holds the seal key, so a TraceHeader in its name without a valid
+    seal was written by someone else (or altered since): the envelope is refused.
+    """
+    for t in traces:
+        if t.certificate is None or t.value is None:
+            raise SignatureRejected(
+                f"a TraceHeader in the data centre's name ({t.trace.timestamp}) carries no seal", reason="trace-seal"
+            )
+        seal.verify(
+            trust.ca,
+            trust.hub_organ_id,
+            t.certificate,
+            t.value,
+            seal.statement(t.trace.organ_id, t.trace.timestamp, sender_signature),
+            at=at,
+            revoked_serials=trust.revoked_serials,
+        )
+    return [t.trace for t in traces]
 
 
 _THL_END = re.compile(rb"</([A-Za-z_][\w.-]*:)?TraceHeaderList\s*>")
 
 
-def append_hub_trace(raw: bytes, hub_organ_id: str, at: dt.datetime | None = None) -> bytes:
-    """``raw`` with the hub's TraceHeader appended, leaving every signed byte's meaning intact.
+_SIGNATURE_VALUE = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?SignatureValue(?:\s[^>]*)?>([^<&]*)</")
 
-    The router calls this on envelopes it has verified.  When the TraceHeaderList's end tag
-    occurs exactly once in the bytes it can only be the real one (a look-alike in a comment
-    or CDATA would make two), so the TraceHeader is spliced in before it, with the same
-    prefix, and every other byte stays as the sender wrote it.  Otherwise the tree is
-    parsed and re-serialized.
+
+def sender_signature(raw: bytes) -> str:
+    """The SignatureValue of a verified envelope, read from its bytes.
+
+    Found by pattern when it occurs exactly once (a look-alike in a comment, CDATA or an
+    extension element would make two) and holds no character reference; otherwise read
+    from the parsed tree."""
+    found = _SIGNATURE_VALUE.findall(raw)
+    if len(found) == 1 and raw.count(b"SignatureValue") == 2:
+        return "".join(found[0].decode("ascii").split())
+    root = safexml.parse(raw, Limits(max_envelope_bytes=len(raw) + 1))
+    values = root.findall(f".//{{{edxml.DSIG_NS}}}SignatureValue")
+    if len(values) != 1:
+        raise SignatureRejected(f"expected one SignatureValue, found {len(values)}", reason="signature-invalid")
+    return "".join((values[0].text or "").split())
+
+
+def append_hub_trace(raw: bytes, hub: Identity, at: dt.datetime | None = None) -> bytes:
+    """``raw`` with the hub's sealed TraceHeader appended, leaving every signed byte's meaning intact.
+
+    The router calls this on envelopes it has verified, with its seal identity
+    (:mod:`signing.seal`).  When the TraceHeaderList's end tag occurs exactly once in the
+    bytes it can only be the real one (a look-alike in a comment or CDATA would make two),
+    so the TraceHeader is spliced in before it, with the same prefix, and every other byte
+    stays as the sender wrote it.  Otherwise the tree is parsed and re-serialized.
     """
+    at_text = edxml.fmt_timestamp(at or edxml.now_vn())
+    certificate = xmldsig.certificate_text(hub.cert_pem)
+    value = seal.sign(hub.private_key, seal.statement(hub.organ_id, at_text, sender_signature(raw)))
     ends = list(_THL_END.finditer(raw))
-    if len(ends) == 1 and hub_organ_id.replace(".", "").isalnum():
+    if len(ends) == 1 and hub.organ_id.replace(".", "").isalnum():
         prefix = (ends[0].group(1) or b"").decode("ascii")
-        at_text = edxml.fmt_timestamp(at or edxml.now_vn())
         trace = (
-            f"<{prefix}TraceHeader><{prefix}OrganId>{hub_organ_id}</{prefix}OrganId>"
-            f"<{prefix}Timestamp>{at_text}</{prefix}Timestamp></{prefix}TraceHeader>"
+            f"<{prefix}TraceHeader><{prefix}OrganId>{hub.organ_id}</{prefix}OrganId>"
+            f"<{prefix}Timestamp>{at_text}</{prefix}Timestamp>"
+            f'<dbt:Seal xmlns:dbt="{seal.NS}" Certificate="{certificate}">{value}</dbt:Seal>'
+            f"</{prefix}TraceHeader>"
         ).encode("ascii")
         cut = ends[0].start()
         return raw[:cut] + trace + raw[cut:]
@@ -92,8 +156,9 @@ def append_hub_trace(raw: bytes, hub_organ_id: str, at: dt.datetime | None = Non
     if thl is None:
         return raw
     th = etree.SubElement(thl, edxml.q("TraceHeader"))
-    etree.SubElement(th, edxml.q("OrganId")).text = hub_organ_id
-    etree.SubElement(th, edxml.q("Timestamp")).text = edxml.fmt_timestamp(at or edxml.now_vn())
+    etree.SubElement(th, edxml.q("OrganId")).text = hub.organ_id
+    etree.SubElement(th, edxml.q("Timestamp")).text = at_text
+    etree.SubElement(th, seal.TAG, Certificate=certificate, nsmap={"dbt": seal.NS}).text = value
     return edxml.serialize(root)
 
 
@@ -124,12 +189,17 @@ def open_envelope(data: bytes, trust: Trust, *, at: dt.datetime | None = None, f
     cert = xmldsig.embedded_certificate(root)
     signer = trust.ca.check(cert, at=at, revoked_serials=trust.revoked_serials)
     signed = xmldsig.verify(root, cert)
+    relayed = (
+        check_hub_traces(hub_traces, sig.findtext(f"{{{edxml.DSIG_NS}}}SignatureValue") or "", trust, at)
+        if hub_traces
+        else []
+    )
     message = edxml.parse_tree(signed, trust.limits)
     if message.sender.organ_id != signer:
         raise SignatureRejected(
             f"From/OrganId {message.sender.organ_id} is not the signer's OrganId {signer}", reason="sender-mismatch"
         )
-    message.traces.extend(hub_traces)
+    message.traces.extend(relayed)
     return Opened(
         root=signed, message=message, signer=signer, certificate=cert, digest=digest, signature_digest=digest_value
     )

@@ -24,7 +24,7 @@ from bus.config import QCVN_ORGAN_ID, Settings
 from bus.errors import BrokerUnavailable, ConfigError, DocbusError, NotFound
 from bus.topology import Names
 from bus.transport import AmqpTransport, Transport
-from signing import crl
+from signing import crl, seal
 from signing.ca import CertificateAuthority, load_cert
 from signing.identity import Identity
 
@@ -56,6 +56,10 @@ def init(settings: Settings, archive: Archive, transport: Transport | None) -> t
         if ca.key is None:
             ca = CertificateAuthority.load(settings.home)
         hub = Identity.issue(ca, settings.hub_organ_id, settings.hub_name, hub_dir)
+    if not (hub_dir / "seal" / "key.pem").exists():  # homes made before trace seals get theirs now
+        if ca.key is None:
+            ca = CertificateAuthority.load(settings.home)
+        Identity.issue(ca, settings.hub_organ_id, settings.hub_name, hub_dir / "seal", seal.POLICY)
     if transport is not None:
         apply_topology(settings, archive, transport)
     return Province(settings, ca, hub), created

@@ -103,13 +103,23 @@ class _Batch:
 
 
 class Router:
-    def __init__(self, settings: Settings, transport: Transport, archive: Archive, trust: Trust, hub: Identity) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        archive: Archive,
+        trust: Trust,
+        hub: Identity,
+        seal: Identity | None = None,
+    ) -> None:
         self.settings = settings
         self.names = Names(settings.namespace)
         self.transport = transport
         self.archive = archive
         self.trust = trust
-        self.hub = hub
+        self.hub = hub  # signs the hub's own edXML answers (the 02s)
+        # seals the TraceHeader appended to every delivery (signing.seal)
+        self.seal = seal or Identity.load(hub.organ_id, settings.home / "hub" / "seal", set_up_by="docbus init")
         self.gate = Gate(settings, trust)
         self.registry = self.gate.registry
         self.chunks = ChunkStore(settings.home / "blobs")
@@ -540,7 +550,7 @@ class Router:
                             self.names.deliver, key, data, f"{ext.sha256}:{index}", chunk_headers(ext, index)
                         )
                 if record.id not in traced:
-                    traced[record.id] = append_hub_trace(body, self.hub.organ_id)
+                    traced[record.id] = append_hub_trace(body, self.seal)
                 headers = {
                     "x-docbus-kind": record.kind,
                     "x-docbus-sender": record.sender,

@@ -69,12 +69,12 @@ def sign(root: etree._Element, key: object, cert_pem: bytes, *, ecdsa: bool = Fa
     signed = etree.tostring(signed_info, method="c14n", exclusive=True, with_comments=False)
     etree.SubElement(sig, _ds("SignatureValue")).text = base64.b64encode(_signature_value(key, signed)).decode()
     x509_data = etree.SubElement(etree.SubElement(sig, _ds("KeyInfo")), _ds("X509Data"))
-    etree.SubElement(x509_data, _ds("X509Certificate")).text = _certificate_text(cert_pem)
+    etree.SubElement(x509_data, _ds("X509Certificate")).text = certificate_text(cert_pem)
     return serialize(root)
 
 
 @functools.lru_cache(maxsize=64)
-def _certificate_text(cert_pem: bytes) -> str:
+def certificate_text(cert_pem: bytes) -> str:
     """The certificate as X509Certificate holds it (base64 DER); an agency signs with one for months."""
     return base64.b64encode(x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)).decode()
 

@@ -19,6 +19,11 @@ def identity(settings: Settings, organ_id: str) -> Identity:
     return Identity.load(organ_id, settings.agency_home(organ_id))
 
 
+def hub_seal(settings: Settings) -> Identity:
+    """The key the router seals its TraceHeaders with (signing.seal)."""
+    return Identity.load(settings.hub_organ_id, settings.home / "hub" / "seal")
+
+
 def edoc(
     sender: str,
     recipients: list[str],

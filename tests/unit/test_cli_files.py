@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from bus import edxml
 from cli import main
 from tests.conftest import interop_files
 from tests.helpers import signed_edoc
@@ -57,6 +59,25 @@ def test_inspect_malformed_file_is_one_line_and_nonzero() -> None:
     assert res.exit_code == 1
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "malformed" in lines[0] and "line" in lines[0]
+
+
+def test_verify_shows_when_the_data_centre_relayed_a_received_copy(memory_province, tmp_path) -> None:
+    """A recipient's copy carries the hub's sealed TraceHeader: verify shows the relay time,
+    and refuses the copy once that time is altered."""
+    from bus.envelope import append_hub_trace
+    from tests.helpers import hub_seal
+
+    s = memory_province.settings
+    at = dt.datetime(2020, 11, 20, 8, 30, 5, tzinfo=edxml.VN_TZ)
+    received = tmp_path / "received.edxml"
+    received.write_bytes(append_hub_trace(signed_edoc(s, "000.00.01.H61", ["000.00.00.H61"]), hub_seal(s), at))
+    env = {"DOCBUS_HOME": str(s.home)}
+    ok = run(["verify", str(received)], env)
+    assert ok.exit_code == 0 and "relayed by the data centre 2020/11/20 08:30:05 (sealed)" in ok.output
+    assert json.loads(run(["verify", "--json", str(received)], env).output)[0]["relayed"] == ["2020/11/20 08:30:05"]
+    received.write_bytes(received.read_bytes().replace(b"2020/11/20 08:30:05", b"2020/11/19 08:30:05"))
+    bad = CliRunner().invoke(main, ["verify", str(received)], env=env)
+    assert bad.exit_code == 1 and "[trace-seal]" in bad.output
 
 
 def test_verify_signed_file_and_refuse_tampered(memory_province, tmp_path) -> None:

@@ -155,3 +155,36 @@ def test_adapter_honours_a_revocation_list_from_the_bus(memory_province) -> None
         assert dept.crl_path.exists() and len(dept.trust.revoked_serials) == 1
         late = dept.accept(signed_edoc(p.settings, PC, [DEPT], number="9"))
     assert (late.state, late.reason) == ("invalid", "cert-revoked")
+
+
+def test_a_trace_in_the_data_centres_name_without_its_seal_is_refused_by_the_recipient(memory_province) -> None:
+    """Whoever could write to an inbox (a misconfigured permission, a broker operator) cannot
+    pass off a TraceHeader as the data centre's: the recipient keeps the delivery as invalid,
+    with the reason, and tells the sender it was not taken in."""
+    from dataclasses import replace
+
+    from adapters import Adapter
+    from bus.envelope import append_hub_trace
+    from tests.helpers import identity
+
+    p = memory_province
+    names = Names(p.settings.namespace)
+    agency_key = replace(identity(p.settings, DEPT), organ_id=p.settings.hub_organ_id)
+    forged = append_hub_trace(signed_edoc(p.settings, PC, [DEPT], number="5"), agency_key)
+    unsealed = signed_edoc(p.settings, PC, [DEPT], number="6").replace(
+        b"</edXML:TraceHeaderList>",
+        f"<edXML:TraceHeader><edXML:OrganId>{p.settings.hub_organ_id}</edXML:OrganId>"
+        "<edXML:Timestamp>2026/11/28 08:00:00</edXML:Timestamp></edXML:TraceHeader></edXML:TraceHeaderList>".encode(),
+    )
+    assert unsealed.count(p.settings.hub_organ_id.encode()) >= 1
+    for body in (forged, unsealed):
+        p.transport.publish(names.deliver, Names.deliver_key(DEPT), body)
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        got = dept.receive()
+        assert [(i.state, i.reason) for i in got] == [("invalid", "trace-seal")] * 2
+        assert dept.pending() == 0  # both 02s went out with the refusals' transaction
+    # the 02s reach the data centre, which never relayed those documents: the operators see it
+    Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub).run()
+    refused = Message.select().where((Message.sender == DEPT) & (Message.state == "quarantined"))
+    assert sorted((m.reason, m.kind) for m in refused) == [("unknown-document", "status")] * 2
+    assert all(b"[trace-seal]" in p.archive.raw(m) for m in refused)  # the 02 says why

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import pytest
 from lxml import etree
 
 from bus import edxml, safexml
-from bus.envelope import Trust, append_hub_trace, open_envelope
-from bus.errors import SignatureRejected
+from bus.envelope import Trust, append_hub_trace, open_envelope, sender_signature
+from bus.errors import Refused, SignatureRejected
 from bus.router import load_trust
-from signing.ca import CertificateAuthority, key_pem, new_key
+from signing import seal
+from signing.ca import CertificateAuthority, key_pem, load_cert, new_key
 from signing.identity import Identity
 from tests.conftest import interop_files
-from tests.helpers import edoc, signed_edoc
+from tests.helpers import edoc, hub_seal, identity, signed_edoc
 
 SENDER, RECIPIENT = "000.00.01.H61", "000.00.00.H61"
 
@@ -37,9 +39,11 @@ def test_signed_edoc_verifies_and_reads_only_the_signed_tree(memory_province) ->
 
 def test_hub_trace_is_appended_and_still_verifies(memory_province) -> None:
     s = memory_province.settings
-    data = append_hub_trace(signed_edoc(s, SENDER, [RECIPIENT]), s.hub_organ_id)
+    data = append_hub_trace(signed_edoc(s, SENDER, [RECIPIENT]), hub_seal(s))
     trust = load_trust(s)
-    assert refused(data, trust) == "signature-invalid"  # as submitted to the router: no hub trace allowed
+    with pytest.raises(Refused) as info:  # as submitted to the router: no hub trace allowed
+        open_envelope(data, trust)
+    assert info.value.reason == "schema-invalid"  # the Seal is no part of an agency's edXML
     opened = open_envelope(data, trust, from_hub=True)
     assert [t.organ_id for t in opened.message.traces] == [SENDER, s.hub_organ_id]
 
@@ -49,11 +53,62 @@ def test_hub_trace_is_not_fooled_by_a_look_alike_end_tag(memory_province) -> Non
     s = memory_province.settings
     root = safexml.parse(signed_edoc(s, SENDER, [RECIPIENT]))
     root.find(f".//{{{edxml.NS}}}Subject").append(etree.Comment("</edXML:TraceHeaderList>"))
-    data = append_hub_trace(edxml.serialize(root), s.hub_organ_id)
+    data = append_hub_trace(edxml.serialize(root), hub_seal(s))
     opened = open_envelope(data, load_trust(s), from_hub=True)
     assert [t.organ_id for t in opened.message.traces] == [SENDER, s.hub_organ_id]
-    spliced = append_hub_trace(signed_edoc(s, SENDER, [RECIPIENT]), s.hub_organ_id)
+    spliced = append_hub_trace(signed_edoc(s, SENDER, [RECIPIENT]), hub_seal(s))
     assert b"TraceHeaderList" in spliced and open_envelope(spliced, load_trust(s), from_hub=True).message.traces[-1]
+
+
+def _hub_trace(data: bytes) -> etree._Element:
+    return safexml.parse(data).findall(f".//{{{edxml.NS}}}TraceHeader")[-1]
+
+
+def test_hub_trace_seal_binds_time_and_envelope(memory_province) -> None:
+    """The seal is the data centre's word on when it relayed this envelope: an altered time,
+    a removed seal, a seal moved from another envelope or made with another key is refused."""
+    s = memory_province.settings
+    trust = load_trust(s)
+    data = append_hub_trace(signed_edoc(s, SENDER, [RECIPIENT]), hub_seal(s))
+    seal_el = _hub_trace(data).find(f"{{{seal.NS}}}Seal")
+    assert seal_el is not None and seal_el.get("Certificate")
+    stamp = _hub_trace(data).findtext(f"{{{edxml.NS}}}Timestamp")
+    later = stamp[:-1] + ("1" if stamp[-1] != "1" else "2")
+    at = data.rindex(f">{stamp}<".encode())  # the hub's, not the sender's of the same second
+    altered = data[:at] + f">{later}<".encode() + data[at + len(stamp) + 2 :]
+    assert refused(altered, trust, from_hub=True) == "trace-seal"
+
+    def without_seal(root: etree._Element) -> None:
+        th = root.findall(f".//{{{edxml.NS}}}TraceHeader")[-1]
+        th.remove(th.find(f"{{{seal.NS}}}Seal"))
+
+    root = safexml.parse(data)
+    without_seal(root)
+    assert refused(edxml.serialize(root), trust, from_hub=True) == "trace-seal"
+    # the seal of another document's relay, on this one
+    other = append_hub_trace(signed_edoc(s, SENDER, [RECIPIENT], subject="Công văn khác"), hub_seal(s))
+    root = safexml.parse(data)
+    th = root.findall(f".//{{{edxml.NS}}}TraceHeader")[-1]
+    th.getparent().replace(th, _hub_trace(other))
+    assert refused(edxml.serialize(root), trust, from_hub=True) == "trace-seal"
+    # an agency's key, valid under the same CA, is not the data centre's
+    agency = identity(s, RECIPIENT)
+    forged = append_hub_trace(signed_edoc(s, SENDER, [RECIPIENT]), replace(agency, organ_id=s.hub_organ_id))
+    assert refused(forged, trust, from_hub=True) == "trace-seal"
+    # a seal certificate revoked since (the data centre's seal key leaked)
+    cert = load_cert(hub_seal(s).cert_pem)
+    assert refused(data, replace(trust, revoked_serials=frozenset({cert.serial_number})), from_hub=True) == "trace-seal"
+
+
+def test_hub_trace_seal_reads_the_real_signature_value(memory_province) -> None:
+    """A look-alike SignatureValue in a comment cannot make the router seal the wrong thing."""
+    s = memory_province.settings
+    root = safexml.parse(signed_edoc(s, SENDER, [RECIPIENT]))
+    root.find(f".//{{{edxml.NS}}}Subject").append(etree.Comment("<SignatureValue>AAAA</SignatureValue>"))
+    data = edxml.serialize(root)
+    assert sender_signature(data) == "".join(root.findtext(f".//{{{edxml.DSIG_NS}}}SignatureValue").split())
+    opened = open_envelope(append_hub_trace(data, hub_seal(s)), load_trust(s), from_hub=True)
+    assert opened.message.traces[-1].organ_id == s.hub_organ_id
 
 
 def test_tampered_header_fails(memory_province) -> None:
