@@ -57,6 +57,11 @@ def init(settings: Settings, archive: Archive, transport: Transport | None) -> t
             ca = CertificateAuthority.load(settings.home)
         hub = Identity.issue(ca, settings.hub_organ_id, settings.hub_name, hub_dir)
     if not (hub_dir / "seal" / "key.pem").exists():  # homes made before trace seals get theirs now
+        if ca.key is None and not CertificateAuthority.paths(settings.home)[1].exists():
+            raise ConfigError(
+                f"the hub's seal key ({hub_dir / 'seal'}) is missing and this machine has no CA key to issue it: "
+                "run 'docbus init' where the CA key is, then copy hub/seal/ here"
+            )
         if ca.key is None:
             ca = CertificateAuthority.load(settings.home)
         Identity.issue(ca, settings.hub_organ_id, settings.hub_name, hub_dir / "seal", seal.POLICY)

@@ -76,3 +76,29 @@ def test_ca_import_adopts_an_existing_ca_and_refuses_a_non_ca(tmp_path) -> None:
         env={"DOCBUS_HOME": str(tmp_path / "h2")},
     )
     assert mismatch.exit_code == 3 and "is not the key of" in mismatch.output
+
+
+def test_init_gives_an_older_home_its_seal_key_only_where_the_ca_key_is(memory_province) -> None:
+    """A home made before hub trace seals gets its seal key from `docbus init`; on a router
+    host without the CA key, init says where to make it instead of failing obscurely."""
+    import shutil
+
+    import pytest
+
+    from bus import province
+    from bus.envelope import append_hub_trace, open_envelope
+    from bus.errors import ConfigError
+    from bus.router import load_trust
+    from tests.helpers import hub_seal, signed_edoc
+
+    p = memory_province
+    seal_dir = p.settings.home / "hub" / "seal"
+    shutil.rmtree(seal_dir)
+    province.init(p.settings, p.archive, None)
+    data = append_hub_trace(signed_edoc(p.settings, "000.00.01.H61", [PC]), hub_seal(p.settings))
+    assert open_envelope(data, load_trust(p.settings), from_hub=True).message.traces[-1].organ_id
+    shutil.rmtree(seal_dir)
+    ca_key = CertificateAuthority.paths(p.settings.home)[1]
+    ca_key.rename(ca_key.with_suffix(".away"))
+    with pytest.raises(ConfigError, match="no CA key to issue it"):
+        province.init(p.settings, p.archive, None)
