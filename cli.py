@@ -264,8 +264,10 @@ def main(verbose: bool) -> None:
 def init() -> None:
     """Create the provincial CA, the data centre's identity, the archive and the broker topology.
 
-    Idempotent: running it again keeps the CA and re-applies the topology (every registered
-    agency's inbox included).
+    The data centre's identity is two keys under $DOCBUS_HOME/hub: one signs its 02 answers,
+    the other (hub/seal) seals the TraceHeader the router adds to each delivery.  Idempotent:
+    running it again keeps the CA and the keys, makes a missing seal key, and re-applies the
+    topology (every registered agency's inbox included).
     """
     from bus import province
 
