@@ -90,9 +90,10 @@ class CertificateAuthority:
         self.cert = cert
         self.key = key
         self.policy = policy
-        # certificates whose CA signature already verified (equal when their DER is equal);
-        # validity and revocation are still checked on every call: they depend on the time and the CRL
-        self._issued: set[x509.Certificate] = set()
+        # certificates whose CA signature already verified (equal when their DER is equal), with
+        # their validity and OrganId read once; validity and revocation are still checked on
+        # every call: they depend on the time and the CRL
+        self._issued: dict[x509.Certificate, tuple[dt.datetime, dt.datetime, str]] = {}
 
     # -- storage
     @staticmethod
@@ -198,23 +199,21 @@ class CertificateAuthority:
         Returns the OrganId inside it.  Raises :class:`SignatureRejected` with a specific reason.
         """
         at = at or _now()
-        if cert not in self._issued:
+        facts = self._issued.get(cert)
+        if facts is None:
             self._check_issuer(cert)
             if len(self._issued) > 4096:
                 self._issued.clear()
-            self._issued.add(cert)
-        if at < cert.not_valid_before_utc:
+            facts = self._issued[cert] = (cert.not_valid_before_utc, cert.not_valid_after_utc, organ_id_of(cert))
+        not_before, not_after, organ_id = facts
+        if at < not_before:
             raise SignatureRejected(
-                f"certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}",
-                reason="cert-not-yet-valid",
+                f"certificate is not valid before {not_before:%Y-%m-%d %H:%M}", reason="cert-not-yet-valid"
             )
-        if at > cert.not_valid_after_utc:
-            raise SignatureRejected(
-                f"certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M}", reason="cert-expired"
-            )
-        if cert.serial_number in revoked_serials:
+        if at > not_after:
+            raise SignatureRejected(f"certificate expired on {not_after:%Y-%m-%d %H:%M}", reason="cert-expired")
+        if revoked_serials and cert.serial_number in revoked_serials:
             raise SignatureRejected(f"certificate {cert.serial_number:x} is revoked", reason="cert-revoked")
-        organ_id = organ_id_of(cert)
         if not organ_id:
             raise SignatureRejected("certificate carries no OrganId", reason="cert-untrusted")
         return organ_id

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -55,6 +56,17 @@ def sign(key: object, data: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+@functools.lru_cache(maxsize=64)
+def _certificate(text: str) -> tuple[x509.Certificate, object]:
+    """A Seal's certificate and its key, read once: the hub seals with one key for months."""
+    try:
+        der = base64.b64decode("".join(text.split()), validate=True)
+    except ValueError as exc:
+        raise SignatureRejected("not base64", reason="cert-unreadable") from exc
+    cert = load_cert(der)
+    return cert, cert.public_key()
+
+
 def verify(
     ca: CertificateAuthority,
     hub_organ_id: str,
@@ -68,12 +80,11 @@ def verify(
     """Check a seal: its certificate is the hub's, from the CA, valid, not revoked; its
     signature covers ``data``.  Raises :class:`SignatureRejected` (``trace-seal``)."""
     try:
-        der = base64.b64decode("".join(certificate.split()), validate=True)
         signature = base64.b64decode("".join(value.split()), validate=True)
     except ValueError as exc:
         raise SignatureRejected("the hub's trace seal is not base64", reason="trace-seal") from exc
-    cert = load_cert(der)
     try:
+        cert, pub = _certificate(certificate)
         organ_id = ca.check(cert, at=at, revoked_serials=revoked_serials)
     except SignatureRejected as exc:
         raise SignatureRejected(f"the hub's trace seal certificate: {exc}", reason="trace-seal") from exc
@@ -81,7 +92,6 @@ def verify(
         raise SignatureRejected(
             f"the trace seal is by {organ_id}, not the data centre ({hub_organ_id})", reason="trace-seal"
         )
-    pub = cert.public_key()
     try:
         if isinstance(pub, ec.EllipticCurvePublicKey):
             pub.verify(signature, data, ec.ECDSA(hashes.SHA256()))
