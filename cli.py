@@ -1827,7 +1827,7 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
                     "document_id": opened.message.document_id,
                     "large_files": [str(p) for p in large],  # each found and matching its signed digest
                     # when the data centre passed it on, by its sealed TraceHeaders (Vietnam time)
-                    "relayed": [t.timestamp for t in opened.message.traces[1:] if t.organ_id == trust.hub_organ_id],
+                    "relayed": [t.timestamp for t in opened.relayed],
                 }
             )
         except Refused as exc:

@@ -48,6 +48,7 @@ class Opened:
     certificate: x509.Certificate
     digest: str  # sha256 of the bytes as received
     signature_digest: str = ""  # the signed DigestValue (identifies the signed content)
+    relayed: list[edxml.TraceHeader] = field(default_factory=list)  # the hub's, each seal checked
 
 
 @dataclass(frozen=True)
@@ -199,9 +200,21 @@ def open_envelope(data: bytes, trust: Trust, *, at: dt.datetime | None = None, f
         raise SignatureRejected(
             f"From/OrganId {message.sender.organ_id} is not the signer's OrganId {signer}", reason="sender-mismatch"
         )
+    if any(t.organ_id == trust.hub_organ_id for t in message.traces[1:]):
+        raise SignatureRejected(
+            "a TraceHeader in the data centre's name inside the signed content: only the data centre adds"
+            " one, sealed, after the sender signed",
+            reason="trace-forged",
+        )
     message.traces.extend(relayed)
     return Opened(
-        root=signed, message=message, signer=signer, certificate=cert, digest=digest, signature_digest=digest_value
+        root=signed,
+        message=message,
+        signer=signer,
+        certificate=cert,
+        digest=digest,
+        signature_digest=digest_value,
+        relayed=relayed,
     )
 
 

@@ -14,6 +14,7 @@ from lxml import etree
 
 from bus import compose, edxml, safexml
 from bus.config import Settings
+from bus.edxml import Organ
 from signing.ca import CertificateAuthority, cert_pem, key_pem, new_key
 from signing.identity import Identity
 from tests.helpers import PDF, edoc, identity, signed_edoc
@@ -103,6 +104,16 @@ def _from_other_agency(settings: Settings) -> bytes:
     return compose.sign(msg, identity(settings, PC))
 
 
+def _trace_in_the_hubs_name(settings: Settings, kind: str) -> bytes:
+    """A sender's own signed TraceHeader in the data centre's name: a relay that never happened."""
+    if kind == "edoc":
+        msg: edxml.Message = edoc(PC, [DEPT])
+    else:
+        msg = compose.new_status(Organ(PC), edoc_sender=DEPT, document_id=f"{DEPT},2026/11/28,1/SNV-VP", code="03")
+    msg.traces.append(edxml.TraceHeader(settings.hub_organ_id, msg.traces[0].timestamp))
+    return compose.sign(msg, identity(settings, PC))
+
+
 def hostile_corpus(settings: Settings, *, revoked_cert: bytes, big: int = 100 * 1024 * 1024) -> list[Case]:
     """Every case of the issue's list. ``revoked_cert``: an edoc signed by a certificate the caller revoked."""
     good = signed_edoc(settings, PC, [DEPT])
@@ -155,6 +166,15 @@ def hostile_corpus(settings: Settings, *, revoked_cert: bytes, big: int = 100 * 
         Case("cert-other-ca", _rogue(settings), "cert-untrusted"),
         Case("cert-of-another-agency", signed_edoc(settings, PC, [DEPT], signer=FIN), "sender-mismatch"),
         Case("from-another-agency", _from_other_agency(settings), "sender-mismatch"),
+        Case("trace-in-the-hubs-name", _trace_in_the_hubs_name(settings, "edoc"), "trace-forged"),
+        # a status's TraceHeaders end its list: a recipient's copy would lose it to the hub's own
+        # and no longer match the signature, which is what `docbus verify` (reading a delivery) says
+        Case(
+            "status-trace-in-the-hubs-name",
+            _trace_in_the_hubs_name(settings, "status"),
+            "trace-forged",
+            verify_reason="signature-invalid",
+        ),
         Case("secret", signed_edoc(settings, PC, [DEPT], security_level="Tuyệt mật"), "secret-document"),
         Case("no-electronic-file", signed_edoc(settings, PC, [DEPT], files=False), "no-electronic-file"),
         Case("unknown-recipient", signed_edoc(settings, PC, [DEPT, "000.00.88.H61"]), "unknown-recipient"),
