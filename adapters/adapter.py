@@ -54,7 +54,7 @@ from bus.blobs import CHUNK_KIND, ChunkStore, External, chunk_headers, is_chunk,
 from bus.brokeradmin import agency_url
 from bus.config import QCVN_ORGAN_ID, Settings
 from bus.edxml import Attachment, Edoc, Organ
-from bus.envelope import open_envelope, peek_document_id, peek_kind, peek_status_code
+from bus.envelope import Opened, open_envelope, peek_document_id, peek_kind, peek_status_code
 from bus.errors import (
     BrokerUnavailable,
     DocbusError,
@@ -792,7 +792,7 @@ class Adapter:
                     if raw is None:
                         raw = bytes(Inbox.get(Inbox.digest == item.digest).raw)
                     if msg is None:
-                        msg = open_envelope(raw, self.trust, from_hub=True).message
+                        msg = self._reopen(raw, item.received_at).message
                     try:
                         self.on_receive(item, msg, raw)
                     except Exception as exc:  # the agency's system, not the bus: never read as a broker fault
@@ -939,9 +939,21 @@ class Adapter:
                 f"{document_id!r} is not in the inbox of {self.organ_id}: new deliveries come in when the"
                 f" adapter runs or with 'docbus inbox --agency {self.organ_id}'"
             )
-        msg = open_envelope(bytes(row.raw), self.trust, from_hub=True).message
+        msg = self._reopen(bytes(row.raw), row.received_at).message
         self._files_in_place(msg)
         return msg  # type: ignore[return-value]
+
+    def _reopen(self, raw: bytes, received_at: dt.datetime | str) -> Opened:
+        """A stored copy verified again as of when it was received (UTC).
+
+        It verified then, so a certificate that has expired or been revoked since (the
+        sender's signing device lost a year later) leaves the documents it signed before
+        readable, as `docbus verify --at` judges them; bytes altered in the store do not
+        verify."""
+        at = dt.datetime.fromisoformat(received_at) if isinstance(received_at, str) else received_at
+        at = at.replace(tzinfo=dt.UTC)
+        trust = replace(self.trust, revoked_serials=crl.revoked_as_of(self.crl_path, self.trust.ca.cert, at))
+        return open_envelope(raw, trust, at=at, from_hub=True)
 
     def save_attachments(self, document_id: str, folder: Path) -> list[Path]:
         """Write the document's attachments (verified again) into ``folder``."""

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from bus import compose, province
 from bus.archive import Message
+from bus.errors import SignatureRejected
 from bus.router import Router, load_trust
 from bus.topology import Names
 from cli import main
@@ -188,3 +189,28 @@ def test_a_trace_in_the_data_centres_name_without_its_seal_is_refused_by_the_rec
     refused = Message.select().where((Message.sender == DEPT) & (Message.state == "quarantined"))
     assert sorted((m.reason, m.kind) for m in refused) == [("unknown-document", "status")] * 2
     assert all(b"[trace-seal]" in p.archive.raw(m) for m in refused)  # the 02 says why
+
+
+def test_a_document_received_before_its_signers_revocation_stays_readable(memory_province, tmp_path) -> None:
+    """A clerk opens and saves what an agency sent before its key was revoked (the stored copy
+    is verified as of its receipt, as `docbus verify --at` would); a copy altered in the store
+    is not readable."""
+    from adapters import Adapter
+
+    p = memory_province
+    router = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+    router.process(signed_edoc(p.settings, PC, [DEPT], number="3"), routing_key=f"edoc.{PC}")
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        [item] = dept.receive()
+        Inbox = dept.store.Inbox
+        received = Inbox.get(Inbox.digest == item.digest).received_at - dt.timedelta(seconds=2)
+        Inbox.update(received_at=received).where(Inbox.digest == item.digest).execute()
+        province.revoke(p.settings, p.archive, PC, "mất thiết bị ký", p.transport)
+        dept.receive()  # the revocation list
+        assert len(dept.trust.revoked_serials) == 1
+        assert dept.document(item.document_id).subject == "Công văn V/v kết nối"
+        assert [f.name for f in dept.save_attachments(item.document_id, tmp_path / "saved")] == ["cong-van.pdf"]
+        raw = bytes(Inbox.get(Inbox.digest == item.digest).raw)
+        Inbox.update(raw=raw.replace("kết nối".encode(), "kết lối".encode())).execute()
+        with pytest.raises(SignatureRejected):
+            dept.document(item.document_id)
