@@ -266,8 +266,9 @@ def init() -> None:
 
     The data centre's identity is two keys under $DOCBUS_HOME/hub: one signs its 02 answers,
     the other (hub/seal) seals the TraceHeader the router adds to each delivery.  Idempotent:
-    running it again keeps the CA and the keys, makes a missing seal key, and re-applies the
-    topology (every registered agency's inbox included).
+    running it again keeps the CA and the keys, makes a missing one, renews one whose
+    certificate ends within 30 days (then restart the routers), and re-applies the topology
+    (every registered agency's inbox included).
     """
     from bus import province
 
@@ -285,6 +286,8 @@ def init() -> None:
         f"data centre {prov.hub.organ_id} ({prov.hub.name}); archive {s.archive_url}; "
         f"topology applied on {s.namespace}.*"
     )
+    for role in prov.renewed:
+        click.echo(f"renewed the data centre's {role} key (its certificate was ending): restart the routers")
 
 
 # --------------------------------------------------------------------------- agencies
@@ -948,8 +951,10 @@ def health(overdue_hours: float, days: int, as_json: bool) -> None:
 
     Per agency: messages on its inbox queues, whether its adapter is connected, and documents
     delivered to it that it has not taken in yet (no status 01 from it), with the oldest one's
-    age.  Exit 0 when nothing needs attention, 5 when something does (each listed), 3 before
-    'docbus init', 4 when the broker's management API cannot be reached.
+    age; and the certificates that end within 30 days (an agency's, or the data centre's
+    signing and seal keys), with what renews each.  Exit 0 when nothing needs attention, 5
+    when something does (each listed), 3 before 'docbus init', 4 when the broker's management
+    API cannot be reached.
 
     The queue counts come from RabbitMQ's management statistics, which it refreshes every
     few seconds (5 by default): right after a burst they may still show what was just taken.
@@ -961,7 +966,9 @@ def health(overdue_hours: float, days: int, as_json: bool) -> None:
     s = settings()
     open_archive(s)
     admin = BrokerAdmin(s.amqp_url, s.mgmt_url or None)
-    report = checkup.check(admin, s.amqp_url, Names(s.namespace), overdue_hours=overdue_hours, days=days)
+    report = checkup.check(
+        admin, s.amqp_url, Names(s.namespace), overdue_hours=overdue_hours, days=days, home=s.home
+    )
     problems = report.problems()
     if as_json:
         emit_json(report.as_dict())

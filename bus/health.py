@@ -15,17 +15,21 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from peewee import fn
 
-from bus.archive import Agency, DeadLetter, Message, Recipient, StatusEvent, utcnow
+from bus.archive import Agency, Certificate, DeadLetter, Message, Recipient, StatusEvent, utcnow
 from bus.brokeradmin import BrokerAdmin, vhost_of
+from bus.edxml import vn_text
 from bus.errors import NotFound
 from bus.topology import Names
+from signing.ca import load_cert
 
 ARRIVED = "01"
+EXPIRY_WARNING_DAYS = 30  # as `docbus cert list` flags them
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,52 @@ class AgencyHealth:
 
 
 @dataclass(frozen=True)
+class Expiring:
+    """A certificate the bus depends on that ends soon: an agency's, or one of the data centre's."""
+
+    holder: str  # an OrganId, or the data centre's key ("hub signing", "hub seal")
+    not_after: dt.datetime  # naive UTC
+    days_left: int
+    remedy: str
+
+
+def expiring_certificates(home: Path, now: dt.datetime, within_days: int = EXPIRY_WARNING_DAYS) -> list[Expiring]:
+    """Active agency certificates and the data centre's two keys ending within ``within_days``.
+
+    An agency whose certificate has ended can no longer send (the router refuses
+    ``cert-expired``); when the data centre's ends, every adapter refuses its 02 answers
+    (signing key) or every delivery (seal key).  A certificate retiring after a rotation
+    ends on purpose and is not listed."""
+    limit = now + dt.timedelta(days=within_days)
+    out = []
+    for role, folder in (("hub signing", home / "hub"), ("hub seal", home / "hub" / "seal")):
+        path = folder / "cert.pem"
+        if path.exists():
+            end = load_cert(path.read_bytes()).not_valid_after_utc.replace(tzinfo=None)
+            if end <= limit:
+                remedy = "run 'docbus init' where the CA key is (it renews it), then restart the routers"
+                out.append(Expiring(role, end, (end - now).days, remedy))
+    latest: dict[str, dt.datetime] = {}
+    for organ_id, end in (
+        Certificate.select(Certificate.organ_id, Certificate.not_after)
+        .where(Certificate.state == "active")
+        .tuples()
+    ):
+        latest[organ_id] = max(end, latest.get(organ_id, end))
+    for organ_id, end in sorted(latest.items()):
+        if end <= limit:
+            out.append(Expiring(organ_id, end, (end - now).days, f"docbus cert rotate {organ_id}"))
+    return out
+
+
+@dataclass(frozen=True)
 class Health:
     routers: int  # consumers on the router's ordinary queue: one per running router
     waiting_for_router: int  # submissions and statuses not yet taken by a router
     dead: int  # dead-lettered messages nobody has replayed or purged yet
     agencies: tuple[AgencyHealth, ...]
     overdue_hours: float
+    expiring: tuple[Expiring, ...] = ()
 
     def problems(self) -> list[str]:
         """What needs someone's attention, one line each; empty when all is well."""
@@ -67,6 +111,10 @@ class Health:
                     f"{a.organ_id} ({a.name}) has not taken in {a.not_taken} document(s), the oldest delivered "
                     f"{a.oldest_hours:.0f} h ago" + ("" if a.connected else "; no adapter is connected")
                 )
+        for e in self.expiring:
+            when = "ended" if e.not_after <= utcnow() else f"ends in {e.days_left} day(s)"
+            whose = f"the data centre's {e.holder[4:]}" if e.holder.startswith("hub ") else f"{e.holder}'s"
+            out.append(f"{whose} certificate {when} ({vn_text(e.not_after)[:16]} UTC+7): {e.remedy}")
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -113,8 +161,17 @@ def not_taken_in(since: dt.datetime) -> dict[str, tuple[int, dt.datetime]]:
     return {organ: (count, _as_datetime(oldest)) for organ, count, oldest in rows}
 
 
-def check(admin: BrokerAdmin, amqp_url: str, names: Names, *, overdue_hours: float = 24, days: int = 30) -> Health:
-    """The bus as it is now; deliveries older than ``days`` are not looked at."""
+def check(
+    admin: BrokerAdmin,
+    amqp_url: str,
+    names: Names,
+    *,
+    overdue_hours: float = 24,
+    days: int = 30,
+    home: Path | None = None,
+) -> Health:
+    """The bus as it is now; deliveries older than ``days`` are not looked at.  ``home``: the
+    data centre's $DOCBUS_HOME, whose keys' certificates are checked with the agencies'."""
     queues = queue_states(admin, amqp_url, names)
     if names.router_queue not in queues:
         raise NotFound(f"no bus '{names.namespace}' on this broker (no queue {names.router_queue}): run 'docbus init'")
@@ -145,6 +202,7 @@ def check(admin: BrokerAdmin, amqp_url: str, names: Names, *, overdue_hours: flo
         dead=_total([queues.get(names.dead)]) + DeadLetter.select().where(DeadLetter.replayed_at.is_null()).count(),
         agencies=tuple(agencies),
         overdue_hours=overdue_hours,
+        expiring=tuple(expiring_certificates(home, now)) if home is not None else (),
     )
 
 

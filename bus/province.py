@@ -25,7 +25,7 @@ from bus.errors import BrokerUnavailable, ConfigError, DocbusError, NotFound
 from bus.topology import Names
 from bus.transport import AmqpTransport, Transport
 from signing import crl, seal
-from signing.ca import CertificateAuthority, load_cert
+from signing.ca import CertificateAuthority, IssuePolicy, load_cert
 from signing.identity import Identity
 
 log = logging.getLogger("docbus.province")
@@ -39,6 +39,16 @@ class Province:
     settings: Settings
     ca: CertificateAuthority
     hub: Identity
+    renewed: tuple[str, ...] = ()  # the data centre's keys `init` renewed: "signing", "seal"
+
+
+RENEW_DAYS = 30  # `docbus init` renews a data centre key whose certificate ends within this
+
+
+def _hub_keys(settings: Settings) -> list[tuple[str, Path, IssuePolicy]]:
+    """The data centre's keys: its edXML signing key (02 answers) and its trace seal key."""
+    hub_dir = settings.home / "hub"
+    return [("signing", hub_dir, IssuePolicy()), ("seal", hub_dir / "seal", seal.POLICY)]
 
 
 def init(settings: Settings, archive: Archive, transport: Transport | None) -> tuple[Province, bool]:
@@ -49,25 +59,28 @@ def init(settings: Settings, archive: Archive, transport: Transport | None) -> t
         if created
         else CertificateAuthority.load(settings.home, need_key=False)
     )
-    hub_dir = settings.home / "hub"
-    if (hub_dir / "key.pem").exists():
-        hub = Identity.load(settings.hub_organ_id, hub_dir)
-    else:
-        if ca.key is None:
-            ca = CertificateAuthority.load(settings.home)
-        hub = Identity.issue(ca, settings.hub_organ_id, settings.hub_name, hub_dir)
-    if not (hub_dir / "seal" / "key.pem").exists():  # homes made before trace seals get theirs now
-        if ca.key is None and not CertificateAuthority.paths(settings.home)[1].exists():
+    has_ca_key = CertificateAuthority.paths(settings.home)[1].exists()
+    renewed: list[str] = []
+    # each missing key is made (homes from before trace seals get theirs now), and each whose
+    # certificate ends within RENEW_DAYS is replaced: when one ends, adapters refuse what it signs
+    for role, folder, policy in _hub_keys(settings):
+        if (folder / "key.pem").exists():
+            ends = load_cert((folder / "cert.pem").read_bytes()).not_valid_after_utc
+            if ends - dt.datetime.now(dt.UTC) > dt.timedelta(days=RENEW_DAYS) or not has_ca_key:
+                continue  # without the CA key `docbus health` says it ends soon, and where to renew it
+            renewed.append(role)
+        elif not has_ca_key:
             raise ConfigError(
-                f"the hub's seal key ({hub_dir / 'seal'}) is missing and this machine has no CA key to issue it: "
-                "run 'docbus init' where the CA key is, then copy hub/seal/ here"
+                f"the data centre's {role} key ({folder}) is missing and this machine has no CA key to issue it: "
+                f"run 'docbus init' where the CA key is, then copy {folder.relative_to(settings.home)}/ here"
             )
         if ca.key is None:
             ca = CertificateAuthority.load(settings.home)
-        Identity.issue(ca, settings.hub_organ_id, settings.hub_name, hub_dir / "seal", seal.POLICY)
+        Identity.issue(ca, settings.hub_organ_id, settings.hub_name, folder, policy)
+    hub = Identity.load(settings.hub_organ_id, settings.home / "hub")
     if transport is not None:
         apply_topology(settings, archive, transport)
-    return Province(settings, ca, hub), created
+    return Province(settings, ca, hub, tuple(renewed)), created
 
 
 def import_ca(settings: Settings, cert_path: Path, key_path: Path) -> CertificateAuthority:

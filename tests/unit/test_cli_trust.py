@@ -102,3 +102,42 @@ def test_init_gives_an_older_home_its_seal_key_only_where_the_ca_key_is(memory_p
     ca_key.rename(ca_key.with_suffix(".away"))
     with pytest.raises(ConfigError, match="no CA key to issue it"):
         province.init(p.settings, p.archive, None)
+
+
+def test_init_renews_a_data_centre_key_before_it_ends_and_health_says_what_ends_soon(memory_province) -> None:
+    """When the seal key's certificate ends, every adapter refuses every delivery: `docbus init`
+    renews it within 30 days of its end, and `docbus health` lists it (and an agency's own)
+    until then, with what renews each."""
+    import datetime as dt
+
+    from bus import health, province
+    from bus.archive import Certificate, utcnow
+    from bus.envelope import append_hub_trace, open_envelope
+    from bus.router import load_trust
+    from signing import seal
+    from signing.ca import load_cert, new_key
+    from tests.helpers import hub_seal, signed_edoc
+
+    p = memory_province
+    home, hub_id = p.settings.home, p.settings.hub_organ_id
+    key = new_key(seal.POLICY)
+    short = CertificateAuthority.load(home).issue(hub_id, "Trung tâm", key.public_key(), days=10)
+    (home / "hub" / "seal" / "key.pem").write_bytes(key_pem(key))
+    (home / "hub" / "seal" / "cert.pem").write_bytes(cert_pem(short))
+    now = utcnow()
+    Certificate.update(not_after=now + dt.timedelta(days=5)).where(Certificate.organ_id == PC).execute()
+
+    found = {e.holder: e for e in health.expiring_certificates(home, now)}
+    assert set(found) == {"hub seal", PC}
+    assert found["hub seal"].days_left in (9, 10) and "docbus init" in found["hub seal"].remedy
+    problems = health.Health(1, 0, 0, (), 24, tuple(found.values())).problems()
+    assert any(f"docbus cert rotate {PC}" in line and "ends in 5 day(s)" in line for line in problems)
+
+    renewed, _ = province.init(p.settings, p.archive, None)
+    assert renewed.renewed == ("seal",)
+    ends = load_cert(hub_seal(p.settings).cert_pem).not_valid_after_utc
+    assert ends > dt.datetime.now(dt.UTC) + dt.timedelta(days=700)
+    assert [e.holder for e in health.expiring_certificates(home, now)] == [PC]
+    data = append_hub_trace(signed_edoc(p.settings, "000.00.01.H61", [PC]), hub_seal(p.settings))
+    assert open_envelope(data, load_trust(p.settings), from_hub=True).relayed
+    assert province.init(p.settings, p.archive, None)[0].renewed == ()
