@@ -123,10 +123,11 @@ def sender_signature(raw: bytes) -> str:
     if len(found) == 1 and raw.count(b"SignatureValue") == 2:
         return "".join(found[0].decode("ascii").split())
     root = safexml.parse(raw, Limits(max_envelope_bytes=len(raw) + 1))
-    values = root.findall(f".//{{{edxml.DSIG_NS}}}SignatureValue")
-    if len(values) != 1:
-        raise SignatureRejected(f"expected one SignatureValue, found {len(values)}", reason="signature-invalid")
-    return "".join((values[0].text or "").split())
+    sig = edxml.signature_element(root)  # the one the envelope was verified with, as a recipient reads it
+    value = sig.findtext(f"{{{edxml.DSIG_NS}}}SignatureValue") if sig is not None else None
+    if value is None:
+        raise SignatureRejected("the envelope has no SignatureValue", reason="signature-absent")
+    return "".join(value.split())
 
 
 def append_hub_trace(raw: bytes, hub: Identity, at: dt.datetime | None = None) -> bytes:
