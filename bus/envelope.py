@@ -5,9 +5,12 @@ manifest/attachment match -> XMLDSig signature over the whole envelope -> certif
 issued by the provincial CA, valid now, not revoked -> OrganId in the certificate equals
 ``From/OrganId``.  What it returns was read from the signed tree only.
 
-Security: the router appends its own TraceHeader after the sender signed; a recipient
-removes trailing TraceHeaders of the hub (``Trust.hub_organ_id``) before verifying, so
-the sender's signature still covers every byte the sender wrote.
+Security: the router appends its own TraceHeader after the sender signed, sealed with the
+hub's seal key (:mod:`signing.seal`); a recipient removes trailing TraceHeaders of the hub
+(``Trust.hub_organ_id``) before verifying, so the sender's signature still covers every
+byte the sender wrote, then checks each removed TraceHeader's seal against the sender's
+SignatureValue.  A TraceHeader in the hub's name inside the signed content is refused:
+only the data centre writes one, after the signature.
 """
 
 from __future__ import annotations
