@@ -792,7 +792,11 @@ class Adapter:
                     if raw is None:
                         raw = bytes(Inbox.get(Inbox.digest == item.digest).raw)
                     if msg is None:
-                        msg = self._reopen(raw, item.received_at).message
+                        try:
+                            msg = self._reopen(raw, item.received_at).message
+                        except Refused as exc:  # altered in the store since: kept, marked, not handed
+                            self._spoiled(item, exc)
+                            continue
                     try:
                         self.on_receive(item, msg, raw)
                     except Exception as exc:  # the agency's system, not the bus: never read as a broker fault
@@ -813,6 +817,16 @@ class Adapter:
                 for item in handed:
                     item.state = "handed"
         return [item for item, _, _ in items]
+
+    def _spoiled(self, item: InboxItem, exc: Refused) -> None:
+        """A stored copy that no longer verifies (changed on disk): invalid, with the reason,
+        so the rest of the inbox is still handed over and the clerk sees what happened."""
+        log.error("stored %s %s no longer verifies: [%s] %s", item.kind, item.document_id, exc.reason, exc.message)
+        Inbox = self.store.Inbox
+        reason = f"[{exc.reason}] stored copy no longer verifies: {exc.message}"
+        with self.store.write():
+            Inbox.update(state="invalid", reason=reason).where(Inbox.digest == item.digest).execute()
+        item.state, item.reason = "invalid", exc.reason
 
     def hand_pending(self) -> int:
         """Hand over what was stored but not handed (the process stopped in between)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from adapters import Adapter, drop
 from bus import compose
 from bus.edxml import Attachment, Organ
@@ -127,3 +129,34 @@ def test_a_failing_agency_system_loses_nothing_and_is_not_called_a_broker_fault(
     with Adapter(p.settings, PC, transport=p.transport, on_receive=lambda *a: handed.append(a)) as pc:
         assert pc.hand_pending() == 1 and [i.state for i in pc.inbox("edoc")] == ["handed"]
     assert [item.subject for item, _, _ in handed] == ["Công văn"]
+
+
+def test_a_stored_copy_altered_on_disk_is_marked_invalid_and_the_rest_still_handed(memory_province) -> None:
+    """One row changed on disk (a bad sector, a hand edit) must not stop an agency's intake:
+    it is kept as invalid with the reason, and what follows it is handed over."""
+    from bus.errors import HandOffFailed
+
+    p = memory_province
+    send_cong_van(p, "8")
+    send_cong_van(p, "9")
+    Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub).run()
+
+    def down(item, msg, raw):
+        raise OSError(5, "Input/output error")
+
+    with Adapter(p.settings, PC, transport=p.transport, on_receive=down) as pc:
+        with pytest.raises(HandOffFailed):
+            pc.receive()
+        Inbox = pc.store.Inbox
+        first = Inbox.select().order_by(Inbox.id).first()
+        Inbox.update(raw=bytes(first.raw).replace("Công văn".encode(), "Công vân".encode(), 1)).where(
+            Inbox.id == first.id
+        ).execute()
+    handed: list = []
+    with Adapter(p.settings, PC, transport=p.transport, on_receive=lambda *a: handed.append(a)) as pc:
+        pc.hand_pending()
+        states = {i.document_id: (i.state, i.reason) for i in pc.inbox("edoc")}
+    assert sorted(s for s, _ in states.values()) == ["handed", "invalid"]
+    [reason] = [r for s, r in states.values() if s == "invalid"]
+    assert reason.startswith("[signature-invalid] stored copy no longer verifies")
+    assert len(handed) == 1
