@@ -211,6 +211,9 @@ def test_adapter_run_hands_documents_to_a_drop_folder(env, tmp_path) -> None:
     assert (header["document_id"], header["subject"]) == (sent, "Báo cáo tháng")
     [att] = header["attachments"]
     assert (drop / att["file"]).read_bytes() == (tmp_path / att["name"]).read_bytes()  # the file as sent
+    # the copy received through RabbitMQ carries the data centre's sealed TraceHeader
+    [checked] = json.loads(docbus(env, "verify", "--json", str(files[0])).stdout)
+    assert checked["ok"] and checked["signer"] == DEPT and len(checked["relayed"]) == 1
     docbus(env, "router", "run", "--idle-exit", "1.5")
     back = docbus(env, "adapter", "run", "--agency", DEPT, "--idle-exit", "1")
     assert f"status 01 from {PC}: {sent}" in back.stdout
