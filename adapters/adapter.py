@@ -649,7 +649,8 @@ class Adapter:
             return 0
         serials = crl.serials(revoked)
         self.crl_path.write_bytes(data)
-        self.trust = replace(self.trust, revoked_serials=self.trust.revoked_serials | serials)
+        dated = dict(self.trust.revocations or {}) | {r.serial_number: r.revocation_date_utc for r in revoked}
+        self.trust = replace(self.trust, revoked_serials=self.trust.revoked_serials | serials, revocations=dated)
         return len(serials)
 
     def accept(self, body: bytes, message_id: str = "", *, hand: bool = True) -> InboxItem | None:
@@ -724,7 +725,7 @@ class Adapter:
 
     def _refusal(self, body: bytes, reason: str) -> list[tuple[edxml.Status, bytes]]:
         """A 02 for the sender of a document that does not verify here although the router
-        accepted it (its certificate revoked in between, a CRL the router had not seen): the
+        accepted it (its certificate revoked before the relay, which the router had not seen): the
         sender learns it was not taken in, and why.  Addressed from the unverified bytes, which
         is safe because the router delivers a 02 only from a recipient of that very document;
         nothing is answered for a status or for bytes without a DocumentId."""
@@ -962,8 +963,8 @@ class Adapter:
 
         It verified then, so a certificate that has expired or been revoked since (the
         sender's signing device lost a year later) leaves the documents it signed before
-        readable, as `docbus verify --at` judges them; bytes altered in the store do not
-        verify."""
+        readable: the signer is judged as of the data centre's sealed relay time, the seal as
+        of the receipt; bytes altered in the store do not verify."""
         at = dt.datetime.fromisoformat(received_at) if isinstance(received_at, str) else received_at
         at = at.replace(tzinfo=dt.UTC)
         trust = replace(self.trust, revoked_serials=crl.revoked_as_of(self.crl_path, self.trust.ca.cert, at))

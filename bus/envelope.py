@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -39,6 +40,16 @@ class Trust:
     hub_organ_id: str
     revoked_serials: frozenset[int] = field(default_factory=frozenset)
     limits: Limits = field(default_factory=Limits)
+    # when each revocation happened (the CRL's dates), where known: a delivery's signer is then
+    # judged as of the data centre's sealed relay time (see open_envelope)
+    revocations: Mapping[int, dt.datetime] | None = None
+
+    def revoked_as_of(self, when: dt.datetime) -> frozenset[int]:
+        """The serials revoked at ``when``: dated ones revoked by then, undated ones always."""
+        dated = self.revocations or {}
+        return frozenset(s for s in self.revoked_serials if s not in dated) | frozenset(
+            s for s, revoked in dated.items() if revoked <= when
+        )
 
 
 @dataclass
@@ -192,13 +203,19 @@ def open_envelope(data: bytes, trust: Trust, *, at: dt.datetime | None = None, f
         sig.findtext(f"{{{edxml.DSIG_NS}}}SignedInfo/{{{edxml.DSIG_NS}}}Reference/{{{edxml.DSIG_NS}}}DigestValue") or ""
     ).strip()
     cert = xmldsig.embedded_certificate(root)
-    signer = trust.ca.check(cert, at=at, revoked_serials=trust.revoked_serials)
-    signed = xmldsig.verify(root, cert)
     relayed = (
         check_hub_traces(hub_traces, sig.findtext(f"{{{edxml.DSIG_NS}}}SignatureValue") or "", trust, at)
         if hub_traces
         else []
     )
+    relayed_at = edxml.parse_timestamp(relayed[0].timestamp) if relayed and trust.revocations is not None else None
+    if relayed_at is not None:
+        # the data centre accepted it then, with the signer's certificate valid and unrevoked:
+        # a recipient that takes it in later judges the signer as of that sealed time
+        signer = trust.ca.check(cert, at=relayed_at, revoked_serials=trust.revoked_as_of(relayed_at))
+    else:
+        signer = trust.ca.check(cert, at=at, revoked_serials=trust.revoked_serials)
+    signed = xmldsig.verify(root, cert)
     message = edxml.parse_tree(signed, trust.limits)
     if message.sender.organ_id != signer:
         raise SignatureRejected(

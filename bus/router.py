@@ -680,5 +680,11 @@ def load_trust(settings: Settings, crl_path: Path | None = None) -> Trust:
     from signing.ca import CertificateAuthority
 
     ca = CertificateAuthority.load(settings.home, need_key=False)
-    revoked = crl.read(crl_path or settings.home / "ca" / "crl.pem", ca.cert)
-    return Trust(ca=ca, hub_organ_id=settings.hub_organ_id, revoked_serials=revoked, limits=settings.limits)
+    dated = crl.revocations(crl_path or settings.home / "ca" / "crl.pem", ca.cert)
+    return Trust(
+        ca=ca,
+        hub_organ_id=settings.hub_organ_id,
+        revoked_serials=frozenset(dated),
+        limits=settings.limits,
+        revocations=dated,
+    )

@@ -59,6 +59,13 @@ def serials(crl: x509.CertificateRevocationList) -> frozenset[int]:
     return frozenset(r.serial_number for r in crl)
 
 
+def revocations(path: Path, ca_cert: x509.Certificate) -> dict[int, dt.datetime]:
+    """Serial -> when it was revoked (UTC), from the CRL file at ``path`` (empty when there is none)."""
+    if not path.exists():
+        return {}
+    return {r.serial_number: r.revocation_date_utc for r in load_verified(path.read_bytes(), ca_cert)}
+
+
 def read(path: Path, ca_cert: x509.Certificate) -> frozenset[int]:
     """Revoked serials from the CRL file at ``path`` (empty when there is none)."""
     if not path.exists():

@@ -68,16 +68,20 @@ def test_verify_shows_when_the_data_centre_relayed_a_received_copy(memory_provin
     from tests.helpers import hub_seal
 
     s = memory_province.settings
-    at = dt.datetime(2020, 11, 20, 8, 30, 5, tzinfo=edxml.VN_TZ)
+    data = signed_edoc(s, "000.00.01.H61", ["000.00.00.H61"])
+    at = edxml.now_vn().replace(microsecond=0) + dt.timedelta(seconds=1)
+    stamp = edxml.fmt_timestamp(at)
     received = tmp_path / "received.edxml"
-    received.write_bytes(append_hub_trace(signed_edoc(s, "000.00.01.H61", ["000.00.00.H61"]), hub_seal(s), at))
+    received.write_bytes(append_hub_trace(data, hub_seal(s), at))
     env = {"DOCBUS_HOME": str(s.home)}
     ok = run(["verify", str(received)], env)
-    assert ok.exit_code == 0 and "relayed by the data centre 2020/11/20 08:30:05 (sealed)" in ok.output
-    assert json.loads(run(["verify", "--json", str(received)], env).output)[0]["relayed"] == ["2020/11/20 08:30:05"]
+    assert ok.exit_code == 0 and f"relayed by the data centre {stamp} (sealed)" in ok.output
+    assert json.loads(run(["verify", "--json", str(received)], env).output)[0]["relayed"] == [stamp]
     # the hub's sealed TraceHeader is no part of the sender's edXML: inspect reads the copy as its recipient does
     assert json.loads(run(["inspect", "--json", str(received)], env).output)["schema"]["strict"] == "valid"
-    received.write_bytes(received.read_bytes().replace(b"2020/11/20 08:30:05", b"2020/11/19 08:30:05"))
+    cut = received.read_bytes().rindex(stamp.encode())  # the hub's, not the sender's of the same second
+    later = edxml.fmt_timestamp(at + dt.timedelta(seconds=2)).encode()
+    received.write_bytes(received.read_bytes()[:cut] + later + received.read_bytes()[cut + len(stamp) :])
     bad = CliRunner().invoke(main, ["verify", str(received)], env=env)
     assert bad.exit_code == 1 and "[trace-seal]" in bad.output
 

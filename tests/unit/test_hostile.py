@@ -193,23 +193,27 @@ def test_a_trace_in_the_data_centres_name_without_its_seal_is_refused_by_the_rec
 
 def test_a_document_received_before_its_signers_revocation_stays_readable(memory_province, tmp_path) -> None:
     """A clerk opens and saves what an agency sent before its key was revoked (the stored copy
-    is verified as of its receipt, as `docbus verify --at` would); a copy altered in the store
-    is not readable."""
+    is verified again as the recipient verified it: the signer as of the data centre's sealed
+    relay time); a copy altered in the store is not readable."""
     from adapters import Adapter
+    from bus import edxml
+    from bus.envelope import append_hub_trace
+    from tests.helpers import hub_seal
 
     p = memory_province
-    router = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
-    router.process(signed_edoc(p.settings, PC, [DEPT], number="3"), routing_key=f"edoc.{PC}")
+    earlier = edxml.now_vn() - dt.timedelta(seconds=30)
+    body = signed_edoc(p.settings, PC, [DEPT], number="3", now=earlier)
+    delivered = append_hub_trace(body, hub_seal(p.settings), earlier + dt.timedelta(seconds=2))
+    p.transport.publish(Names(p.settings.namespace).deliver, Names.deliver_key(DEPT), delivered)
     with Adapter(p.settings, DEPT, transport=p.transport) as dept:
         [item] = dept.receive()
-        Inbox = dept.store.Inbox
-        received = Inbox.get(Inbox.digest == item.digest).received_at - dt.timedelta(seconds=2)
-        Inbox.update(received_at=received).where(Inbox.digest == item.digest).execute()
+        assert item.state == "handed"
         province.revoke(p.settings, p.archive, PC, "mất thiết bị ký", p.transport)
         dept.receive()  # the revocation list
         assert len(dept.trust.revoked_serials) == 1
         assert dept.document(item.document_id).subject == "Công văn V/v kết nối"
         assert [f.name for f in dept.save_attachments(item.document_id, tmp_path / "saved")] == ["cong-van.pdf"]
+        Inbox = dept.store.Inbox
         raw = bytes(Inbox.get(Inbox.digest == item.digest).raw)
         Inbox.update(raw=raw.replace("kết nối".encode(), "kết lối".encode())).execute()
         with pytest.raises(SignatureRejected):
