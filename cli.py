@@ -450,6 +450,7 @@ def cert() -> None:
 def cert_list(as_json: bool) -> None:
     """Every certificate issued to an agency, with its state and expiry; flags those expiring within 30 days."""
     from bus.archive import Certificate, utcnow
+    from signing.identity import RENEW_WITHIN_DAYS
 
     open_archive(settings())
     now = utcnow()
@@ -463,7 +464,7 @@ def cert_list(as_json: bool) -> None:
                 "state": c.state,
                 "not_after": c.not_after.isoformat(sep=" ", timespec="minutes"),
                 "days_left": days,
-                "expiring": c.state != "revoked" and days < 30,
+                "expiring": c.state != "revoked" and days < RENEW_WITHIN_DAYS,
                 "retire_after": c.retire_after.isoformat(sep=" ", timespec="minutes") if c.retire_after else None,
                 "revoked_reason": c.revoked_reason,
             }
@@ -1027,11 +1028,11 @@ def router_run(idle_exit: float | None, prefetch: int, batch: int) -> None:
     """
     from bus.router import Router, describe_outcomes, load_trust
     from bus.transport import AmqpTransport
-    from signing.identity import Identity
+    from signing.identity import Identity, hub_folders
 
     s = settings()
     archive = open_archive(s)
-    hub = Identity.load(s.hub_organ_id, s.home / "hub", set_up_by="docbus init")
+    hub = Identity.load(s.hub_organ_id, hub_folders(s.home)["signing"], set_up_by="docbus init")
     r = Router(s, amqp(s), archive, load_trust(s), hub)
     r.on_summary = lambda line: click.echo(f"router: {line}", err=True)
     click.echo(
@@ -1805,13 +1806,12 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
     from bus.envelope import open_envelope
     from bus.gate import Gate
     from bus.router import load_trust
-    from signing import crl
 
     s = settings()
     trust = load_trust(s)
     when = at.replace(tzinfo=edxml.VN_TZ) if at is not None else None
     if when is not None:  # a certificate revoked since then still signed validly then
-        trust = replace(trust, revoked_serials=crl.revoked_as_of(s.home / "ca" / "crl.pem", trust.ca.cert, when))
+        trust = replace(trust, revoked_serials=trust.revoked_as_of(when))
     gate = Gate(s, trust) if when is None and (s.db_url or (s.home / "archive.db").exists()) else None
     if gate is not None:
         open_archive(s)

@@ -647,11 +647,14 @@ class Adapter:
         except Refused as exc:
             log.warning("ignored a revocation list: %s", exc.message)
             return 0
-        serials = crl.serials(revoked)
+        dated = crl.dated(revoked)
         self.crl_path.write_bytes(data)
-        dated = dict(self.trust.revocations or {}) | {r.serial_number: r.revocation_date_utc for r in revoked}
-        self.trust = replace(self.trust, revoked_serials=self.trust.revoked_serials | serials, revocations=dated)
-        return len(serials)
+        self.trust = replace(
+            self.trust,
+            revoked_serials=self.trust.revoked_serials | frozenset(dated),
+            revocations=dict(self.trust.revocations or {}) | dated,
+        )
+        return len(dated)
 
     def accept(self, body: bytes, message_id: str = "", *, hand: bool = True) -> InboxItem | None:
         """Verify and store one delivered message; None when it was already stored."""
@@ -967,7 +970,7 @@ class Adapter:
         of the receipt; bytes altered in the store do not verify."""
         at = dt.datetime.fromisoformat(received_at) if isinstance(received_at, str) else received_at
         at = at.replace(tzinfo=dt.UTC)
-        trust = replace(self.trust, revoked_serials=crl.revoked_as_of(self.crl_path, self.trust.ca.cert, at))
+        trust = replace(self.trust, revoked_serials=self.trust.revoked_as_of(at))
         return open_envelope(raw, trust, at=at, from_hub=True)
 
     def save_attachments(self, document_id: str, folder: Path) -> list[Path]:

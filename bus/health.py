@@ -27,9 +27,9 @@ from bus.edxml import vn_text
 from bus.errors import NotFound
 from bus.topology import Names
 from signing.ca import load_cert
+from signing.identity import RENEW_WITHIN_DAYS, hub_folders
 
 ARRIVED = "01"
-EXPIRY_WARNING_DAYS = 30  # as `docbus cert list` flags them
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Expiring:
     remedy: str
 
 
-def expiring_certificates(home: Path, now: dt.datetime, within_days: int = EXPIRY_WARNING_DAYS) -> list[Expiring]:
+def expiring_certificates(home: Path, now: dt.datetime, within_days: int = RENEW_WITHIN_DAYS) -> list[Expiring]:
     """Active agency certificates and the data centre's two keys ending within ``within_days``.
 
     An agency whose certificate has ended can no longer send (the router refuses
@@ -69,13 +69,13 @@ def expiring_certificates(home: Path, now: dt.datetime, within_days: int = EXPIR
     ends on purpose and is not listed."""
     limit = now + dt.timedelta(days=within_days)
     out = []
-    for role, folder in (("hub signing", home / "hub"), ("hub seal", home / "hub" / "seal")):
+    for role, folder in hub_folders(home).items():
         path = folder / "cert.pem"
         if path.exists():
             end = load_cert(path.read_bytes()).not_valid_after_utc.replace(tzinfo=None)
             if end <= limit:
                 remedy = "run 'docbus init' where the CA key is (it renews it), then restart the routers"
-                out.append(Expiring(role, end, (end - now).days, remedy))
+                out.append(Expiring(f"hub {role}", end, (end - now).days, remedy))
     latest: dict[str, dt.datetime] = {}
     for organ_id, end in (
         Certificate.select(Certificate.organ_id, Certificate.not_after)

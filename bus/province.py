@@ -26,7 +26,7 @@ from bus.topology import Names
 from bus.transport import AmqpTransport, Transport
 from signing import crl, seal
 from signing.ca import CertificateAuthority, IssuePolicy, load_cert
-from signing.identity import Identity
+from signing.identity import RENEW_WITHIN_DAYS, Identity, hub_folders
 
 log = logging.getLogger("docbus.province")
 
@@ -42,13 +42,7 @@ class Province:
     renewed: tuple[str, ...] = ()  # the data centre's keys `init` renewed: "signing", "seal"
 
 
-RENEW_DAYS = 30  # `docbus init` renews a data centre key whose certificate ends within this
-
-
-def _hub_keys(settings: Settings) -> list[tuple[str, Path, IssuePolicy]]:
-    """The data centre's keys: its edXML signing key (02 answers) and its trace seal key."""
-    hub_dir = settings.home / "hub"
-    return [("signing", hub_dir, IssuePolicy()), ("seal", hub_dir / "seal", seal.POLICY)]
+HUB_KEY_POLICIES = {"signing": IssuePolicy(), "seal": seal.POLICY}  # RSA for edXML, P-256 for seals
 
 
 def init(settings: Settings, archive: Archive, transport: Transport | None) -> tuple[Province, bool]:
@@ -62,11 +56,11 @@ def init(settings: Settings, archive: Archive, transport: Transport | None) -> t
     has_ca_key = CertificateAuthority.paths(settings.home)[1].exists()
     renewed: list[str] = []
     # each missing key is made (homes from before trace seals get theirs now), and each whose
-    # certificate ends within RENEW_DAYS is replaced: when one ends, adapters refuse what it signs
-    for role, folder, policy in _hub_keys(settings):
+    # certificate ends within RENEW_WITHIN_DAYS is replaced: when one ends, adapters refuse what it signs
+    for role, folder in hub_folders(settings.home).items():
         if (folder / "key.pem").exists():
             ends = load_cert((folder / "cert.pem").read_bytes()).not_valid_after_utc
-            if ends - dt.datetime.now(dt.UTC) > dt.timedelta(days=RENEW_DAYS) or not has_ca_key:
+            if ends - dt.datetime.now(dt.UTC) > dt.timedelta(days=RENEW_WITHIN_DAYS) or not has_ca_key:
                 continue  # without the CA key `docbus health` says it ends soon, and where to renew it
             renewed.append(role)
         elif not has_ca_key:
@@ -76,8 +70,8 @@ def init(settings: Settings, archive: Archive, transport: Transport | None) -> t
             )
         if ca.key is None:
             ca = CertificateAuthority.load(settings.home)
-        Identity.issue(ca, settings.hub_organ_id, settings.hub_name, folder, policy)
-    hub = Identity.load(settings.hub_organ_id, settings.home / "hub")
+        Identity.issue(ca, settings.hub_organ_id, settings.hub_name, folder, HUB_KEY_POLICIES[role])
+    hub = Identity.load(settings.hub_organ_id, hub_folders(settings.home)["signing"])
     if transport is not None:
         apply_topology(settings, archive, transport)
     return Province(settings, ca, hub, tuple(renewed)), created

@@ -38,7 +38,7 @@ from bus.gate import Gate, recipients_of
 from bus.policy import related_document_ids
 from bus.topology import URGENT_PRIORITY, Names, core
 from bus.transport import Delivery, DeliveryFailed, Outgoing, Transport
-from signing.identity import Identity
+from signing.identity import Identity, hub_folders
 
 log = logging.getLogger("docbus.router")
 RECALL_REQUEST = "13"
@@ -119,7 +119,7 @@ class Router:
         self.trust = trust
         self.hub = hub  # signs the hub's own edXML answers (the 02s)
         # seals the TraceHeader appended to every delivery (signing.seal)
-        self.seal = seal or Identity.load(hub.organ_id, settings.home / "hub" / "seal", set_up_by="docbus init")
+        self.seal = seal or Identity.load(hub.organ_id, hub_folders(settings.home)["seal"], set_up_by="docbus init")
         self.gate = Gate(settings, trust)
         self.registry = self.gate.registry
         self.chunks = ChunkStore(settings.home / "blobs")

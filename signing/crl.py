@@ -55,29 +55,13 @@ def load_verified(data: bytes, ca_cert: x509.Certificate) -> x509.CertificateRev
     return crl
 
 
-def serials(crl: x509.CertificateRevocationList) -> frozenset[int]:
-    return frozenset(r.serial_number for r in crl)
+def dated(crl: x509.CertificateRevocationList) -> dict[int, dt.datetime]:
+    """Serial -> when it was revoked (UTC): a signature made before that still stands."""
+    return {r.serial_number: r.revocation_date_utc for r in crl}
 
 
 def revocations(path: Path, ca_cert: x509.Certificate) -> dict[int, dt.datetime]:
-    """Serial -> when it was revoked (UTC), from the CRL file at ``path`` (empty when there is none)."""
+    """:func:`dated` of the CRL file at ``path`` (empty when there is none)."""
     if not path.exists():
         return {}
-    return {r.serial_number: r.revocation_date_utc for r in load_verified(path.read_bytes(), ca_cert)}
-
-
-def read(path: Path, ca_cert: x509.Certificate) -> frozenset[int]:
-    """Revoked serials from the CRL file at ``path`` (empty when there is none)."""
-    if not path.exists():
-        return frozenset()
-    return serials(load_verified(path.read_bytes(), ca_cert))
-
-
-def revoked_as_of(path: Path, ca_cert: x509.Certificate, at: dt.datetime) -> frozenset[int]:
-    """Serials the CRL at ``path`` says were revoked at or before ``at``: what a signature made
-    at ``at`` is judged by (a certificate revoked later still signed validly then)."""
-    if not path.exists():
-        return frozenset()
-    return frozenset(
-        r.serial_number for r in load_verified(path.read_bytes(), ca_cert) if r.revocation_date_utc <= at
-    )
+    return dated(load_verified(path.read_bytes(), ca_cert))

@@ -15,6 +15,16 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from bus.errors import ConfigError
 from signing.ca import CertificateAuthority, IssuePolicy, _write_private, cert_pem, key_pem, new_key
 
+# a certificate ending within this many days is flagged (`docbus health`, `docbus cert list`),
+# and a data centre key renewed by `docbus init`
+RENEW_WITHIN_DAYS = 30
+
+
+def hub_folders(home: Path) -> dict[str, Path]:
+    """Where the data centre's two keys live under $DOCBUS_HOME: ``signing`` signs its edXML
+    answers (the 02s), ``seal`` seals the TraceHeader the router appends (signing.seal)."""
+    return {"signing": home / "hub", "seal": home / "hub" / "seal"}
+
 
 @dataclass(frozen=True)
 class Identity:

@@ -10,7 +10,7 @@ from bus.brokeradmin import agency_url
 from bus.config import Settings
 from bus.edxml import Attachment, Organ
 from bus.transport import AmqpTransport
-from signing.identity import Identity
+from signing.identity import Identity, hub_folders
 
 PDF = b"%PDF-1.4\n% docbus test\n%%EOF\n"
 
@@ -21,7 +21,7 @@ def identity(settings: Settings, organ_id: str) -> Identity:
 
 def hub_seal(settings: Settings) -> Identity:
     """The key the router seals its TraceHeaders with (signing.seal)."""
-    return Identity.load(settings.hub_organ_id, settings.home / "hub" / "seal")
+    return Identity.load(settings.hub_organ_id, hub_folders(settings.home)["seal"])
 
 
 def edoc(
