@@ -640,7 +640,7 @@ def run(
             # the steady rate first: after the throughput part has written some 430 MiB to the
             # quorum queues' write-ahead log, RabbitMQ's roll-over of that log (a second or two of
             # a whole core) falls in the next seconds, which measures the burst, not 200/s
-            # (docs/PERFORMANCE.md: over minutes at 200/s a roll-over comes every ~2.5 min anyway)
+            # (docs/performance-history.md, step 11: over minutes at 200/s one comes every ~2.5 min anyway)
             if "latency" in parts:
                 count = max(10, int(rate * latency_seconds))
                 out["latency"] = latency(b, count, rate, latency_workers, progress=progress, samples_to=samples_to)

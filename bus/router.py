@@ -43,7 +43,7 @@ from signing.identity import Identity, hub_folders
 log = logging.getLogger("docbus.router")
 RECALL_REQUEST = "13"
 # statuses in one batch, at most: a batch of them takes about a millisecond each, and the
-# documents that arrive meanwhile wait for the batch to end (docs/PERFORMANCE.md)
+# documents that arrive meanwhile wait for the batch to end (docs/performance-history.md, step 8)
 STATUS_SHARE = 4
 # and held, at most: RabbitMQ 3.10 counts every held delivery a router dies with toward the
 # queue's delivery limit, so statuses waiting their turn are not held by the hundred

@@ -12,7 +12,7 @@ check: "the data centre relayed this document at this time".
 The seal key is the hub's own ECDSA P-256 identity (``$DOCBUS_HOME/hub/seal/``), certified
 by the provincial CA with the hub's OrganId, not the RSA key the hub signs its edXML
 answers with: the router seals every document it delivers, and a P-256 signature costs
-about a seventh of an RSA-2048 one here (docs/PERFORMANCE.md).
+about a seventh of an RSA-2048 one here (docs/performance-history.md, run DA).
 
 Security: a seal proves nothing unless its certificate chains to the provincial CA, is
 valid at the time of checking and not revoked, and names the hub's OrganId;

@@ -8,7 +8,7 @@ from benchmarks import bus_bench
 from benchmarks.bus_bench import rows, shortfalls
 from cli import main, table
 
-FULL_RUN = {  # the shape `docbus bench --json` reports for a full run (docs/PERFORMANCE.md, run M)
+FULL_RUN = {  # the shape `docbus bench --json` reports for a full run (docs/performance-history.md, run M)
     "machine": {"cpus": 2, "python": "3.11.7", "platform": "Linux"},
     "envelope_bytes_avg": 5391,
     "raw_relay": {"messages": 20000, "relayed": 20000, "seconds": 1.55, "msgs_per_s": 12876.1},
