@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from peewee import DatabaseError
 
 from bus import edxml, longrun, safexml
 from bus.config import Settings, from_env
-from bus.errors import BrokerUnavailable, ConfigError, DocbusError, NotFound, Refused
+from bus.errors import BrokerUnavailable, ConfigError, DocbusError, NotFound, Refused, one_line
 
 EXIT_REFUSED, EXIT_CONFIG, EXIT_BROKER, EXIT_FAILED = 1, 3, 4, 5
 POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -148,6 +149,8 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(f"[{exc.reason}] {exc.message}", EXIT_FAILED)
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_CONFIG)
+        except DatabaseError as exc:  # the archive or a local store failed mid-command (a damaged file, a full disk)
+            fail(f"database error: {one_line(exc)}", EXIT_CONFIG)
 
     return wrapper
 

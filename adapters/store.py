@@ -14,7 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peewee import BlobField, BooleanField, CharField, DateTimeField, IntegerField, Model, SqliteDatabase, TextField
+from peewee import (
+    BlobField,
+    BooleanField,
+    CharField,
+    DatabaseError,
+    DateTimeField,
+    IntegerField,
+    Model,
+    SqliteDatabase,
+    TextField,
+)
+
+from bus.errors import ConfigError, one_line
 
 
 def utcnow() -> dt.datetime:
@@ -101,6 +113,10 @@ def open_store(path: Path) -> Store:
         size = IntegerField()
         chunk_size = IntegerField()
 
-    db.connect(reuse_if_open=True)
-    db.create_tables([Outbox, Inbox, Upload], safe=True)
+    try:
+        db.connect(reuse_if_open=True)
+        db.create_tables([Outbox, Inbox, Upload], safe=True)
+    except DatabaseError as exc:  # a damaged file, or one that is not a database at all
+        db.close()
+        raise ConfigError(f"cannot open the agency's local store {path}: {one_line(exc)}") from exc
     return Store(db, Outbox, Inbox, Upload)

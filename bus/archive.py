@@ -29,13 +29,13 @@ from peewee import (
     BlobField,
     BooleanField,
     CharField,
+    DatabaseError,
     DatabaseProxy,
     DateTimeField,
     ForeignKeyField,
     IntegerField,
     IntegrityError,
     Model,
-    OperationalError,
     SqliteDatabase,
     TextField,
     Tuple,
@@ -44,7 +44,7 @@ from playhouse.db_url import connect
 
 from bus import statements
 from bus.config import redact
-from bus.errors import ConfigError, NotFound
+from bus.errors import ConfigError, NotFound, one_line
 
 db = DatabaseProxy()
 
@@ -278,9 +278,8 @@ def open_database(url: str) -> Any:
         from bus import migrations
 
         migrations.upgrade(database)
-    except OperationalError as exc:
-        detail = " ".join(str(exc).split())  # one line: the driver's message may run over several
-        raise ConfigError(f"cannot open the archive database {redact(url)}: {detail}") from exc
+    except DatabaseError as exc:  # unreachable, refused, or not a database at all (a damaged file)
+        raise ConfigError(f"cannot open the archive database {redact(url)}: {one_line(exc)}") from exc
     except ValueError as exc:
         raise ConfigError(f"DOCBUS_DB_URL {redact(url)!r} is not a database URL: {exc}") from exc
     return database

@@ -9,6 +9,11 @@ a human sentence saying what is wrong and where.
 from __future__ import annotations
 
 
+def one_line(exc: BaseException) -> str:
+    """``exc``'s text on one line: a database driver's message may run over several."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class DocbusError(Exception):
     """Base of every error docbus raises on purpose."""
 
