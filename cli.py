@@ -1438,7 +1438,7 @@ def archive_export(document_id: str, folder: Path) -> None:
 @json_option()
 @guarded
 def archive_verify(no_signatures: bool, as_json: bool) -> None:
-    """Walk the hash chain: every row, every stored blob, every signature. Exit 1 at the first alteration."""
+    """Walk the hash chain: every row, every stored blob, every signature. Exit 5 at the first alteration."""
     from dataclasses import replace
 
     from bus.archive import ChainEntry
@@ -1468,7 +1468,51 @@ def archive_verify(no_signatures: bool, as_json: bool) -> None:
     else:
         click.echo(f"ALTERED at chain entry {f.seq} (message #{f.message_id}, {f.document_id}): {f.problem}")
     if not result.ok:
-        sys.exit(EXIT_REFUSED)
+        sys.exit(EXIT_FAILED)
+
+
+@archive.command("backup")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@json_option()
+@guarded
+def archive_backup(folder: Path, as_json: bool) -> None:
+    """Copy the archive and its large files into FOLDER (new or empty), routers running.
+
+    SQLite's online backup reads one snapshot, so the copy holds every commit made before it
+    started and the routers need not stop (a plain 'cp' of archive.db while they write can copy
+    a file that is not a database).  Large files are re-hashed as they are copied.  Not copied:
+    the CA's and the data centre's keys, agencies' own stores, and a PostgreSQL database
+    (pg_dump's job).  FOLDER/backup.json records the chain head that 'docbus archive verify'
+    must reach on a restored copy (docs/DEPLOY.md, "Backups").  Exit 5 if a large file no
+    longer matches its digest (it is named, not copied).
+    """
+    from dataclasses import asdict
+
+    from bus.backup import backup_archive
+
+    s = settings()
+    with StageBars() as bars:
+        result = backup_archive(s, folder, progress=lambda stage, done, total: bars(_BACKUP_STAGES[stage], done, total))
+    if as_json:
+        emit_json(asdict(result) | {"ok": result.ok})
+    else:
+        if result.database_copied:
+            click.echo(
+                f"archive: {result.messages} messages, {result.chain_entries} chain entries, "
+                f"{result.database_bytes / 2**20:.1f} MiB -> {folder / 'archive.db'}"
+            )
+            click.echo(f"chain head: {result.chain_head or '(empty archive)'}")
+        else:
+            click.echo(f"archive {result.archive_url}: not copied, back it up with pg_dump (docs/DEPLOY.md)")
+        click.echo(f"large files: {result.files}, {result.file_bytes / 2**20:.1f} MiB -> {folder / 'files'}")
+        for sha in result.altered_files:
+            click.echo(f"ALTERED, not copied: large file {sha} (its bytes no longer match its digest)")
+        click.echo(f"done in {result.seconds:.1f} s; {folder / 'backup.json'} says what was copied")
+    if not result.ok:
+        sys.exit(EXIT_FAILED)
+
+
+_BACKUP_STAGES = {"archive": "copying the archive (bytes)", "files": "copying large files (bytes)"}
 
 
 @archive.command("prune")

@@ -96,6 +96,9 @@ def test_chain_verifies_and_names_the_first_altered_entry(filled) -> None:
     ).execute()
     bad = verify_archive(trust)
     assert bad.first_problem.message_id == victim.id and "bytes were altered" in bad.first_problem.problem
+    env = {"DOCBUS_HOME": str(p.settings.home), "DOCBUS_NAMESPACE": "mem", "DOCBUS_DB_URL": p.settings.db_url}
+    audit = CliRunner().invoke(main, ["archive", "verify", "--no-signatures"], env=env)
+    assert audit.exit_code == 5 and f"(message #{victim.id}, {victim.document_id})" in audit.output  # a check failed
 
 
 def test_status_history_and_monthly_report(filled) -> None:

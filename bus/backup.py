@@ -1,0 +1,168 @@
+"""``docbus archive backup``: a consistent copy of the archive while the routers keep running.
+
+The archive is the province's only integrated record of what travelled, so the data centre
+copies it somewhere else on a schedule.  Copying ``archive.db`` with ``cp`` while a router
+writes can produce a file that is not a database (SQLite in WAL mode keeps recent commits
+in ``archive.db-wal``); this module uses SQLite's online backup in one step instead, which
+reads one snapshot, so the copy holds exactly the commits made before it started and routers
+are not stopped.  The large files kept beside the archive (``$DOCBUS_HOME/blobs/files``,
+content-addressed) are copied too, each re-hashed on the way: a file whose bytes no longer
+match its name is reported, not copied.
+
+What it does not copy: the provincial CA's and the data centre's keys (docs/SECURITY.md says
+where they are kept), agencies' local stores (each agency backs up its own), and a PostgreSQL
+archive's database, which ``pg_dump`` copies (docs/DEPLOY.md, "Backups"); for PostgreSQL the
+large files are still copied.
+
+A backup folder holds ``archive.db``, ``files/`` and ``backup.json`` (when, what, and the
+chain head: the hash of the newest archive entry, which ``docbus archive verify`` on a
+restored copy must reach again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bus import __version__
+from bus.blobs import READ_BYTES
+from bus.config import Settings, redact
+from bus.errors import ConfigError, one_line
+
+# (stage, done, total): the CLI draws a bar per stage ("archive" in bytes, "files" in bytes)
+Progress = Callable[[str, int, int], None]
+MANIFEST = "backup.json"
+
+
+@dataclass
+class BackupResult:
+    folder: str
+    created_at: str
+    archive_url: str
+    database_copied: bool  # False for PostgreSQL (pg_dump's job)
+    database_bytes: int = 0
+    messages: int = 0
+    chain_entries: int = 0
+    chain_head: str = ""
+    files: int = 0
+    file_bytes: int = 0
+    altered_files: list[str] = field(default_factory=list)  # sha256 names whose bytes no longer match
+    seconds: float = 0.0
+    docbus_version: str = __version__
+
+    @property
+    def ok(self) -> bool:
+        return not self.altered_files
+
+
+def _quiet(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def backup_archive(settings: Settings, folder: Path, progress: Progress = _quiet) -> BackupResult:
+    """Copy the archive and its large files into ``folder`` (new, or empty)."""
+    started = time.monotonic()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ConfigError(f"{folder} is not an empty folder: give each backup a folder of its own")
+    url = settings.archive_url
+    sqlite_path = Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else None
+    if sqlite_path is not None and not sqlite_path.is_file():
+        raise ConfigError(f"no archive at {sqlite_path}: run 'docbus init' first")
+    folder.mkdir(parents=True, exist_ok=True)
+    result = BackupResult(
+        folder=str(folder),
+        created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        archive_url=redact(url),
+        database_copied=sqlite_path is not None,
+    )
+    if sqlite_path is not None:
+        _copy_sqlite(sqlite_path, folder / "archive.db", result, progress)
+    _copy_files(settings.home / "blobs" / "files", folder / "files", result, progress)
+    result.seconds = round(time.monotonic() - started, 2)
+    (folder / MANIFEST).write_text(json.dumps(asdict(result), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def _copy_sqlite(source: Path, target: Path, result: BackupResult, progress: Progress) -> None:
+    """One ``sqlite3_backup_step(-1)``: a single read snapshot, whatever the routers commit meanwhile.
+
+    (Copying in steps would let each step see later commits, and SQLite restarts a stepwise
+    backup whenever another connection writes: under a steady stream it might never end.)
+    The bar follows the copy's size from this thread while the backup runs in another."""
+    partial = target.with_name(target.name + ".partial")
+    with sqlite3.connect(source) as probe:
+        page_size = probe.execute("PRAGMA page_size").fetchone()[0]
+        total = probe.execute("PRAGMA page_count").fetchone()[0] * page_size
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            src = sqlite3.connect(source, timeout=30)
+            dst = sqlite3.connect(partial)
+            try:
+                src.backup(dst, pages=-1)
+            finally:
+                dst.close()
+                src.close()
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="archive-backup", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+        progress("archive", min(partial.stat().st_size if partial.exists() else 0, total), total)
+    if failure:
+        partial.unlink(missing_ok=True)
+        raise ConfigError(f"cannot copy the archive database {source}: {one_line(failure[0])}") from failure[0]
+    with contextlib.closing(sqlite3.connect(partial)) as copy:
+        check = copy.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise ConfigError(f"the copy of the archive in {partial} does not check out: {check}")
+        copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
+        result.messages = copy.execute("SELECT count(*) FROM message").fetchone()[0]
+        head = copy.execute("SELECT seq, entry_hash FROM chain_head").fetchone()
+        if head is not None:
+            result.chain_entries, result.chain_head = head
+    with partial.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    partial.rename(target)
+    result.database_bytes = target.stat().st_size
+    progress("archive", total, total)
+
+
+def _copy_files(source: Path, target: Path, result: BackupResult, progress: Progress) -> None:
+    """Copy each large file under its name, re-hashed on the way; an altered one is listed instead."""
+    names = sorted(p for p in source.glob("*/*") if p.is_file()) if source.is_dir() else []
+    total = sum(p.stat().st_size for p in names)
+    done = 0
+    for path in names:
+        out = target / path.parent.name / path.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        h = hashlib.sha256()
+        with path.open("rb") as src, partial.open("wb") as dst:
+            while block := src.read(READ_BYTES):
+                h.update(block)
+                dst.write(block)
+                done += len(block)
+                progress("files", done, total)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if h.hexdigest() != path.name:
+            partial.unlink()
+            result.altered_files.append(path.name)
+            continue
+        partial.rename(out)
+        result.files += 1
+        result.file_bytes += out.stat().st_size
+    progress("files", total, total)

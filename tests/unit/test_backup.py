@@ -1,0 +1,147 @@
+"""``docbus archive backup``: a copy that verifies, taken while a router writes (real SQLite files)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from dataclasses import replace
+
+import pytest
+from click.testing import CliRunner
+
+from adapters import Adapter
+from bus.archive import Archive, ChainHead, Message
+from bus.audit import verify_archive
+from bus.backup import backup_archive
+from bus.blobs import ChunkStore
+from bus.router import Router, Submission, load_trust
+from cli import EXIT_CONFIG, EXIT_FAILED, main
+from tests.helpers import PDF, signed_edoc
+
+PC, DEPT = "000.00.00.H61", "000.00.01.H61"
+
+
+def env_for(p) -> dict[str, str]:
+    return {
+        "DOCBUS_HOME": str(p.settings.home),
+        "DOCBUS_NAMESPACE": p.settings.namespace,
+        "DOCBUS_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F",
+        "DOCBUS_DB_URL": p.settings.db_url,
+    }
+
+
+def router_of(p) -> Router:
+    return Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+
+
+def send_documents(p, tmp_path, *, large: bool = True) -> str:
+    """Two ordinary documents and, with ``large``, one with a 200 KB file (over the 64 KiB
+    inline limit of ``small_inline``); returns the large file's digest."""
+    big = tmp_path / "ban-do-quy-hoach.tif"
+    big.write_bytes(hashlib.sha256(b"seed").digest() * 6400)
+    scan = tmp_path / "cong-van.pdf"
+    scan.write_bytes(PDF)
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        dept.send([PC], subject="Công văn V/v kết nối", number="1", notation="SNV", files=[scan])
+        dept.send([PC], subject="Quyết định phê duyệt", number="2", notation="SNV", files=[scan])
+        if large:
+            dept.send([PC], subject="Bản đồ quy hoạch", number="3", notation="SNV", files=[big])
+    router_of(p).run()
+    return hashlib.sha256(big.read_bytes()).hexdigest()
+
+
+def submissions(docs: list[bytes]) -> list[Submission]:
+    return [Submission(d, f"edoc.{DEPT}", "guest", False, {}) for d in docs]
+
+
+def verify_copy(p, folder):
+    """Open the copy as the archive and walk its chain, its bytes, its signatures and its files."""
+    Archive(f"sqlite:///{folder / 'archive.db'}")
+    trust = replace(load_trust(p.settings), revoked_serials=frozenset())
+    return verify_archive(trust, files=ChunkStore(folder))
+
+
+def test_backup_copies_an_archive_that_verifies_with_its_large_files(small_inline, tmp_path) -> None:
+    p = small_inline
+    digest = send_documents(p, tmp_path)
+    messages, head = Message.select().count(), ChainHead.get()
+    folder = tmp_path / "sao-luu" / "2026-11-28"
+
+    result = CliRunner().invoke(main, ["archive", "backup", str(folder), "--json"], env=env_for(p))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["messages"], report["chain_entries"], report["chain_head"]) == (messages, head.seq, head.entry_hash)
+    assert (report["files"], report["file_bytes"], report["altered_files"], report["ok"]) == (1, 204800, [], True)
+    assert json.loads((folder / "backup.json").read_text(encoding="utf-8"))["chain_head"] == head.entry_hash
+    assert not (folder / "archive.db-wal").exists()  # one self-contained file
+
+    checked = verify_copy(p, folder)
+    assert checked.ok, checked.first_problem
+    assert checked.entries == head.seq
+    assert hashlib.sha256((folder / "files" / digest[:2] / digest).read_bytes()).hexdigest() == digest
+    subjects = {m.subject for m in Message.select()}
+    assert {"Công văn V/v kết nối", "Bản đồ quy hoạch"} <= subjects  # diacritics intact in the copy
+
+
+def test_a_backup_taken_while_the_router_writes_is_one_consistent_snapshot(memory_province, tmp_path) -> None:
+    p = memory_province
+    docs = [signed_edoc(p.settings, DEPT, [PC], number=str(i)) for i in range(120)]
+    router = router_of(p)
+    router.process_batch(submissions(docs[:20]))
+    started = threading.Event()
+
+    def keep_routing() -> None:
+        for i in range(20, len(docs), 5):
+            router.process_batch(submissions(docs[i : i + 5]))
+            started.set()
+
+    writer = threading.Thread(target=keep_routing)
+    writer.start()
+    started.wait(10)
+    result = backup_archive(p.settings, tmp_path / "copy")
+    writer.join()
+    assert Message.select().count() == 120
+    assert 20 <= result.messages <= 120 and result.chain_entries == result.messages
+    with sqlite3.connect(tmp_path / "copy" / "archive.db") as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    checked = verify_copy(p, tmp_path / "copy")
+    assert checked.ok, checked.first_problem
+    assert checked.entries == result.chain_entries  # the chain ends where the snapshot did
+
+
+def test_an_altered_large_file_is_named_and_not_copied(small_inline, tmp_path) -> None:
+    p = small_inline
+    digest = send_documents(p, tmp_path)
+    stored = ChunkStore(p.settings.home / "blobs").file(digest)
+    stored.write_bytes(b"X" + stored.read_bytes()[1:])
+
+    result = CliRunner().invoke(main, ["archive", "backup", str(tmp_path / "copy")], env=env_for(p))
+    assert result.exit_code == EXIT_FAILED, result.output
+    assert f"ALTERED, not copied: large file {digest}" in result.output
+    assert not (tmp_path / "copy" / "files" / digest[:2] / digest).exists()
+    assert (tmp_path / "copy" / "archive.db").exists()  # the rest is still copied
+
+
+def test_a_folder_already_holding_something_is_refused(memory_province, tmp_path) -> None:
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "archive.db").write_bytes(b"an older backup")
+    result = CliRunner().invoke(main, ["archive", "backup", str(tmp_path / "copy")], env=env_for(memory_province))
+    assert result.exit_code == EXIT_CONFIG
+    assert "is not an empty folder" in result.output
+    assert (tmp_path / "copy" / "archive.db").read_bytes() == b"an older backup"
+
+
+@pytest.mark.postgres
+def test_a_postgresql_archive_leaves_the_database_to_pg_dump(pg_database, tmp_path, keys_template) -> None:
+    from bus.transport import MemoryTransport
+    from tests.conftest import _make
+
+    p = _make(tmp_path, MemoryTransport(), "mem", keys_template, db_url=pg_database)
+    try:
+        result = backup_archive(p.settings, tmp_path / "copy")
+    finally:
+        p.archive.close()
+    assert not result.database_copied and not (tmp_path / "copy" / "archive.db").exists()
+    assert result.archive_url.startswith("postgresql://")
