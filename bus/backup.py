@@ -5,9 +5,11 @@ copies it somewhere else on a schedule.  Copying ``archive.db`` with ``cp`` whil
 writes can produce a file that is not a database (SQLite in WAL mode keeps recent commits
 in ``archive.db-wal``); this module uses SQLite's online backup in one step instead, which
 reads one snapshot, so the copy holds exactly the commits made before it started and routers
-are not stopped.  The large files kept beside the archive (``$DOCBUS_HOME/blobs/files``,
-content-addressed) are copied too, each re-hashed on the way: a file whose bytes no longer
-match its name is reported, not copied.
+are not stopped (meanwhile SQLite cannot fold their new commits back into ``archive.db``, so
+``archive.db-wal`` grows for as long as the copy takes and is reused after it).  The large
+files kept beside the archive (``$DOCBUS_HOME/blobs/files``, content-addressed) are copied
+too, each re-hashed on the way: a file whose bytes no longer match its name is reported,
+not copied.
 
 What it does not copy: the provincial CA's and the data centre's keys (docs/SECURITY.md says
 where they are kept), agencies' local stores (each agency backs up its own), and a PostgreSQL
