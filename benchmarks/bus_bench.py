@@ -187,15 +187,22 @@ def router_throughput(
     finally:
         t.close()
     routers = [b.router() for _ in range(workers)]
+    broker = local_broker_pid()
     n = len(docs)
     done = 0
     deadline = time.monotonic() + max(120, n / 20)
     peak: dict[int, float] = {}
+    # CPU from the first delivery seen to the last, so the routers' start-up is not counted:
+    # (documents delivered by then, routers' CPU, RabbitMQ's CPU, the machine's ticks)
+    marks: list[tuple[int, float, float, tuple[int, int]]] = []
     while time.monotonic() < deadline:
         done = delivered.count()
         progress(f"router x{workers}, throughput", done, n)
         for r in routers:
             peak[r.pid] = max(peak.get(r.pid, 0.0), peak_rss_of(r.pid))
+        if done > 0 and (not marks or done >= n):
+            routers_cpu = sum(cpu_seconds(r.pid) for r in routers)
+            marks.append((done, routers_cpu, cpu_seconds(broker) if broker else math.nan, machine_ticks()))
         if done >= n:
             break
         time.sleep(0.25)
@@ -209,7 +216,7 @@ def router_throughput(
     b.stop()
     archive.close()
     elapsed = (last.delivered_at - first.received_at).total_seconds() if first and last else float("nan")
-    return {
+    out: dict[str, Any] = {
         "documents": n,
         "delivered": done,
         "workers": workers,
@@ -217,6 +224,14 @@ def router_throughput(
         "docs_per_s": round(done / elapsed, 1) if elapsed else None,
         "router_peak_rss_mib": sorted(peak.values()),
     }
+    if len(marks) == 2 and marks[1][0] > marks[0][0]:
+        (d0, r0, k0, t0), (d1, r1, k1, t1) = marks
+        per_doc = {"routers": r1 - r0, "RabbitMQ": k1 - k0}
+        out["cpu_ms_per_doc"] = {
+            name: round(1000 * v / (d1 - d0), 3) for name, v in per_doc.items() if not math.isnan(v)
+        }
+        out["cpu_busy_pct"] = busy_pct([t0, t1])
+    return out
 
 
 def raw_relay(
@@ -701,6 +716,10 @@ def rows(data: dict[str, Any]) -> list[list[str]]:
                 f"{r['delivered']}/{r['documents']} in {r['seconds']} s",
             ],
             ["router / relay", f"{data['router_vs_relay']}", ""],
+            *[
+                [f"CPU per document, {name}", f"{ms} ms", f"throughput run; machine {r['cpu_busy_pct']} % busy"]
+                for name, ms in r.get("cpu_ms_per_doc", {}).items()
+            ],
             [
                 f"peak RSS, router x{r['workers']}",
                 ", ".join(str(v) for v in r.get("router_peak_rss_mib", [])) + " MiB",

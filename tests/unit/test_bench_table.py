@@ -19,6 +19,8 @@ FULL_RUN = {  # the shape `docbus bench --json` reports for a full run (docs/per
         "seconds": 11.61,
         "docs_per_s": 1723.0,
         "router_peak_rss_mib": [70.5, 70.7, 70.9],
+        "cpu_ms_per_doc": {"routers": 1.097, "RabbitMQ": 0.211},
+        "cpu_busy_pct": 89.4,
     },
     "router_vs_relay": 0.134,
     "latency": {
@@ -55,6 +57,9 @@ def test_every_figure_of_a_full_run_is_printed_whole() -> None:
         assert figure in out
     for name, ms in FULL_RUN["latency"]["cpu_ms_per_doc"].items():
         assert f"CPU per document, {name}" in out and f"{ms} ms" in out
+    for name, ms in FULL_RUN["router"]["cpu_ms_per_doc"].items():
+        line = next(line for line in out.splitlines() if f"{ms} ms" in line)
+        assert f"CPU per document, {name}" in line and "throughput run; machine 89.4 % busy" in line
     for name, mib in FULL_RUN["large_attachment"]["peak_rss_mib"].items():
         line = next(line for line in out.splitlines() if f"peak RSS, {name}" in line)
         assert f"{mib} MiB" in line
