@@ -245,7 +245,8 @@ def main(verbose: bool) -> None:
     \b
     Set-up:      docbus init; docbus agency add 000.00.00.H61 "UBND tỉnh Vĩnh Long"
     Run:         docbus router run   (central)   docbus adapter run --agency CODE (each agency)
-    Documents:   docbus send, docbus inbox, docbus sent, docbus status send, docbus trace
+    Documents:   docbus send, docbus inbox, docbus sent, docbus status send, docbus trace,
+                 docbus distribute (sao lục: a received document on to other agencies)
     Files:       docbus inspect FILE, docbus verify FILE...
     Try it all:  docbus demo
 
@@ -631,6 +632,66 @@ def send(
             about=revoke or update or "",
             replaces=replace_ids,
         )
+    _print_sent(res, as_json)
+
+
+@main.command()
+@click.option("--from", "sender", required=True, help="OrganId of the agency that received the document.")
+@click.option(
+    "--to",
+    "recipients",
+    required=True,
+    callback=some_codes,
+    help="Recipient OrganIds, comma-separated, or @FILE: a distribution list, one OrganId a line (# comments).",
+)
+@click.option("--number", required=True, callback=not_blank, help="Số of the copy, this agency's own (e.g. 12).")
+@click.option("--notation", required=True, help="Ký hiệu of the copy, e.g. SL-UBND.")
+@click.option("--subject", callback=not_blank, help="Trích yếu of the copy.  [default: Sao lục: <the original's>]")
+@click.option(
+    "--priority", type=click.IntRange(0, 4), help=f"{PRIORITY_NAMES}.  [default: the original's]"
+)
+@json_option()
+@click.argument("document_id")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path), callback=electronic_files)
+@guarded
+def distribute(
+    sender: str,
+    recipients: str,
+    number: str,
+    notation: str,
+    subject: str | None,
+    priority: int | None,
+    as_json: bool,
+    document_id: str,
+    files: tuple[Path, ...],
+) -> None:
+    """Sao lục: send a document this agency received on to other agencies; prints the copy's DocumentId.
+
+    For central legal documents distributed downward without paper copies: 'docbus
+    distribute --from 000.00.00.H61 --to @cac-so.txt --number 12 --notation SL-UBND
+    DOCUMENT_ID'.  The copy is a new document of this agency (its own Số/Ký hiệu and
+    signature) carrying the original's files and the original envelope as it arrived
+    (ban-goc.edxml), which each recipient can check with 'docbus verify'.  FILES: a cover
+    letter or other files of this agency's, attached first.  The original must be in this
+    agency's inbox and still verify as of its arrival.
+    """
+    s = settings()
+    with _adapter(s, sender) as a:
+        _refuse_number_in_use(a, number, notation)
+        res = a.send_copy(
+            document_id,
+            split_codes(recipients),
+            number=number,
+            notation=notation,
+            subject=subject or "",
+            priority=priority,
+            files=files,
+        )
+    _print_sent(res, as_json)
+
+
+def _print_sent(res: Any, as_json: bool) -> None:
+    """What 'send' and 'distribute' print: the DocumentId, and why it waits if it does."""
     if as_json:
         emit_json(
             {"document_id": res.document_id, "digest": res.digest, "published": res.published, "error": res.error}

@@ -945,6 +945,10 @@ class Adapter:
         )
 
     def document(self, document_id: str) -> edxml.Edoc:
+        return self._received(document_id)[0]
+
+    def _received(self, document_id: str) -> tuple[edxml.Edoc, bytes]:
+        """A document in this agency's inbox, verified again as of its receipt, with its stored bytes."""
         Inbox = self.store.Inbox
         row = (
             Inbox.select()
@@ -957,9 +961,63 @@ class Adapter:
                 f"{document_id!r} is not in the inbox of {self.organ_id}: new deliveries come in when the"
                 f" adapter runs or with 'docbus inbox --agency {self.organ_id}'"
             )
-        msg = self._reopen(bytes(row.raw), row.received_at).message
+        raw = bytes(row.raw)
+        msg = self._reopen(raw, row.received_at).message
         self._files_in_place(msg)
-        return msg  # type: ignore[return-value]
+        return msg, raw  # type: ignore[return-value]
+
+    def send_copy(
+        self,
+        document_id: str,
+        recipients: Sequence[Organ | str],
+        *,
+        number: str,
+        notation: str,
+        subject: str = "",
+        priority: int | None = None,
+        files: Iterable[Path | str | Attachment] = (),
+    ) -> SendResult:
+        """Sao lục: send a document this agency received on to other agencies, under its own number.
+
+        The directive has central legal documents distributed downward electronically instead
+        of as paper copies.  The copy is a new document of this agency (its own Số/Ký hiệu, its
+        own signature) that carries the original's files and, as ``ban-goc.edxml``, the original
+        envelope exactly as it arrived: a recipient can check the issuing agency's own signature
+        and the data centre's seal on it with ``docbus verify``, not only take this agency's
+        word.  Only a document that verified on arrival, and still does as of then, is copied.
+        ``files``: more files of this agency's own (a cover letter) go first.
+        """
+        original, raw = self._received(document_id)
+        inline = self.settings.limits.inline_attachment_bytes
+        names = attachment_files(["ban-goc.edxml", *(a.name for a in original.attachments)])
+        copied: list[Attachment] = []
+        for a, name in zip(original.attachments, names[1:], strict=True):
+            cid = f"cid:{sha256(name.encode())[:12]}"
+            if a.external is not None:  # a large file: sent again by reference, its bytes in chunks
+                copied.append(replace(a, content_id=cid, name=name, description=name))
+            else:
+                copied.append(Attachment.from_bytes(name, a.data, a.content_type, content_id=cid))
+        envelope = self._spooled(names[0], raw) if len(raw) > inline else Attachment.from_bytes(
+            names[0], raw, "application/xml", content_id=f"cid:{sha256(names[0].encode())[:12]}"
+        )
+        by = original.sender.name or original.sender.organ_id
+        number_of = "/".join(x for x in (original.code_number, original.code_notation) if x)
+        return self.send(
+            recipients,
+            subject=subject or f"Sao lục: {original.subject}",
+            number=number,
+            notation=notation,
+            files=[*files, *copied, envelope],
+            type_name=original.type_name or "Công văn",
+            priority=original.priority if priority is None else priority,
+            content=f"Sao lục {original.type_name or 'văn bản'} số {number_of} ngày {original.promulgation_date}"
+            f" của {by} (DocumentId {original.document_id}): {original.subject}",
+        )
+
+    def _spooled(self, name: str, data: bytes) -> Attachment:
+        """``data`` as a large file by reference, kept under its digest as a sent file is."""
+        ext, path = self.chunks.keep(data)
+        return Attachment(f"cid:{sha256(name.encode())[:12]}", name, "application/xml", name, external=ext, path=path)
 
     def _reopen(self, raw: bytes, received_at: dt.datetime | str) -> Opened:
         """A stored copy verified again as of when it was received (UTC).

@@ -208,6 +208,15 @@ class ChunkStore:
                 removed += 1
         return removed
 
+    def keep(self, data: bytes) -> tuple[External, Path]:
+        """Keep bytes made on this machine under their digest (as :meth:`adopt` keeps a file)."""
+        ext = External(hashlib.sha256(data).hexdigest(), len(data))
+        target = self.file(ext.sha256)
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(target, data)
+        return ext, target
+
     def adopt(self, path: Path, ext: External) -> Path:
         """Keep a copy of a local file (the sender's spool) under its digest."""
         target = self.file(ext.sha256)

@@ -21,7 +21,7 @@ from bus.transport import AmqpTransport
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
-PC, DEPT = "000.00.00.H61", "000.00.01.H61"
+PC, DEPT, DISTRICT = "000.00.00.H61", "000.00.01.H61", "000.00.03.H61"
 
 
 @pytest.fixture
@@ -30,12 +30,13 @@ def env(tmp_path, broker_url, namespace):
     e.pop("DOCBUS_DB_URL", None)
     yield e
     admin = BrokerAdmin(broker_url)
-    for user in (user_name(Names(namespace), PC), user_name(Names(namespace), DEPT)):
+    for user in (user_name(Names(namespace), organ) for organ in (PC, DEPT, DISTRICT)):
         admin.close_connections(user)
         admin.delete_user(user)
     names = Names(namespace)
     t = AmqpTransport(broker_url)
-    t.delete(topology.core(names) + topology.agency(names, PC) + topology.agency(names, DEPT))
+    agencies = topology.agency(names, PC) + topology.agency(names, DEPT) + topology.agency(names, DISTRICT)
+    t.delete(topology.core(names) + agencies)
     t.close()
 
 
@@ -342,3 +343,31 @@ def _file(tmp_path: Path) -> Path:
     f = tmp_path / "x.pdf"
     f.write_bytes(b"%PDF")
     return f
+
+
+def test_the_peoples_committee_distributes_a_received_document_with_its_signed_original(env, tmp_path) -> None:
+    """Sao lục: what reached the People's Committee goes on to a district under the Committee's
+    own number, and the district can still check the issuing department's signature."""
+    set_up(env)
+    docbus(env, "agency", "add", DISTRICT, "UBND huyện Long Hồ", "--parent", PC)
+    original = send_from_dept(env, tmp_path, "Quyết định ban hành quy chế", "5", "QĐ-SNV").stdout.strip()
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    docbus(env, "inbox", "--agency", PC)  # taken in, answered 01
+    cover = tmp_path / "cong-van-sao-luc.pdf"
+    cover.write_bytes(b"%PDF-1.4 sao luc")
+    args = ["distribute", "--from", PC, "--to", DISTRICT, "--number", "12", "--notation", "SL-UBND"]
+    copy = docbus(env, *args, original, str(cover)).stdout.strip()
+    assert copy.startswith(f"{PC},") and copy.endswith(",12/SL-UBND")
+    again = docbus(env, *args, original, check=False)  # the copy's number is the Committee's own
+    assert again.returncode == 1 and "refused [number-in-use]" in again.stderr
+    absent = docbus(env, *args[:-1], "SL-2", "000.00.01.H61,2020/01/01,1/X", check=False)
+    assert absent.returncode == 3 and "is not in the inbox of 000.00.00.H61" in absent.stderr
+
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    [got] = json.loads(docbus(env, "inbox", "--agency", DISTRICT, "--json").stdout)
+    assert (got["document_id"], got["sender"], got["subject"]) == (copy, PC, "Sao lục: Quyết định ban hành quy chế")
+    folder = tmp_path / "huyen"
+    saved = [Path(f) for f in docbus(env, "inbox", "save", "--agency", DISTRICT, copy, str(folder)).stdout.split()]
+    assert [f.name for f in saved] == ["cong-van-sao-luc.pdf", "x.pdf", "ban-goc.edxml"]
+    checked = docbus(env, "verify", str(folder / "ban-goc.edxml"))
+    assert f"edoc {original} signed by {DEPT}" in checked.stdout and "relayed by the data centre" in checked.stdout
