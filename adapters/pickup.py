@@ -10,7 +10,10 @@ last (write it under another name and rename it, so a half-written header is nev
 
 Optional: ``"priority"`` (0 thường … 4), ``"content"``, ``"paper_only"``, ``"zip"``.  The
 adapter sends it as ``docbus send`` would (signed, outbox first, queued while the broker is
-down) and moves the header and its files out of the way, with ``result.json`` beside them:
+down) and moves the header and its files out of the way, with ``result.json`` beside them.
+Sao lục, as ``docbus distribute``: ``{"copy_of": "<DocumentId received>", "to": […],
+"number": "12", "notation": "SL-UBND"}``, with ``"subject"``, ``"priority"`` and ``"files"``
+(a cover letter) optional, sends a document the agency received on under its own number:
 
 - ``FOLDER/sent/<name>/``: ``{"document_id", "digest", "published", "error"}`` (``published``
   false: the broker was away, the document waits in the outbox and the running adapter sends
@@ -62,6 +65,9 @@ MAX_HEADER_BYTES = 1 << 20
 RESULT = "result.json"
 _OPTIONAL = {"type": "Công văn", "priority": 0, "content": "", "paper_only": False, "zip": False}
 _REQUIRED = ("to", "subject", "number", "notation", "files")
+# a copy (sao lục) takes its type, content and files from the document it copies
+_COPY_OPTIONAL = {"subject": "", "priority": None, "files": []}
+_COPY_REQUIRED = ("copy_of", "to", "number", "notation")
 
 
 class BadJob(Refused):
@@ -80,11 +86,12 @@ class Job:
     number: str
     notation: str
     type_name: str
-    priority: int
+    priority: int | None  # None: a copy keeps the original's
     content: str
     paper_only: bool
     zipped: bool
     files: tuple[Path, ...]
+    copy_of: str = ""  # sao lục: the received document sent on (Adapter.send_copy)
 
 
 @dataclass(frozen=True)
@@ -161,18 +168,29 @@ class Pickup:
 
     def _send(self, header: Path, job: Job, adapter: Adapter) -> Outcome:
         try:
-            sent = adapter.send(
-                list(job.to),
-                subject=job.subject,
-                number=job.number,
-                notation=job.notation,
-                files=job.files,
-                type_name=job.type_name,
-                priority=job.priority,
-                content=job.content,
-                paper_only=job.paper_only,
-                zipped=job.zipped,
-            )
+            if job.copy_of:
+                sent = adapter.send_copy(
+                    job.copy_of,
+                    list(job.to),
+                    number=job.number,
+                    notation=job.notation,
+                    subject=job.subject,
+                    priority=job.priority,
+                    files=job.files,
+                )
+            else:
+                sent = adapter.send(
+                    list(job.to),
+                    subject=job.subject,
+                    number=job.number,
+                    notation=job.notation,
+                    files=job.files,
+                    type_name=job.type_name,
+                    priority=job.priority or 0,
+                    content=job.content,
+                    paper_only=job.paper_only,
+                    zipped=job.zipped,
+                )
         except (Refused, NotFound) as exc:
             return self._refuse(header, exc, job)
         result = {"document_id": sent.document_id, "digest": sent.digest, "published": sent.published}
@@ -233,13 +251,15 @@ def read_job(header: Path, *, files_in: Path | None = None, check_files: bool = 
     ``check_files=False``: the files named are not looked at, only those present are listed."""
     folder = files_in or header.parent
     data = _header(header)
-    unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
-    missing = [k for k in _REQUIRED if k not in data]
+    copy = "copy_of" in data
+    required, optional = (_COPY_REQUIRED, _COPY_OPTIONAL) if copy else (_REQUIRED, _OPTIONAL)
+    unknown = sorted(set(data) - set(required) - set(optional))
+    missing = [k for k in required if k not in data]
     if unknown or missing:
-        what = [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+        what = [f"unknown field(s) {', '.join(unknown)}" + (" in a copy (copy_of)" if copy else "")] if unknown else []
         what += [f"missing {', '.join(missing)}"] if missing else []
         raise BadJob("; ".join(what))
-    fields = _OPTIONAL | data
+    fields = _OPTIONAL | optional | data
     to = fields["to"].split(",") if isinstance(fields["to"], str) else fields["to"]
     if not isinstance(to, list) or not all(isinstance(c, str) for c in to):
         raise BadJob('"to" is a list of OrganIds')
@@ -249,11 +269,14 @@ def read_job(header: Path, *, files_in: Path | None = None, check_files: bool = 
     twice = named_twice(to)
     if twice:
         raise BadJob(f"recipient {twice} is named more than once")
-    may_be_empty = ("notation", "content")
+    may_be_empty = ("notation", "content") + (("subject",) if copy else ())
     texts = ("subject", "number", "notation", "type", "content")
     subject, number, notation, type_name, content = (_text(fields, k, blank=k in may_be_empty) for k in texts)
+    copy_of = _text(fields, "copy_of", blank=False) if copy else ""
     priority = fields["priority"]
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 4:
+    if not (copy and priority is None) and (
+        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 4
+    ):
         raise BadJob('"priority" is a whole number from 0 (thường) to 4 (hỏa tốc hẹn giờ)')
     paper_only, zipped = fields["paper_only"], fields["zip"]
     if not isinstance(paper_only, bool) or not isinstance(zipped, bool):
@@ -270,6 +293,7 @@ def read_job(header: Path, *, files_in: Path | None = None, check_files: bool = 
         paper_only,
         zipped,
         _files(fields["files"], folder) if check_files else _present(fields["files"], folder),
+        copy_of,
     )
 
 

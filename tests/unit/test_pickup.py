@@ -204,3 +204,24 @@ def test_after_a_crash_a_status_in_flight_is_sent_once(memory_province, tmp_path
         assert done == {"phan-cong": "sent", "xu-ly": "sent"}
         assert outbox_rows(pc, sent.document_id, "status") == 3  # 01, 04 once, 05
         assert pc.answered(sent.document_id, "05") is not None and pc.answered(sent.document_id, "06") is None
+
+
+def test_a_copy_header_distributes_a_received_document_under_the_agencys_own_number(memory_province, tmp_path) -> None:
+    """Sao lục through the folder: the People's Committee's system names what it received."""
+    p = memory_province
+    original = delivered_bao_cao(p, tmp_path).document_id  # the Committee has taken it in
+    folder = tmp_path / "pc-pickup"
+    copy = {"copy_of": original, "to": [FIN], "number": "3", "notation": "SL-UBND", "files": ["Công văn.pdf"]}
+    leave(folder, "sl3", copy, {"Công văn.pdf": PDF})
+    leave(folder, "sai", copy | {"number": "4", "type": "Quyết định"})  # a copy's type is the original's
+    leave(folder, "la", copy | {"number": "5", "copy_of": f"{DEPT},2020/01/01,1/X", "files": []})
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        done = {o.name: o for o in Pickup(folder).work(pc)}
+    assert done["sl3"].state == "sent" and done["sl3"].document_id.endswith(",3/SL-UBND")
+    assert (done["sai"].state, done["sai"].reason) == ("refused", "bad-job")
+    assert "unknown field(s) type in a copy (copy_of)" in done["sai"].message
+    assert (done["la"].state, done["la"].reason) == ("refused", "not-found")
+    [(_, msg, _)] = [h for h in take(p, FIN) if h[0].document_id == done["sl3"].document_id]
+    assert msg.sender.organ_id == PC
+    assert msg.subject == "Sao lục: Báo cáo tháng 11" and msg.type_name == "Báo cáo"
+    assert [a.name for a in msg.attachments] == ["Công văn.pdf", "Báo cáo.pdf", "ban-goc.edxml"]
