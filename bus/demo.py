@@ -112,8 +112,10 @@ def run_demo(
             priority=1,
             files=[decision],
         )
-        echo(f"sent      {second.document_id} (UBND tỉnh -> {len(others)} agencies, sao lục)")
+        echo(f"sent      {second.document_id} (UBND tỉnh -> {len(others)} agencies at once)")
         expected[second.document_id] = set(others)
+        district = "000.00.11.H61"
+        copies: dict[str, str] = {}  # the original's DocumentId -> its sao lục's
 
         answered: set[tuple[str, str]] = set()
         deadline = time.monotonic() + timeout
@@ -124,6 +126,11 @@ def run_demo(
                         answered.add((item.document_id, code))
                         a.send_status(item.document_id, item.sender, "03", "Văn thư đã vào sổ văn bản đến")
                         echo(f"received  {item.document_id} at {code}; answered 01 then 03")
+                        if item.document_id == first.document_id and code == PEOPLES_COMMITTEE:
+                            copy = a.send_copy(first.document_id, [district], number="05", notation="SL-UBND")
+                            copies[first.document_id] = copy.document_id
+                            expected[copy.document_id] = {district}
+                            echo(f"sent      {copy.document_id} (sao lục of it -> {district}, the original inside)")
             if rt.error is not None:
                 raise rt.error
         ok = _complete(archive, expected)
@@ -131,6 +138,10 @@ def run_demo(
         for a in adapters.values():
             a.receive(idle_timeout=0.3)
     senders = {first.document_id: adapters["000.00.01.H61"], second.document_id: adapters[PEOPLES_COMMITTEE]}
+    senders |= {copy: adapters[PEOPLES_COMMITTEE] for copy in copies.values()}
+    if len(copies) != 1:
+        echo("MISSING: the People's Committee never had the công văn to distribute")
+        ok = False
     for doc, a in senders.items():
         got = {(i.sender, i.status_code) for i in a.inbox("status") if i.document_id == doc}
         want = {(r, c) for r in expected[doc] for c in ("01", "03")}

@@ -66,3 +66,10 @@ def connect_as(p, organ: str) -> AmqpTransport:
 
 def user_of(p, organ: str) -> str:
     return json.loads((p.settings.agency_home(organ) / "broker.json").read_text())["user"]
+
+
+def alter_first_byte(path) -> None:
+    """Change a file's first byte, whatever it was (writing a fixed byte leaves one file in 256
+    of random data as it was)."""
+    data = path.read_bytes()
+    path.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])

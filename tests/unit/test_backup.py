@@ -18,7 +18,7 @@ from bus.backup import backup_archive
 from bus.blobs import ChunkStore
 from bus.router import Router, Submission, load_trust
 from cli import EXIT_CONFIG, EXIT_FAILED, main
-from tests.helpers import PDF, signed_edoc
+from tests.helpers import PDF, alter_first_byte, signed_edoc
 
 PC, DEPT = "000.00.00.H61", "000.00.01.H61"
 
@@ -115,7 +115,7 @@ def test_an_altered_large_file_is_named_and_not_copied(small_inline, tmp_path) -
     p = small_inline
     digest = send_documents(p, tmp_path)
     stored = ChunkStore(p.settings.home / "blobs").file(digest)
-    stored.write_bytes(b"X" + stored.read_bytes()[1:])
+    alter_first_byte(stored)
 
     result = CliRunner().invoke(main, ["archive", "backup", str(tmp_path / "copy")], env=env_for(p))
     assert result.exit_code == EXIT_FAILED, result.output

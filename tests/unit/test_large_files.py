@@ -14,6 +14,7 @@ from bus.blobs import ChunkStore, External
 from bus.errors import MalformedEnvelope, Refused
 from bus.router import Router, load_trust
 from bus.topology import Names
+from tests.helpers import alter_first_byte
 
 PC, DEPT = "000.00.00.H61", "000.00.01.H61"
 SIZE = 2 * blobs.CHUNK_BYTES + 12345  # three chunks, the last one short
@@ -134,7 +135,7 @@ def test_archive_verify_rehashes_large_files(small_inline, tmp_path) -> None:
     trust = load_trust(p.settings)
     assert verify_archive(trust, files=files).ok
     kept = files.file(digest)
-    kept.write_bytes(b"x" + kept.read_bytes()[1:])
+    alter_first_byte(kept)
     bad = verify_archive(trust, files=files)
     assert not bad.ok and "altered" in bad.first_problem.problem
     kept.unlink()
@@ -177,7 +178,7 @@ def test_verify_checks_the_large_file_beside_an_exported_or_received_envelope(sm
     assert exported[1] == str(copy)
     code, out = verify(envelope)
     assert code == 0 and out["large_files"] == [str(copy)]
-    copy.write_bytes(b"x" + copy.read_bytes()[1:])
+    alter_first_byte(copy)
     code, out = verify(envelope)
     assert (code, out["reason"]) == (1, "attachment-digest")
     copy.unlink()  # nothing beside it: the data centre's own copy is checked instead
