@@ -16,7 +16,9 @@ under a ``.part`` name and then renamed, and the envelope comes last: a system t
 for ``*.edxml`` never sees a message whose files are still being written.
 
 Security: attachment names come from the sender; :func:`bus.filenames.safe_name` keeps one
-harmless name of each, and the key prefix keeps it apart from other messages' files.
+harmless name of each, and the key prefix keeps it apart from other messages' files.  An
+attachment named ``*.edxml`` (the signed original a sao lục carries, or a sender's choice) is
+written as ``*.edxml.xml``: only a message's own envelope, written last, ends in ``.edxml``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def write(folder: Path, digest: str, msg: edxml.Message, raw: bytes) -> Path:
     # element left, so the summary would say "absent"
     header["signature"] = "verified"
     attachments = getattr(msg, "attachments", [])
-    names = attachment_files((a.name for a in attachments), prefix=f"{key}-")
+    names = attachment_files((_not_an_envelope(a.name) for a in attachments), prefix=f"{key}-")
     for att, entry, name in zip(attachments, header["attachments"], names, strict=True):
         target = folder / name
         if att.path is not None:  # a large file: copied from the store, never read whole
@@ -55,6 +57,11 @@ def write(folder: Path, digest: str, msg: edxml.Message, raw: bytes) -> Path:
     envelope = folder / f"{key}.edxml"
     _replace_with(envelope, lambda part: part.write_bytes(raw))
     return envelope
+
+
+def _not_an_envelope(name: str) -> str:
+    """An attachment's name that a system watching for ``*.edxml`` will not take for a message."""
+    return f"{name}.xml" if name.lower().rstrip(". ").endswith(".edxml") else name
 
 
 def _replace_with(target: Path, write_part: Any) -> None:

@@ -45,6 +45,7 @@ def test_every_file_header_and_envelope_land_in_the_folder(memory_province, tmp_
         Attachment.from_bytes("Tờ trình.pdf", PDF + b"2", "application/pdf"),  # same name, other file
         Attachment.from_bytes("../../etc/cron.d/x.pdf", b"%PDF-1.4 y", "application/pdf"),
         Attachment.from_bytes(LONG + ".docx", b"PK docx", "application/octet-stream"),
+        Attachment.from_bytes("ban-goc.EDXML", b"<edXML/>", "application/xml"),  # not taken for a message
     ]
     edoc = compose.new_edoc(
         Organ(DEPT, "Sở Nội vụ"), [Organ(PC)], subject="Tờ trình V/v chuyển đổi số", number="5",
@@ -64,13 +65,14 @@ def test_every_file_header_and_envelope_land_in_the_folder(memory_province, tmp_
     files = [a["file"] for a in header["attachments"]]
     assert files[:3] == [f"{key}-Tờ trình.pdf", f"{key}-Tờ trình-2.pdf", f"{key}-x.pdf"]
     assert files[3].endswith(".docx") and len(files[3].encode()) <= 16 + 1 + MAX_NAME_BYTES
+    assert files[4] == f"{key}-ban-goc.EDXML.xml" and [f.name for f in folder.glob("*.edxml")] == [envelope.name]
     for a, sent in zip(header["attachments"], attachments, strict=True):
         data = (folder / a["file"]).read_bytes()
         assert data == sent.data and hashlib.sha256(data).hexdigest() == a["sha256"]
     assert sorted(f.name for f in folder.iterdir()) == sorted([*files, f"{key}.json", f"{key}.edxml"])  # no .part
     with Adapter(p.settings, PC, transport=p.transport) as pc:  # 'docbus inbox save' names files the same way
         saved = pc.save_attachments(msg.document_id, tmp_path / "saved")
-    assert [f.name for f in saved] == [f.removeprefix(f"{key}-") for f in files]
+    assert [f.name for f in saved] == [*(f.removeprefix(f"{key}-") for f in files[:4]), "ban-goc.EDXML"]
     assert [f.read_bytes() for f in saved] == [a.data for a in attachments]
 
 
