@@ -251,8 +251,9 @@ def main(verbose: bool) -> None:
     Try it all:  docbus demo
 
     Environment: DOCBUS_AMQP_URL, DOCBUS_DB_URL, DOCBUS_HOME (default ./var).
-    Exit codes: 0 ok, 1 refused or not verified, 2 usage, 3 not set up or not found,
-    4 broker unreachable, 5 check failed (or the agency's system did not take a message).
+    Exit codes: 0 ok, 1 refused or not verified, 2 usage, 3 not set up, not found or a
+    database that cannot be read, 4 broker unreachable, 5 check failed (or the agency's
+    system did not take a message).
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -1312,7 +1313,7 @@ def dead_purge(letter_id: int, yes: bool) -> None:
 
 @main.group()
 def archive() -> None:
-    """The central archive: search, show, export, verify, prune."""
+    """The central archive: search, show, export, verify, backup, prune."""
 
 
 RELATIVE_DAYS = {"today": 0, "hôm nay": 0, "yesterday": 1, "hôm qua": 1}
