@@ -984,10 +984,17 @@ class Adapter:
         own signature) that carries the original's files and, as ``ban-goc.edxml``, the original
         envelope exactly as it arrived: a recipient can check the issuing agency's own signature
         and the data centre's seal on it with ``docbus verify``, not only take this agency's
-        word.  Only a document that verified on arrival, and still does as of then, is copied.
+        word.  Only a document that verified on arrival, and still does as of then, is copied;
+        an updated one (cập nhật) as its latest version; a revoked one (thu hồi) is refused.
         ``files``: more files of this agency's own (a cover letter) go first.
         """
         original, raw = self._received(document_id)
+        if original.business.doc_type == REVOKE:  # the newest word on it is its sender's thu hồi
+            raise Refused(
+                f"{document_id} was revoked (thu hồi) by {original.sender.organ_id}: a revoked document is not "
+                "distributed (one distributed before is revoked with 'docbus send --revoke COPY_ID')",
+                reason="revoked",
+            )
         inline = self.settings.limits.inline_attachment_bytes
         names = attachment_files(["ban-goc.edxml", *(a.name for a in original.attachments)])
         copied: list[Attachment] = []

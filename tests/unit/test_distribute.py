@@ -10,7 +10,7 @@ import pytest
 from adapters import Adapter
 from bus.archive import Message
 from bus.envelope import open_envelope
-from bus.errors import NotFound
+from bus.errors import NotFound, Refused
 from bus.router import Router, load_trust
 
 PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
@@ -84,3 +84,22 @@ def test_an_original_envelope_over_the_inline_limit_goes_by_reference(small_inli
         original = fin.document(copy.document_id).attachments[-1]
     assert original.name == "ban-goc.edxml" and original.external is not None
     assert original.path is not None and original.path.read_bytes() == stored
+
+
+def test_a_revoked_document_is_not_distributed(memory_province, tmp_path) -> None:
+    p = memory_province
+    scan = tmp_path / "cv.pdf"
+    scan.write_bytes(b"%PDF-1.4 cv")
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        sent = dept.send([PC], subject="Công văn", number="7", notation="SNV", files=[scan])
+        route(p)
+        with Adapter(p.settings, PC, transport=p.transport) as pc:
+            pc.receive()
+            pc.send_copy(sent.document_id, [FIN], number="8", notation="SL")  # before: copied
+        dept.send([PC], subject="Thu hồi", number="7", notation="SNV", business_doc_type=1, about=sent.document_id)
+    route(p)
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        pc.receive()
+        with pytest.raises(Refused, match=f"was revoked \\(thu hồi\\) by {DEPT}") as refused:
+            pc.send_copy(sent.document_id, [FIN], number="9", notation="SL")
+    assert refused.value.reason == "revoked"
