@@ -1569,6 +1569,8 @@ def archive_backup(folder: Path, as_json: bool) -> None:
         click.echo(f"large files: {result.files}, {result.file_bytes / 2**20:.1f} MiB -> {folder / 'files'}")
         for sha in result.altered_files:
             click.echo(f"ALTERED, not copied: large file {sha} (its bytes no longer match its digest)")
+        for path in result.skipped:
+            click.echo(f"skipped {path}: not a stored file (an interrupted write leaves such temporaries)")
         click.echo(f"done in {result.seconds:.1f} s; {folder / 'backup.json'} says what was copied")
     if not result.ok:
         sys.exit(EXIT_FAILED)

@@ -28,6 +28,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -43,6 +44,7 @@ from bus.errors import ConfigError, one_line
 # (stage, done, total): the CLI draws a bar per stage ("archive" in bytes, "files" in bytes)
 Progress = Callable[[str, int, int], None]
 MANIFEST = "backup.json"
+_STORED_NAME = re.compile(r"[0-9a-f]{64}")  # a large file is kept under its SHA-256
 
 
 @dataclass
@@ -58,6 +60,7 @@ class BackupResult:
     files: int = 0
     file_bytes: int = 0
     altered_files: list[str] = field(default_factory=list)  # sha256 names whose bytes no longer match
+    skipped: list[str] = field(default_factory=list)  # not a stored file (a crashed write's temporary)
     seconds: float = 0.0
     docbus_version: str = __version__
 
@@ -144,7 +147,9 @@ def _copy_sqlite(source: Path, target: Path, result: BackupResult, progress: Pro
 
 def _copy_files(source: Path, target: Path, result: BackupResult, progress: Progress) -> None:
     """Copy each large file under its name, re-hashed on the way; an altered one is listed instead."""
-    names = sorted(p for p in source.glob("*/*") if p.is_file()) if source.is_dir() else []
+    found = sorted(p for p in source.glob("*/*") if p.is_file()) if source.is_dir() else []
+    names = [p for p in found if _STORED_NAME.fullmatch(p.name)]
+    result.skipped = [str(p) for p in found if not _STORED_NAME.fullmatch(p.name)]
     total = sum(p.stat().st_size for p in names)
     done = 0
     for path in names:

@@ -116,10 +116,13 @@ def test_an_altered_large_file_is_named_and_not_copied(small_inline, tmp_path) -
     digest = send_documents(p, tmp_path)
     stored = ChunkStore(p.settings.home / "blobs").file(digest)
     alter_first_byte(stored)
+    leftover = stored.with_name(f".{digest}.4242.tmp")  # what a write cut short leaves
+    leftover.write_bytes(b"half a file")
 
     result = CliRunner().invoke(main, ["archive", "backup", str(tmp_path / "copy")], env=env_for(p))
     assert result.exit_code == EXIT_FAILED, result.output
     assert f"ALTERED, not copied: large file {digest}" in result.output
+    assert f"skipped {leftover}: not a stored file" in result.output
     assert not (tmp_path / "copy" / "files" / digest[:2] / digest).exists()
     assert (tmp_path / "copy" / "archive.db").exists()  # the rest is still copied
 
