@@ -996,7 +996,10 @@ class Adapter:
                 reason="revoked",
             )
         inline = self.settings.limits.inline_attachment_bytes
-        names = attachment_files(["ban-goc.edxml", *(a.name for a in original.attachments)])
+        own_files = list(files)
+        own = [f.name if isinstance(f, Attachment) else Path(f).name for f in own_files]
+        # the original's names made safe and apart from this agency's own files (one name, one content id)
+        names = attachment_files([*own, "ban-goc.edxml", *(a.name for a in original.attachments)])[len(own) :]
         copied: list[Attachment] = []
         for a, name in zip(original.attachments, names[1:], strict=True):
             cid = f"cid:{sha256(name.encode())[:12]}"
@@ -1014,7 +1017,7 @@ class Adapter:
             subject=subject or f"Sao lục: {original.subject}",
             number=number,
             notation=notation,
-            files=[*files, *copied, envelope],
+            files=[*own_files, *copied, envelope],
             type_name=original.type_name or "Công văn",
             priority=original.priority if priority is None else priority,
             content=f"Sao lục {original.type_name or 'văn bản'} số {number_of} ngày {original.promulgation_date}"

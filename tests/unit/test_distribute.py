@@ -103,3 +103,27 @@ def test_a_revoked_document_is_not_distributed(memory_province, tmp_path) -> Non
         with pytest.raises(Refused, match=f"was revoked \\(thu hồi\\) by {DEPT}") as refused:
             pc.send_copy(sent.document_id, [FIN], number="9", notation="SL")
     assert refused.value.reason == "revoked"
+
+
+def test_a_cover_letter_named_as_an_original_file_keeps_both_apart(memory_province, tmp_path) -> None:
+    p = memory_province
+    scan = tmp_path / "van-ban.pdf"
+    scan.write_bytes(b"%PDF-1.4 original")
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        sent = dept.send([PC], subject="Công văn", number="5", notation="SNV", files=[scan])
+    route(p)
+    cover = tmp_path / "cover" / "van-ban.pdf"
+    cover.parent.mkdir()
+    cover.write_bytes(b"%PDF-1.4 cover")
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        pc.receive()
+        copy = pc.send_copy(sent.document_id, [FIN], number="12", notation="SL", files=[cover])
+    route(p)
+    with Adapter(p.settings, FIN, transport=p.transport) as fin:
+        fin.receive()
+        attachments = fin.document(copy.document_id).attachments
+    assert [(a.name, a.data[:14]) for a in attachments[:2]] == [
+        ("van-ban.pdf", b"%PDF-1.4 cover"),
+        ("van-ban-2.pdf", b"%PDF-1.4 origi"),
+    ]
+    assert len({a.content_id for a in attachments}) == len(attachments)
