@@ -1313,7 +1313,7 @@ def dead_purge(letter_id: int, yes: bool) -> None:
 
 @main.group()
 def archive() -> None:
-    """The central archive: search, show, export, verify, backup, prune."""
+    """The central archive: search, show, export, verify, backup, restore, prune."""
 
 
 RELATIVE_DAYS = {"today": 0, "hôm nay": 0, "yesterday": 1, "hôm qua": 1}
@@ -1554,7 +1554,7 @@ def archive_backup(folder: Path, as_json: bool) -> None:
 
     s = settings()
     with StageBars() as bars:
-        result = backup_archive(s, folder, progress=lambda stage, done, total: bars(_BACKUP_STAGES[stage], done, total))
+        result = backup_archive(s, folder, progress=_copy_bars(bars))
     if as_json:
         emit_json(asdict(result) | {"ok": result.ok})
     else:
@@ -1576,7 +1576,83 @@ def archive_backup(folder: Path, as_json: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
-_BACKUP_STAGES = {"archive": "copying the archive (bytes)", "files": "copying large files (bytes)"}
+def _copy_bars(bars: StageBars) -> Callable[[str, int, int], None]:
+    """Progress of a backup or a restore: a bar for the archive, then one for the large files."""
+    labels = {"archive": "copying the archive (bytes)", "files": "copying large files (bytes)"}
+    return lambda stage, done, total: bars(labels[stage], done, total)
+
+
+@archive.command("restore")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--no-signatures", is_flag=True, help="Check the restored chain and bytes only (faster).")
+@json_option()
+@guarded
+def archive_restore(folder: Path, yes: bool, no_signatures: bool, as_json: bool) -> None:
+    """Put the backup in FOLDER in place of the SQLite archive, then verify it; routers stopped.
+
+    Refused while a router consumes the bus.  Nothing is deleted: the archive that was there
+    moves to $DOCBUS_HOME/archive-replaced-<time>/.  The backup's large files the data centre
+    lacks are copied in, re-hashed.  Then the whole chain is verified (as 'docbus archive
+    verify') and must end at the chain head backup.json names.  What was archived after the
+    backup is not in the restored archive; an agency added or a certificate rotated since
+    needs 'docbus agency add' again (docs/DEPLOY.md, "Backups").  Exit 5 if a check fails.
+    """
+    from dataclasses import asdict, replace
+
+    from bus.audit import verify_archive
+    from bus.backup import restore_archive, routers_running
+    from bus.blobs import ChunkStore
+    from bus.router import load_trust
+
+    s = settings()
+    running = routers_running(s)
+    if running:
+        raise ConfigError(
+            f"{running} router(s) consume {s.namespace}.router: stop them first "
+            "(systemctl stop 'docbus-router@*'), restore, then start them again"
+        )
+    if running is None:
+        click.echo("the broker's management API cannot say whether routers run: make sure none does", err=True)
+    if not yes and not click.confirm(
+        f"Replace the archive in {s.home} with the backup in {folder}? The current one is kept aside.", err=True
+    ):
+        click.echo("nothing restored")
+        sys.exit(EXIT_FAILED)
+    with StageBars() as bars:
+        result = restore_archive(s, folder, progress=_copy_bars(bars))
+    open_archive(s)  # brings a backup made by an older version to this one's schema
+    trust = replace(load_trust(s), revoked_serials=frozenset())  # as the certificates were at arrival
+    with click.progressbar(length=result.chain_entries, label="verifying", file=sys.stderr, show_pos=True) as bar:
+        audit = verify_archive(
+            trust, signatures=not no_signatures, progress=bar.update, files=ChunkStore(s.home / "blobs")
+        )
+    problem = audit.first_problem
+    ok = result.ok and audit.ok
+    if as_json:
+        emit_json(
+            asdict(result)
+            | {"verified_entries": audit.entries, "first_problem": problem.__dict__ if problem else None, "ok": ok}
+        )
+    else:
+        if result.replaced_into:
+            click.echo(f"the archive that was there: {result.replaced_into}")
+        click.echo(
+            f"restored the backup of {result.backup_created_at or '(no backup.json)'} UTC: {result.messages} messages, "
+            f"{result.chain_entries} chain entries; large files copied {result.files_copied}, "
+            f"already here {result.files_present}"
+        )
+        for sha in result.altered_files:
+            click.echo(f"ALTERED, not copied: large file {sha} in the backup (its bytes no longer match its digest)")
+        if result.expected_head and result.chain_head != result.expected_head:
+            click.echo(f"CHAIN HEAD {result.chain_head} is not the one backup.json names ({result.expected_head})")
+        if problem is not None:
+            click.echo(f"ALTERED at chain entry {problem.seq} (message #{problem.message_id}): {problem.problem}")
+        else:
+            click.echo(f"archive intact: {audit.entries} entries on the chain, {audit.signatures} signatures checked")
+        click.echo("start the routers again; what was archived after the backup is not in this archive")
+    if not ok:
+        sys.exit(EXIT_FAILED)
 
 
 @archive.command("prune")

@@ -151,25 +151,142 @@ def _copy_files(source: Path, target: Path, result: BackupResult, progress: Prog
     names = [p for p in found if _STORED_NAME.fullmatch(p.name)]
     result.skipped = [str(p) for p in found if not _STORED_NAME.fullmatch(p.name)]
     total = sum(p.stat().st_size for p in names)
-    done = 0
+    counter = _Counter("files", total, progress)
     for path in names:
         out = target / path.parent.name / path.name
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(out.name + ".partial")
-        h = hashlib.sha256()
-        with path.open("rb") as src, partial.open("wb") as dst:
-            while block := src.read(READ_BYTES):
-                h.update(block)
-                dst.write(block)
-                done += len(block)
-                progress("files", done, total)
-            dst.flush()
-            os.fsync(dst.fileno())
-        if h.hexdigest() != path.name:
-            partial.unlink()
+        if _copy_checked(path, out, counter):
+            result.files += 1
+            result.file_bytes += out.stat().st_size
+        else:
             result.altered_files.append(path.name)
-            continue
-        partial.rename(out)
-        result.files += 1
-        result.file_bytes += out.stat().st_size
     progress("files", total, total)
+
+
+class _Counter:
+    """Bytes copied so far in one stage, passed on to ``progress`` as they go."""
+
+    def __init__(self, stage: str, total: int, progress: Progress) -> None:
+        self.stage, self.total, self.progress, self.done = stage, total, progress, 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        self.progress(self.stage, self.done, self.total)
+
+
+def _copy_checked(path: Path, out: Path, copied: Callable[[int], None]) -> bool:
+    """Copy a stored large file to ``out`` (fsynced, under a temporary name until whole) if its
+    bytes still make the digest it is named by; False, and nothing at ``out``, if they do not."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.copy.tmp")
+    h = hashlib.sha256()
+    with path.open("rb") as src, partial.open("wb") as dst:
+        while block := src.read(READ_BYTES):
+            h.update(block)
+            dst.write(block)
+            copied(len(block))
+        dst.flush()
+        os.fsync(dst.fileno())
+    if h.hexdigest() != path.name:
+        partial.unlink()
+        return False
+    partial.rename(out)
+    return True
+
+
+@dataclass
+class RestoreResult:
+    folder: str
+    backup_created_at: str  # from backup.json ('' if the folder has none)
+    replaced_into: str  # where the archive that was there now is ('' if there was none)
+    messages: int = 0
+    chain_entries: int = 0
+    chain_head: str = ""
+    expected_head: str = ""  # backup.json's
+    files_copied: int = 0
+    files_present: int = 0
+    altered_files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.altered_files and (not self.expected_head or self.chain_head == self.expected_head)
+
+
+def routers_running(settings: Settings) -> int | None:
+    """Routers consuming this bus's queue now, from the management API; None if it cannot say."""
+    from bus.brokeradmin import BrokerAdmin
+    from bus.health import queue_states
+    from bus.topology import Names
+
+    names = Names(settings.namespace)
+    admin = BrokerAdmin(settings.amqp_url, settings.mgmt_url or None)
+    if not admin.available():
+        return None
+    state = queue_states(admin, settings.amqp_url, names).get(names.router_queue)
+    return state.consumers if state is not None else 0
+
+
+def restore_archive(settings: Settings, folder: Path, progress: Progress = _quiet) -> RestoreResult:
+    """Put the backup in ``folder`` in place of the SQLite archive; the routers must be stopped.
+
+    Nothing is deleted: the archive that was there (``archive.db`` and its ``-wal`` and
+    ``-shm``) is moved into ``$DOCBUS_HOME/archive-replaced-<UTC time>/`` first.  The backup's
+    large files that are not in ``$DOCBUS_HOME/blobs/files`` are copied in, re-hashed; those
+    already there are left as they are.  The caller checks the restored archive
+    (``docbus archive verify``) before the routers start again."""
+    url = settings.archive_url
+    if not url.startswith("sqlite:///"):
+        raise ConfigError(
+            f"the archive is {redact(url)}: restore a PostgreSQL database with pg_restore, then copy "
+            f"{folder / 'files'} into {settings.home / 'blobs' / 'files'}"
+        )
+    source = folder / "archive.db"
+    if not source.is_file():
+        raise ConfigError(f"no archive.db in {folder}: not a folder 'docbus archive backup' wrote")
+    manifest = folder / MANIFEST
+    meta = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    target = Path(url[len("sqlite:///") :])
+    result = RestoreResult(
+        folder=str(folder),
+        backup_created_at=str(meta.get("created_at", "")),
+        replaced_into="",
+        expected_head=str(meta.get("chain_head", "")),
+    )
+    present = [target.with_name(target.name + suffix) for suffix in ("", "-wal", "-shm")]
+    if any(p.exists() for p in present):
+        aside = target.parent / f"archive-replaced-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(parents=True)
+        for p in present:
+            if p.exists():
+                p.rename(aside / p.name)
+        result.replaced_into = str(aside)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    counter = _Counter("archive", source.stat().st_size, progress)
+    with source.open("rb") as src, partial.open("wb") as dst:
+        while block := src.read(READ_BYTES):
+            dst.write(block)
+            counter(len(block))
+        dst.flush()
+        os.fsync(dst.fileno())
+    partial.rename(target)
+    with contextlib.closing(sqlite3.connect(target)) as db:
+        result.messages = db.execute("SELECT count(*) FROM message").fetchone()[0]
+        head = db.execute("SELECT seq, entry_hash FROM chain_head").fetchone()
+        if head is not None:
+            result.chain_entries, result.chain_head = head
+    _restore_files(folder / "files", settings.home / "blobs" / "files", result, progress)
+    return result
+
+
+def _restore_files(source: Path, target: Path, result: RestoreResult, progress: Progress) -> None:
+    """The backup's large files that the data centre lacks, each re-hashed on the way in."""
+    found = sorted(p for p in source.glob("*/*") if p.is_file() and _STORED_NAME.fullmatch(p.name))
+    missing = [p for p in found if not (target / p.parent.name / p.name).is_file()]
+    result.files_present = len(found) - len(missing)
+    counter = _Counter("files", sum(p.stat().st_size for p in missing), progress)
+    for path in missing:
+        out = target / path.parent.name / path.name
+        if _copy_checked(path, out, counter):
+            result.files_copied += 1
+        else:
+            result.altered_files.append(path.name)

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -148,3 +149,59 @@ def test_a_postgresql_archive_leaves_the_database_to_pg_dump(pg_database, tmp_pa
         p.archive.close()
     assert not result.database_copied and not (tmp_path / "copy" / "archive.db").exists()
     assert result.archive_url.startswith("postgresql://")
+
+
+def restore(p, folder, *extra: str):
+    return CliRunner().invoke(main, ["archive", "restore", str(folder), "--yes", *extra], env=env_for(p))
+
+
+def test_restore_puts_the_backup_in_place_keeps_the_newer_archive_aside_and_verifies(small_inline, tmp_path) -> None:
+    p = small_inline
+    digest = send_documents(p, tmp_path)
+    backup = tmp_path / "sao-luu"
+    assert CliRunner().invoke(main, ["archive", "backup", str(backup)], env=env_for(p)).exit_code == 0
+    at_backup = Message.select().count()
+    router = router_of(p)
+    router.process_batch(submissions([signed_edoc(p.settings, DEPT, [PC], number="after")]))
+    assert Message.select().count() == at_backup + 1
+    ChunkStore(p.settings.home / "blobs").file(digest).unlink()  # the large file lost with the disk
+
+    result = restore(p, backup, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["ok"], report["messages"], report["verified_entries"]) == (True, at_backup, report["chain_entries"])
+    assert report["chain_head"] == report["expected_head"] and report["files_copied"] == 1
+    assert Message.select().count() == at_backup  # the restored archive is the one in use
+    aside = Path(report["replaced_into"])
+    with sqlite3.connect(aside / "archive.db") as kept:  # nothing deleted: the newer one kept aside
+        assert kept.execute("SELECT count(*) FROM message").fetchone()[0] == at_backup + 1
+    assert ChunkStore(p.settings.home / "blobs").has(digest)
+
+
+def test_restore_replaces_a_damaged_archive(memory_province, tmp_path) -> None:
+    p = memory_province
+    assert CliRunner().invoke(main, ["archive", "backup", str(tmp_path / "b")], env=env_for(p)).exit_code == 0
+    p.archive.close()
+    home_db = p.settings.home / "archive.db"
+    for f in p.settings.home.glob("archive.db-*"):
+        f.unlink()
+    home_db.write_bytes(b"not a database any more")
+    assert CliRunner().invoke(main, ["agency", "list"], env=env_for(p)).exit_code == EXIT_CONFIG
+    result = restore(p, tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    assert "archive intact" in result.output and "the archive that was there: " in result.output
+    listed = CliRunner().invoke(main, ["agency", "list", "--json"], env=env_for(p))
+    assert {a["organ_id"] for a in json.loads(listed.output)} == {PC, DEPT, "000.00.02.H61"}
+
+
+def test_restore_refuses_what_is_not_a_backup_and_a_chain_that_ends_elsewhere(memory_province, tmp_path) -> None:
+    p = memory_province
+    (tmp_path / "empty").mkdir()
+    refused = restore(p, tmp_path / "empty")
+    assert refused.exit_code == EXIT_CONFIG and "no archive.db in" in refused.output
+    backup = tmp_path / "b"
+    assert CliRunner().invoke(main, ["archive", "backup", str(backup)], env=env_for(p)).exit_code == 0
+    manifest = json.loads((backup / "backup.json").read_text(encoding="utf-8"))
+    (backup / "backup.json").write_text(json.dumps(manifest | {"chain_head": "f" * 64}), encoding="utf-8")
+    mismatch = restore(p, backup)
+    assert mismatch.exit_code == EXIT_FAILED and f"is not the one backup.json names ({'f' * 64})" in mismatch.output
