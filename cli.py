@@ -70,6 +70,17 @@ def json_option(what: str = "") -> Callable[[Callable[..., Any]], Callable[..., 
     return click.option("--json", "as_json", is_flag=True, help=text)
 
 
+def recipients_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--to``: whom a document goes to, as 'docbus send' and 'docbus distribute' take it."""
+    return click.option(
+        "--to",
+        "recipients",
+        required=True,
+        callback=some_codes,
+        help="Recipient OrganIds, comma-separated, or @FILE: a distribution list, one OrganId a line (# comments).",
+    )
+
+
 def listing_options(noun: str, fetched: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--last``, ``--all``, ``--json`` and ``--no-fetch``, as the agency's listings (inbox,
     sent) take them: the newest 50 for people, everything for machines."""
@@ -550,13 +561,7 @@ def _adapter(s: Settings, code: str, *, one_shot: bool = True):
 
 @main.command()
 @click.option("--from", "sender", required=True, help="OrganId of the sending agency.")
-@click.option(
-    "--to",
-    "recipients",
-    required=True,
-    callback=some_codes,
-    help="Recipient OrganIds, comma-separated, or @FILE: a distribution list, one OrganId a line (# comments).",
-)
+@recipients_option()
 @click.option("--subject", required=True, callback=not_blank, help="Trích yếu: what the document is about.")
 @click.option("--number", required=True, callback=not_blank, help="Số: the document number.")
 @click.option("--notation", required=True, help="Ký hiệu: e.g. UBND-VP (may be empty).")
@@ -638,13 +643,7 @@ def send(
 
 @main.command()
 @click.option("--from", "sender", required=True, help="OrganId of the agency that received the document.")
-@click.option(
-    "--to",
-    "recipients",
-    required=True,
-    callback=some_codes,
-    help="Recipient OrganIds, comma-separated, or @FILE: a distribution list, one OrganId a line (# comments).",
-)
+@recipients_option()
 @click.option("--number", required=True, callback=not_blank, help="Số of the copy, this agency's own (e.g. 12).")
 @click.option("--notation", required=True, help="Ký hiệu of the copy, e.g. SL-UBND.")
 @click.option("--subject", callback=not_blank, help="Trích yếu of the copy.  [default: Sao lục: <the original's>]")

@@ -167,29 +167,19 @@ class Pickup:
         return self._finish(header, job, result)
 
     def _send(self, header: Path, job: Job, adapter: Adapter) -> Outcome:
+        what: dict[str, Any] = dict(subject=job.subject, number=job.number, notation=job.notation, files=job.files)
         try:
-            if job.copy_of:
-                sent = adapter.send_copy(
-                    job.copy_of,
-                    list(job.to),
-                    number=job.number,
-                    notation=job.notation,
-                    subject=job.subject,
-                    priority=job.priority,
-                    files=job.files,
-                )
+            if job.copy_of:  # sao lục: type, content and the original's files come from the original
+                sent = adapter.send_copy(job.copy_of, list(job.to), priority=job.priority, **what)
             else:
                 sent = adapter.send(
                     list(job.to),
-                    subject=job.subject,
-                    number=job.number,
-                    notation=job.notation,
-                    files=job.files,
                     type_name=job.type_name,
                     priority=job.priority or 0,
                     content=job.content,
                     paper_only=job.paper_only,
                     zipped=job.zipped,
+                    **what,
                 )
         except (Refused, NotFound) as exc:
             return self._refuse(header, exc, job)

@@ -20,6 +20,18 @@ def route(p) -> None:
     Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub).run()
 
 
+def received_by_pc(p, tmp_path, name: str, number: str):
+    """The department sends the People's Committee a one-file công văn, which it takes in."""
+    scan = tmp_path / name
+    scan.write_bytes(f"%PDF-1.4 {name}".encode())
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        sent = dept.send([PC], subject="Công văn", number=number, notation="SNV", files=[scan])
+    route(p)
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        pc.receive()
+    return sent
+
+
 def test_a_copy_carries_the_files_and_the_signed_original(small_inline, tmp_path) -> None:
     p = small_inline  # files over 64 KiB travel in chunks: the original has one of each kind
     scan, plan = tmp_path / "quyet-dinh.pdf", tmp_path / "ban-do.tif"
@@ -88,14 +100,10 @@ def test_an_original_envelope_over_the_inline_limit_goes_by_reference(small_inli
 
 def test_a_revoked_document_is_not_distributed(memory_province, tmp_path) -> None:
     p = memory_province
-    scan = tmp_path / "cv.pdf"
-    scan.write_bytes(b"%PDF-1.4 cv")
+    sent = received_by_pc(p, tmp_path, "cv.pdf", "7")
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        pc.send_copy(sent.document_id, [FIN], number="8", notation="SL")  # before: copied
     with Adapter(p.settings, DEPT, transport=p.transport) as dept:
-        sent = dept.send([PC], subject="Công văn", number="7", notation="SNV", files=[scan])
-        route(p)
-        with Adapter(p.settings, PC, transport=p.transport) as pc:
-            pc.receive()
-            pc.send_copy(sent.document_id, [FIN], number="8", notation="SL")  # before: copied
         dept.send([PC], subject="Thu hồi", number="7", notation="SNV", business_doc_type=1, about=sent.document_id)
     route(p)
     with Adapter(p.settings, PC, transport=p.transport) as pc:
@@ -107,16 +115,11 @@ def test_a_revoked_document_is_not_distributed(memory_province, tmp_path) -> Non
 
 def test_a_cover_letter_named_as_an_original_file_keeps_both_apart(memory_province, tmp_path) -> None:
     p = memory_province
-    scan = tmp_path / "van-ban.pdf"
-    scan.write_bytes(b"%PDF-1.4 original")
-    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
-        sent = dept.send([PC], subject="Công văn", number="5", notation="SNV", files=[scan])
-    route(p)
+    sent = received_by_pc(p, tmp_path, "van-ban.pdf", "5")
     cover = tmp_path / "cover" / "van-ban.pdf"
     cover.parent.mkdir()
     cover.write_bytes(b"%PDF-1.4 cover")
     with Adapter(p.settings, PC, transport=p.transport) as pc:
-        pc.receive()
         copy = pc.send_copy(sent.document_id, [FIN], number="12", notation="SL", files=[cover])
     route(p)
     with Adapter(p.settings, FIN, transport=p.transport) as fin:
@@ -124,6 +127,6 @@ def test_a_cover_letter_named_as_an_original_file_keeps_both_apart(memory_provin
         attachments = fin.document(copy.document_id).attachments
     assert [(a.name, a.data[:14]) for a in attachments[:2]] == [
         ("van-ban.pdf", b"%PDF-1.4 cover"),
-        ("van-ban-2.pdf", b"%PDF-1.4 origi"),
+        ("van-ban-2.pdf", b"%PDF-1.4 van-b"),
     ]
     assert len({a.content_id for a in attachments}) == len(attachments)
