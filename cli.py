@@ -1585,9 +1585,15 @@ def _copy_bars(bars: StageBars) -> Callable[[str, int, int], None]:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--no-signatures", is_flag=True, help="Check the restored chain and bytes only (faster).")
+@click.option(
+    "--head",
+    metavar="SHA256",
+    default="",
+    help="The chain head the backup printed, as kept outside its folder (default: its backup.json's).",
+)
 @json_option()
 @guarded
-def archive_restore(folder: Path, yes: bool, no_signatures: bool, as_json: bool) -> None:
+def archive_restore(folder: Path, yes: bool, no_signatures: bool, head: str, as_json: bool) -> None:
     """Put the backup in FOLDER in place of the SQLite archive, then verify it; routers stopped.
 
     Refused while a router consumes the bus.  Nothing is deleted: the archive that was there
@@ -1619,7 +1625,7 @@ def archive_restore(folder: Path, yes: bool, no_signatures: bool, as_json: bool)
         click.echo("nothing restored")
         sys.exit(EXIT_FAILED)
     with StageBars() as bars:
-        result = restore_archive(s, folder, progress=_copy_bars(bars))
+        result = restore_archive(s, folder, progress=_copy_bars(bars), expected_head=head.strip().lower())
     open_archive(s)  # brings a backup made by an older version to this one's schema
     trust = replace(load_trust(s), revoked_serials=frozenset())  # as the certificates were at arrival
     with click.progressbar(length=result.chain_entries, label="verifying", file=sys.stderr, show_pos=True) as bar:
@@ -1644,7 +1650,8 @@ def archive_restore(folder: Path, yes: bool, no_signatures: bool, as_json: bool)
         for sha in result.altered_files:
             click.echo(f"ALTERED, not copied: large file {sha} in the backup (its bytes no longer match its digest)")
         if result.expected_head and result.chain_head != result.expected_head:
-            click.echo(f"CHAIN HEAD {result.chain_head} is not the one backup.json names ({result.expected_head})")
+            named = "given" if head else "backup.json names"
+            click.echo(f"CHAIN HEAD {result.chain_head} is not the one {named} ({result.expected_head})")
         if problem is not None:
             click.echo(f"ALTERED at chain entry {problem.seq} (message #{problem.message_id}): {problem.problem}")
         else:

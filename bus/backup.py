@@ -225,14 +225,18 @@ def routers_running(settings: Settings) -> int | None:
     return state.consumers if state is not None else 0
 
 
-def restore_archive(settings: Settings, folder: Path, progress: Progress = _quiet) -> RestoreResult:
+def restore_archive(
+    settings: Settings, folder: Path, progress: Progress = _quiet, *, expected_head: str = ""
+) -> RestoreResult:
     """Put the backup in ``folder`` in place of the SQLite archive; the routers must be stopped.
 
     Nothing is deleted: the archive that was there (``archive.db`` and its ``-wal`` and
     ``-shm``) is moved into ``$DOCBUS_HOME/archive-replaced-<UTC time>/`` first.  The backup's
     large files that are not in ``$DOCBUS_HOME/blobs/files`` are copied in, re-hashed; those
     already there are left as they are.  The caller checks the restored archive
-    (``docbus archive verify``) before the routers start again."""
+    (``docbus archive verify``) before the routers start again.  ``expected_head``: the chain
+    head as recorded outside the backup folder (the backup's journal line); by default the one
+    in its ``backup.json``, which whoever can rewrite the folder can rewrite too."""
     url = settings.archive_url
     if not url.startswith("sqlite:///"):
         raise ConfigError(
@@ -249,11 +253,15 @@ def restore_archive(settings: Settings, folder: Path, progress: Progress = _quie
         folder=str(folder),
         backup_created_at=str(meta.get("created_at", "")),
         replaced_into="",
-        expected_head=str(meta.get("chain_head", "")),
+        expected_head=expected_head or str(meta.get("chain_head", "")),
     )
     present = [target.with_name(target.name + suffix) for suffix in ("", "-wal", "-shm")]
     if any(p.exists() for p in present):
-        aside = target.parent / f"archive-replaced-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}"
+        stamp = f"archive-replaced-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}"
+        aside, n = target.parent / stamp, 1
+        while aside.exists():  # a second restore within the same second
+            n += 1
+            aside = target.parent / f"{stamp}-{n}"
         aside.mkdir(parents=True)
         for p in present:
             if p.exists():
