@@ -199,9 +199,11 @@ def test_restore_refuses_what_is_not_a_backup_and_a_chain_that_ends_elsewhere(me
     (tmp_path / "empty").mkdir()
     refused = restore(p, tmp_path / "empty")
     assert refused.exit_code == EXIT_CONFIG and "no archive.db in" in refused.output
+    router_of(p).process_batch(submissions([signed_edoc(p.settings, DEPT, [PC])]))  # a chain to end somewhere
     backup = tmp_path / "b"
     assert CliRunner().invoke(main, ["archive", "backup", str(backup)], env=env_for(p)).exit_code == 0
     manifest = json.loads((backup / "backup.json").read_text(encoding="utf-8"))
+    assert len(manifest["chain_head"]) == 64
     (backup / "backup.json").write_text(json.dumps(manifest | {"chain_head": "f" * 64}), encoding="utf-8")
     mismatch = restore(p, backup)
     assert mismatch.exit_code == EXIT_FAILED and f"is not the one backup.json names ({'f' * 64})" in mismatch.output
