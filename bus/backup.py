@@ -104,9 +104,11 @@ def _copy_sqlite(source: Path, target: Path, result: BackupResult, progress: Pro
     backup whenever another connection writes: under a steady stream it might never end.)
     The bar follows the copy's size from this thread while the backup runs in another."""
     partial = target.with_name(target.name + ".partial")
-    with sqlite3.connect(source) as probe:
-        page_size = probe.execute("PRAGMA page_size").fetchone()[0]
-        total = probe.execute("PRAGMA page_count").fetchone()[0] * page_size
+    try:
+        with contextlib.closing(sqlite3.connect(source)) as probe:
+            total = probe.execute("PRAGMA page_count").fetchone()[0] * probe.execute("PRAGMA page_size").fetchone()[0]
+    except sqlite3.DatabaseError as exc:  # a damaged archive: its last backup is what restores it
+        raise ConfigError(f"cannot read the archive database {source}: {one_line(exc)}") from exc
     failure: list[BaseException] = []
 
     def run() -> None:

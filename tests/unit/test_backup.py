@@ -211,3 +211,15 @@ def test_restore_refuses_what_is_not_a_backup_and_a_chain_that_ends_elsewhere(me
     assert kept.exit_code == 0, kept.output
     other = restore(p, backup, "--head", "e" * 64)
     assert other.exit_code == EXIT_FAILED and f"is not the one given ({'e' * 64})" in other.output
+
+
+def test_a_damaged_archive_is_not_backed_up(memory_province, tmp_path) -> None:
+    p = memory_province
+    p.archive.close()
+    for f in p.settings.home.glob("archive.db-*"):
+        f.unlink()
+    (p.settings.home / "archive.db").write_bytes(b"not a database any more" * 100)
+    result = CliRunner().invoke(main, ["archive", "backup", str(tmp_path / "b")], env=env_for(p))
+    assert result.exit_code == EXIT_CONFIG
+    assert "cannot read the archive database" in result.output and "file is not a database" in result.output
+    assert not (tmp_path / "b" / "archive.db").exists()
