@@ -249,7 +249,12 @@ def restore_archive(
     if not source.is_file():
         raise ConfigError(f"no archive.db in {folder}: not a folder 'docbus archive backup' wrote")
     manifest = folder / MANIFEST
-    meta = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    try:
+        meta = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{manifest} is not the JSON 'docbus archive backup' writes: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{manifest} is not the JSON 'docbus archive backup' writes")
     target = Path(url[len("sqlite:///") :])
     result = RestoreResult(
         folder=str(folder),

@@ -207,6 +207,10 @@ def test_restore_refuses_what_is_not_a_backup_and_a_chain_that_ends_elsewhere(me
     (backup / "backup.json").write_text(json.dumps(manifest | {"chain_head": "f" * 64}), encoding="utf-8")
     mismatch = restore(p, backup)
     assert mismatch.exit_code == EXIT_FAILED and f"is not the one backup.json names ({'f' * 64})" in mismatch.output
+    (backup / "backup.json").write_text("{ half written", encoding="utf-8")
+    unreadable = restore(p, backup)
+    assert unreadable.exit_code == EXIT_CONFIG and "backup.json is not the JSON" in unreadable.output
+    (backup / "backup.json").write_text(json.dumps(manifest | {"chain_head": "f" * 64}), encoding="utf-8")
     kept = restore(p, backup, "--head", manifest["chain_head"])  # the head as the backup's journal kept it
     assert kept.exit_code == 0, kept.output
     other = restore(p, backup, "--head", "e" * 64)
