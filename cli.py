@@ -1500,21 +1500,7 @@ def archive_export(document_id: str, folder: Path) -> None:
 @guarded
 def archive_verify(no_signatures: bool, as_json: bool) -> None:
     """Walk the hash chain: every row, every stored blob, every signature. Exit 5 at the first alteration."""
-    from dataclasses import replace
-
-    from bus.archive import ChainEntry
-    from bus.audit import verify_archive
-    from bus.router import load_trust
-
-    s = settings()
-    open_archive(s)
-    trust = replace(load_trust(s), revoked_serials=frozenset())  # as the certificates were at arrival
-    total = ChainEntry.select().count()
-    with click.progressbar(length=total, label="verifying the archive", file=sys.stderr, show_pos=True) as bar:
-        from bus.blobs import ChunkStore
-
-        files = ChunkStore(s.home / "blobs")
-        result = verify_archive(trust, signatures=not no_signatures, progress=bar.update, files=files)
+    result = _audit(settings(), not no_signatures)
     if as_json:
         emit_json(
             {
@@ -1524,12 +1510,34 @@ def archive_verify(no_signatures: bool, as_json: bool) -> None:
                 "first_problem": result.first_problem.__dict__ if result.first_problem else None,
             }
         )
-    elif (f := result.first_problem) is None:
-        click.echo(f"archive intact: {result.entries} entries on the chain, {result.signatures} signatures re-verified")
     else:
-        click.echo(f"ALTERED at chain entry {f.seq} (message #{f.message_id}, {f.document_id}): {f.problem}")
+        click.echo(_audit_line(result))
     if not result.ok:
         sys.exit(EXIT_FAILED)
+
+
+def _audit(s: Settings, signatures: bool) -> Any:
+    """The archive's chain, stored bytes, large files and (``signatures``) signatures, checked
+    with the certificates as they were at arrival, behind a progress bar."""
+    from dataclasses import replace
+
+    from bus.archive import ChainEntry
+    from bus.audit import verify_archive
+    from bus.blobs import ChunkStore
+    from bus.router import load_trust
+
+    open_archive(s)  # also brings an archive (a restored backup) from an older version to this one's schema
+    trust = replace(load_trust(s), revoked_serials=frozenset())
+    total = ChainEntry.select().count()
+    with click.progressbar(length=total, label="verifying the archive", file=sys.stderr, show_pos=True) as bar:
+        return verify_archive(trust, signatures=signatures, progress=bar.update, files=ChunkStore(s.home / "blobs"))
+
+
+def _audit_line(result: Any) -> str:
+    """What 'archive verify' and 'archive restore' say of the chain they walked."""
+    if (f := result.first_problem) is None:
+        return f"archive intact: {result.entries} entries on the chain, {result.signatures} signatures re-verified"
+    return f"ALTERED at chain entry {f.seq} (message #{f.message_id}, {f.document_id}): {f.problem}"
 
 
 @archive.command("backup")
@@ -1603,12 +1611,9 @@ def archive_restore(folder: Path, yes: bool, no_signatures: bool, head: str, as_
     backup is not in the restored archive; an agency added or a certificate rotated since
     needs 'docbus agency add' again (docs/DEPLOY.md, "Backups").  Exit 5 if a check fails.
     """
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
-    from bus.audit import verify_archive
     from bus.backup import restore_archive, routers_running
-    from bus.blobs import ChunkStore
-    from bus.router import load_trust
 
     s = settings()
     running = routers_running(s)
@@ -1626,12 +1631,7 @@ def archive_restore(folder: Path, yes: bool, no_signatures: bool, head: str, as_
         sys.exit(EXIT_FAILED)
     with StageBars() as bars:
         result = restore_archive(s, folder, progress=_copy_bars(bars), expected_head=head.strip().lower())
-    open_archive(s)  # brings a backup made by an older version to this one's schema
-    trust = replace(load_trust(s), revoked_serials=frozenset())  # as the certificates were at arrival
-    with click.progressbar(length=result.chain_entries, label="verifying", file=sys.stderr, show_pos=True) as bar:
-        audit = verify_archive(
-            trust, signatures=not no_signatures, progress=bar.update, files=ChunkStore(s.home / "blobs")
-        )
+    audit = _audit(s, not no_signatures)
     problem = audit.first_problem
     ok = result.ok and audit.ok
     if as_json:
@@ -1652,10 +1652,7 @@ def archive_restore(folder: Path, yes: bool, no_signatures: bool, head: str, as_
         if result.expected_head and result.chain_head != result.expected_head:
             named = "given" if head else "backup.json names"
             click.echo(f"CHAIN HEAD {result.chain_head} is not the one {named} ({result.expected_head})")
-        if problem is not None:
-            click.echo(f"ALTERED at chain entry {problem.seq} (message #{problem.message_id}): {problem.problem}")
-        else:
-            click.echo(f"archive intact: {audit.entries} entries on the chain, {audit.signatures} signatures checked")
+        click.echo(_audit_line(audit))
         click.echo("start the routers again; what was archived after the backup is not in this archive")
     if not ok:
         sys.exit(EXIT_FAILED)

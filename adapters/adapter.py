@@ -1002,13 +1002,13 @@ class Adapter:
         names = attachment_files([*own, "ban-goc.edxml", *(a.name for a in original.attachments)])[len(own) :]
         copied: list[Attachment] = []
         for a, name in zip(original.attachments, names[1:], strict=True):
-            cid = f"cid:{sha256(name.encode())[:12]}"
+            cid = _content_id(name)
             if a.external is not None:  # a large file: sent again by reference, its bytes in chunks
                 copied.append(replace(a, content_id=cid, name=name, description=name))
             else:
                 copied.append(Attachment.from_bytes(name, a.data, a.content_type, content_id=cid))
         envelope = self._spooled(names[0], raw) if len(raw) > inline else Attachment.from_bytes(
-            names[0], raw, "application/xml", content_id=f"cid:{sha256(names[0].encode())[:12]}"
+            names[0], raw, "application/xml", content_id=_content_id(names[0])
         )
         by = original.sender.name or original.sender.organ_id
         number_of = "/".join(x for x in (original.code_number, original.code_notation) if x)
@@ -1027,7 +1027,7 @@ class Adapter:
     def _spooled(self, name: str, data: bytes) -> Attachment:
         """``data`` as a large file by reference, kept under its digest as a sent file is."""
         ext, path = self.chunks.keep(data)
-        return Attachment(f"cid:{sha256(name.encode())[:12]}", name, "application/xml", name, external=ext, path=path)
+        return Attachment(_content_id(name), name, "application/xml", name, external=ext, path=path)
 
     def _reopen(self, raw: bytes, received_at: dt.datetime | str) -> Opened:
         """A stored copy verified again as of when it was received (UTC).
@@ -1056,13 +1056,18 @@ class Adapter:
         return paths
 
 
+def _content_id(name: str) -> str:
+    """An attachment's Content-Id in the envelopes this adapter writes: derived from its name."""
+    return f"cid:{sha256(name.encode())[:12]}"
+
+
 def _attachment(path: Path, zipped: bool, inline_limit: int) -> Attachment:
     """A file to send: inside the envelope, or (over ``inline_limit``) by reference in chunks."""
     if not path.is_file():
         raise NotFound(f"attachment {path} does not exist")
     ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if path.stat().st_size > inline_limit:
-        return Attachment.from_file(path, ctype, content_id=f"cid:{sha256(path.name.encode())[:12]}")
+        return Attachment.from_file(path, ctype, content_id=_content_id(path.name))
     return Attachment.from_bytes(
-        path.name, path.read_bytes(), ctype, content_id=f"cid:{sha256(path.name.encode())[:12]}", zipped=zipped
+        path.name, path.read_bytes(), ctype, content_id=_content_id(path.name), zipped=zipped
     )

@@ -149,19 +149,42 @@ def _copy_sqlite(source: Path, target: Path, result: BackupResult, progress: Pro
 
 def _copy_files(source: Path, target: Path, result: BackupResult, progress: Progress) -> None:
     """Copy each large file under its name, re-hashed on the way; an altered one is listed instead."""
+    copied, _ = _copy_store(source, target, progress, result.altered_files, result.skipped)
+    result.files, result.file_bytes = len(copied), sum(p.stat().st_size for p in copied)
+
+
+def _copy_store(
+    source: Path,
+    target: Path,
+    progress: Progress,
+    altered: list[str],
+    skipped: list[str] | None = None,
+    *,
+    missing_only: bool = False,
+) -> tuple[list[Path], int]:
+    """The large files kept under ``source`` (``<2 hex>/<sha256>``) copied into ``target`` by
+    :func:`_copy_checked`; returns the copies made and how many ``target`` held already.  A
+    file whose bytes no longer make its name goes into ``altered``, a name that is not a
+    digest (a crashed write's temporary) into ``skipped``; ``missing_only``: a file ``target``
+    holds already is left as it is."""
     found = sorted(p for p in source.glob("*/*") if p.is_file()) if source.is_dir() else []
-    names = [p for p in found if _STORED_NAME.fullmatch(p.name)]
-    result.skipped = [str(p) for p in found if not _STORED_NAME.fullmatch(p.name)]
-    total = sum(p.stat().st_size for p in names)
-    counter = _Counter("files", total, progress)
-    for path in names:
+    stored = [p for p in found if _STORED_NAME.fullmatch(p.name)]
+    if skipped is not None:
+        skipped.extend(str(p) for p in found if not _STORED_NAME.fullmatch(p.name))
+    held = len(stored)
+    if missing_only:
+        stored = [p for p in stored if not (target / p.parent.name / p.name).is_file()]
+    held -= len(stored)
+    counter = _Counter("files", sum(p.stat().st_size for p in stored), progress)
+    copied = []
+    for path in stored:
         out = target / path.parent.name / path.name
         if _copy_checked(path, out, counter):
-            result.files += 1
-            result.file_bytes += out.stat().st_size
+            copied.append(out)
         else:
-            result.altered_files.append(path.name)
-    progress("files", total, total)
+            altered.append(path.name)
+    progress("files", counter.total, counter.total)
+    return copied, held
 
 
 class _Counter:
@@ -295,13 +318,5 @@ def restore_archive(
 
 def _restore_files(source: Path, target: Path, result: RestoreResult, progress: Progress) -> None:
     """The backup's large files that the data centre lacks, each re-hashed on the way in."""
-    found = sorted(p for p in source.glob("*/*") if p.is_file() and _STORED_NAME.fullmatch(p.name))
-    missing = [p for p in found if not (target / p.parent.name / p.name).is_file()]
-    result.files_present = len(found) - len(missing)
-    counter = _Counter("files", sum(p.stat().st_size for p in missing), progress)
-    for path in missing:
-        out = target / path.parent.name / path.name
-        if _copy_checked(path, out, counter):
-            result.files_copied += 1
-        else:
-            result.altered_files.append(path.name)
+    copied, result.files_present = _copy_store(source, target, progress, result.altered_files, missing_only=True)
+    result.files_copied = len(copied)
