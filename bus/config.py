@@ -32,6 +32,7 @@ class Limits:
     max_envelope_bytes: int = 4 * 1024 * 1024
     max_depth: int = 32
     max_attachment_bytes: int = 64 * 1024 * 1024  # decoded (and unzipped) size of one file
+    max_decoded_bytes: int = 64 * 1024 * 1024  # ... and of all the files inside one envelope together
     inline_attachment_bytes: int = 2 * 1024 * 1024  # larger files travel in chunks (bus.blobs)
     max_recipients: int = 500
     max_age_hours: float = 168.0  # a signed message older than this is refused (replay window)

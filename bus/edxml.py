@@ -229,6 +229,7 @@ class Attachment:
     _data: bytes | None = None
     _encoded: str | None = None
     _max_bytes: int = Limits().max_attachment_bytes
+    _checked: tuple[int, str] | None = None  # (size, sha256) of the decoded file, once checked
     # a large file travelling in chunks beside the envelope (bus.blobs); ``path``: where it
     # is on this machine, once it is here and its digest checked
     external: External | None = None
@@ -272,13 +273,15 @@ class Attachment:
 
     @property
     def size(self) -> int:
-        return self.external.size if self.external is not None else len(self.data)
+        if self.external is not None:
+            return self.external.size
+        return self._checked[0] if self._checked is not None else len(self.data)
 
     @property
     def sha256(self) -> str:
         if self.external is not None:
             return self.external.sha256
-        return hashlib.sha256(self.data).hexdigest()
+        return self._checked[1] if self._checked is not None else hashlib.sha256(self.data).hexdigest()
 
     def encoded(self) -> str:
         if self.external is not None:
@@ -292,6 +295,43 @@ class Attachment:
                 raw = buf.getvalue()
             self._encoded = base64.b64encode(raw).decode("ascii")
         return self._encoded
+
+
+KEEP_DECODED_BYTES = 256 * 1024  # a checked file larger than this is decoded again when read
+
+
+def check_attachments(msg: Message, max_total: int) -> None:
+    """Decode every file carried inside the envelope now: one that is not base64, not the ZIP it
+    claims to be, or too large unzipped is a refusal of the message with its reason, here, not
+    a failure later in the archive or at hand-over.
+
+    Security: ``max_total`` bounds the decoded (and unzipped) size of all the files of one
+    envelope together, so a few kilobytes of zip bombs cannot make a router inflate gigabytes
+    per message; each file's own bound is ``Limits.max_attachment_bytes``.  A checked file's
+    size and digest are kept; its bytes only when small, so a batch of envelopes does not hold
+    every decoded scan at once.
+    """
+    left = max_total
+    for a in getattr(msg, "attachments", ()):
+        if a.external is not None or a._checked is not None:
+            continue
+        own_limit = a._max_bytes
+        a._max_bytes = min(own_limit, left)
+        try:
+            data = a.data
+        except SchemaViolation as exc:
+            if exc.reason == "attachment-too-large" and a._max_bytes < own_limit:
+                raise SchemaViolation(
+                    f"the files inside the envelope decode to more than {max_total} bytes in all",
+                    reason="attachment-too-large",
+                ) from exc
+            raise
+        finally:
+            a._max_bytes = own_limit
+        a._checked = (len(data), hashlib.sha256(data).hexdigest())
+        left -= len(data)
+        if len(data) > KEEP_DECODED_BYTES and a._encoded:
+            a._data = None
 
 
 def _decode(text: str, zipped: bool, name: str, max_bytes: int) -> bytes:

@@ -3,7 +3,8 @@
 ``open_envelope`` runs, in order: safe parse (size, depth, no DTD) -> XSD profile ->
 manifest/attachment match -> XMLDSig signature over the whole envelope -> certificate
 issued by the provincial CA, valid now, not revoked -> OrganId in the certificate equals
-``From/OrganId``.  What it returns was read from the signed tree only.
+``From/OrganId`` -> every file inside decodes (base64, the ZIP it claims, within the size
+bounds).  What it returns was read from the signed tree only.
 
 Security: the router appends its own TraceHeader after the sender signed, sealed with the
 hub's seal key (:mod:`signing.seal`); a recipient removes trailing TraceHeaders of the hub
@@ -18,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography import x509
 from lxml import etree
@@ -26,7 +27,7 @@ from lxml import etree
 from bus import edxml, safexml, schema
 from bus.archive import sha256
 from bus.config import Limits
-from bus.errors import SignatureRejected
+from bus.errors import Refused, SignatureRejected
 from signing import seal, xmldsig
 from signing.ca import CertificateAuthority
 from signing.identity import Identity
@@ -227,6 +228,7 @@ def open_envelope(data: bytes, trust: Trust, *, at: dt.datetime | None = None, f
             " one, sealed, after the sender signed",
             reason="trace-forged",
         )
+    edxml.check_attachments(message, trust.limits.max_decoded_bytes)
     message.traces.extend(relayed)
     return Opened(
         root=signed,
@@ -237,6 +239,35 @@ def open_envelope(data: bytes, trust: Trust, *, at: dt.datetime | None = None, f
         signature_digest=digest_value,
         relayed=relayed,
     )
+
+
+def read_unverified_edoc(data: bytes, limits: Limits) -> edxml.Edoc:
+    """A document that reached an agency outside this bus, read but **not verified**.
+
+    For sao lục of a central document that came another way (the national document axis, a
+    ministry's system, a file handed over): its signer is not under the provincial CA, and
+    real national-axis traffic carries placeholder signatures, so nothing here can vouch
+    for it.  Security: whatever uses the result must say that the original is unverified,
+    and the bytes are still hostile: safe parse with its bounds (the envelope up to
+    ``max_attachment_bytes``, as such a file carries its files inside), the lenient XSD
+    that every real implementer's sample passes, the edXML model, the manifest.  A status,
+    or a document that names a file outside its envelope (this bus's large-file
+    reference, which an outside file cannot bring), is refused.
+    """
+    outside = replace(limits, max_envelope_bytes=max(limits.max_envelope_bytes, limits.max_attachment_bytes))
+    root = safexml.parse(data, outside)
+    msg = edxml.parse_tree(root, outside)
+    if not isinstance(msg, edxml.Edoc):
+        raise Refused(f"the file is a status ({msg.status_code}), not a document", reason="not-edoc")
+    schema.validate(root, "lenient")
+    edxml.check_manifest(root)
+    edxml.check_attachments(msg, outside.max_decoded_bytes)
+    outside_files = [a.name for a in msg.attachments if a.external is not None]
+    if outside_files:
+        raise Refused(
+            f"{', '.join(outside_files)}: named by reference, not carried inside the file", reason="external-file"
+        )
+    return msg
 
 
 def peek_document_id(body: bytes) -> str:

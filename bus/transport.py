@@ -574,19 +574,26 @@ class MemoryTransport:
     """An in-process broker with the same semantics for fast unit tests.
 
     Topic, direct and fanout routing, mandatory publishing (unroutable raises), explicit
-    acks with requeue.  It is not a stand-in for RabbitMQ in the integration tests.
+    acks with requeue, and a quorum queue's delivery limit: a message returned more often
+    than ``x-delivery-limit`` goes to the queue's dead-letter exchange, with an ``x-death``
+    header as RabbitMQ writes one, so a poison message ends in a unit test as it does on
+    the broker.  It is not a stand-in for RabbitMQ in the integration tests.
     """
 
     def __init__(self) -> None:
         self.exchanges: dict[str, str] = {}
         self.queues: dict[str, deque[Delivery]] = {}
         self.bindings: list[tuple[str, str, str]] = []
+        self.delivery_limits: dict[str, tuple[int, str]] = {}  # queue -> (limit, dead-letter exchange)
 
     def apply(self, topology: Topology) -> None:
         for ex in topology.exchanges:
             self.exchanges.setdefault(ex.name, ex.type)
         for q in topology.queues:
             self.queues.setdefault(q.name, deque())
+            limit, dead = q.arguments.get("x-delivery-limit"), q.arguments.get("x-dead-letter-exchange")
+            if isinstance(limit, int) and isinstance(dead, str):
+                self.delivery_limits[q.name] = (limit, dead)
         for b in topology.bindings:
             if (b.exchange, b.queue, b.routing_key) not in self.bindings:
                 self.bindings.append((b.exchange, b.queue, b.routing_key))
@@ -650,9 +657,18 @@ class MemoryTransport:
         d._ack = lambda: None
 
         def reject(requeue: bool, d: Delivery = d) -> None:
-            if requeue:
-                d.redelivered = True
-                q.appendleft(d)
+            if not requeue:
+                return
+            returned = int(d.headers.get("x-delivery-count", 0)) + 1
+            limit, dead = self.delivery_limits.get(queue, (None, ""))
+            if limit is not None and returned > limit:
+                death = {"queue": queue, "reason": "delivery_limit", "count": 1}
+                headers = {k: v for k, v in d.headers.items() if k != "x-delivery-count"} | {"x-death": [death]}
+                self.publish(dead, d.routing_key, d.body, message_id=d.message_id, headers=headers, user_id=d.user_id)
+                return
+            d.headers["x-delivery-count"] = returned
+            d.redelivered = True
+            q.appendleft(d)
 
         d._reject = reject
         return d

@@ -6,7 +6,10 @@ integration test that sends the whole corpus through RabbitMQ.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import io
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,7 +17,7 @@ from lxml import etree
 
 from bus import compose, edxml, safexml
 from bus.config import Settings
-from bus.edxml import Organ
+from bus.edxml import Attachment, Organ
 from signing.ca import CertificateAuthority, cert_pem, key_pem, new_key
 from signing.identity import Identity
 from tests.helpers import PDF, edoc, identity, signed_edoc
@@ -114,6 +117,28 @@ def _trace_in_the_hubs_name(settings: Settings, kind: str) -> bytes:
     return compose.sign(msg, identity(settings, PC))
 
 
+def _carrying(settings: Settings, attachment: Attachment) -> bytes:
+    """A document of PC, properly signed, whose one file is ``attachment`` exactly as given."""
+    msg = edoc(PC, [DEPT])
+    msg.attachments = [attachment]
+    return compose.sign(msg, identity(settings, PC))
+
+
+def _zip_bomb(settings: Settings) -> bytes:
+    """About 70 KB of ZIP that unzips to more than a file may be."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("cong-van.pdf", b"\0" * (settings.limits.max_attachment_bytes + 1))
+    return _carrying(
+        settings,
+        Attachment("cid:bom", "cong-van.pdf", "application/pdf", zipped=True, _encoded=_b64(buf.getvalue())),
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
 def hostile_corpus(settings: Settings, *, revoked_cert: bytes, big: int = 100 * 1024 * 1024) -> list[Case]:
     """Every case of the issue's list. ``revoked_cert``: an edoc signed by a certificate the caller revoked."""
     good = signed_edoc(settings, PC, [DEPT])
@@ -175,6 +200,14 @@ def hostile_corpus(settings: Settings, *, revoked_cert: bytes, big: int = 100 * 
             "trace-forged",
             verify_reason="trace-seal",
         ),
+        Case(
+            "attachment-declared-zip-is-not",
+            _carrying(
+                settings, Attachment("cid:z", "cong-van.pdf", "application/pdf", zipped=True, _encoded=_b64(PDF))
+            ),
+            "bad-attachment",
+        ),
+        Case("attachment-zip-bomb", _zip_bomb(settings), "attachment-too-large"),
         Case("secret", signed_edoc(settings, PC, [DEPT], security_level="Tuyệt mật"), "secret-document"),
         Case("no-electronic-file", signed_edoc(settings, PC, [DEPT], files=False), "no-electronic-file"),
         Case("unknown-recipient", signed_edoc(settings, PC, [DEPT, "000.00.88.H61"]), "unknown-recipient"),

@@ -13,7 +13,7 @@ from bus.archive import Message, Recipient, StatusEvent
 from bus.audit import verify_archive
 from bus.policy import fold
 from bus.router import STATUS_SHARE, Router, load_trust
-from bus.topology import Names, Queue, Topology
+from bus.topology import DELIVERY_LIMIT, Names, Queue, Topology
 from bus.transport import Delivery, MemoryTransport
 from tests.helpers import signed_edoc
 
@@ -385,3 +385,22 @@ def test_a_document_that_no_longer_verifies_at_the_recipient_is_kept_and_answere
         answers = [a for a in pc.receive() if a.kind == "status"]
     assert [(a.status_code, a.sender) for a in answers] == [("02", DEPT)]
     assert "[cert-revoked]" in answers[0].subject and "not taken in" in answers[0].subject
+
+
+def test_a_message_that_keeps_failing_is_dead_lettered_after_the_delivery_limit(memory_province, router) -> None:
+    """As a quorum queue does on RabbitMQ: the router goes on, the message waits in the dead queue."""
+    p = memory_province
+    names = Names(p.settings.namespace)
+    submit(p, signed_edoc(p.settings, PC, [DEPT]), PC)
+    attempts: list[int] = []
+
+    def failing(subs, defer=False):
+        attempts.append(len(subs))
+        raise RuntimeError("archive disk unplugged")
+
+    router.process_batch = failing  # type: ignore[method-assign]
+    router.run()
+    assert len(attempts) == DELIVERY_LIMIT + 1
+    [dead] = p.transport.queues[names.dead]
+    assert dead.headers["x-death"][0] == {"queue": names.router_queue, "reason": "delivery_limit", "count": 1}
+    assert not p.transport.queues[names.router_queue]
