@@ -650,9 +650,15 @@ def send(
 @click.option(
     "--priority", type=click.IntRange(0, 4), help=f"{PRIORITY_NAMES}.  [default: the original's]"
 )
+@click.option(
+    "--original",
+    "original_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Instead of a DOCUMENT_ID: the original as an edXML file that came outside this bus (the national "
+    "document axis, a ministry's system).  It is read leniently and NOT verified, which the copy's content says.",
+)
 @json_option()
-@click.argument("document_id")
-@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path), callback=electronic_files)
+@click.argument("items", nargs=-1, metavar="DOCUMENT_ID [FILES]...")
 @guarded
 def distribute(
     sender: str,
@@ -661,9 +667,9 @@ def distribute(
     notation: str,
     subject: str | None,
     priority: int | None,
+    original_file: Path | None,
     as_json: bool,
-    document_id: str,
-    files: tuple[Path, ...],
+    items: tuple[str, ...],
 ) -> None:
     """Sao lục: send a document this agency received on to other agencies; prints the copy's DocumentId.
 
@@ -674,20 +680,47 @@ def distribute(
     (ban-goc.edxml), which each recipient can check with 'docbus verify'.  FILES: a cover
     letter or other files of this agency's, attached first.  The original must be in this
     agency's inbox and still verify as of its arrival.
+
+    A central document that came another way (the national document axis, a ministry's
+    system) is distributed from its edXML file: '--original van-ban.edxml [FILES]', no
+    DOCUMENT_ID.  This bus cannot verify its signer, so the copy says that the original's
+    signature was not checked ('docbus verify ban-goc.edxml' at a recipient refuses it).
     """
+    if original_file is None and not items:
+        raise click.UsageError("name the DOCUMENT_ID of a received document, or --original FILE")
+    document_id, names = (None, items) if original_file is not None else (items[0], items[1:])
+    files = electronic_files(click.get_current_context(), None, _existing_files(names))
     s = settings()
+    options: dict[str, Any] = {
+        "number": number,
+        "notation": notation,
+        "subject": subject or "",
+        "priority": priority,
+        "files": files,
+    }
     with _adapter(s, sender) as a:
         _refuse_number_in_use(a, number, notation)
-        res = a.send_copy(
-            document_id,
-            split_codes(recipients),
-            number=number,
-            notation=notation,
-            subject=subject or "",
-            priority=priority,
-            files=files,
-        )
+        codes = split_codes(recipients)
+        if original_file is not None:
+            res = a.send_outside_copy(_read_original(original_file, s), codes, **options)
+        else:
+            res = a.send_copy(document_id, codes, **options)
     _print_sent(res, as_json)
+
+
+def _existing_files(names: Sequence[str]) -> tuple[Path, ...]:
+    """FILES named on the command line, each an existing file (click's check, for a variadic
+    argument that may begin with a DOCUMENT_ID)."""
+    kind = click.Path(exists=True, dir_okay=False, path_type=Path)
+    return tuple(kind.convert(n, None, click.get_current_context()) for n in names)
+
+
+def _read_original(path: Path, s: Settings) -> bytes:
+    """An outside original's bytes, refused before reading when larger than any file may be."""
+    limit = s.limits.max_attachment_bytes
+    if path.stat().st_size > limit:
+        raise click.BadParameter(f"{path} is over {limit // 2**20} MiB", param_hint="--original")
+    return path.read_bytes()
 
 
 def _print_sent(res: Any, as_json: bool) -> None:

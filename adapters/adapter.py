@@ -54,7 +54,7 @@ from bus.blobs import CHUNK_KIND, ChunkStore, External, chunk_headers, is_chunk,
 from bus.brokeradmin import agency_url
 from bus.config import QCVN_ORGAN_ID, Settings
 from bus.edxml import Attachment, Edoc, Organ
-from bus.envelope import Opened, open_envelope, peek_document_id, peek_kind, peek_status_code
+from bus.envelope import Opened, open_envelope, peek_document_id, peek_kind, peek_status_code, read_unverified_edoc
 from bus.errors import (
     BrokerUnavailable,
     DocbusError,
@@ -81,6 +81,8 @@ SUPERSEDED = {REVOKE: "revoked", UPDATE: "updated", 3: "replaced"}
 RECEIVE_PREFETCH = 16  # deliveries held at once (chunks 1 MiB, envelopes at most 4 MiB): bounds memory
 UPLOAD_WINDOW = 8  # unconfirmed chunks in flight while a large file is sent
 ANSWER_EVERY = 0.1  # s: under load, the automatic 01s wait at most this long to go out together
+# said in the content of a sao lục whose original came from outside the bus
+OUTSIDE_NOTE = ", nhận ngoài mạng văn bản của tỉnh; chữ ký số của bản gốc chưa được kiểm tra"
 
 
 @dataclass
@@ -989,13 +991,66 @@ class Adapter:
         ``files``: more files of this agency's own (a cover letter) go first.
         """
         original, raw = self._received(document_id)
+        return self._send_copy(
+            original, raw, recipients, number=number, notation=notation, subject=subject, priority=priority, files=files
+        )
+
+    def send_outside_copy(
+        self,
+        raw: bytes,
+        recipients: Sequence[Organ | str],
+        *,
+        number: str,
+        notation: str,
+        subject: str = "",
+        priority: int | None = None,
+        files: Iterable[Path | str | Attachment] = (),
+    ) -> SendResult:
+        """Sao lục of a document that reached this agency outside the bus: ``raw``, its edXML file.
+
+        Central legal documents reach the People's Committee over the national document axis
+        or from a ministry's system, signed (when at all) by a key this bus's CA did not issue:
+        the original is read leniently and **not verified**
+        (:func:`bus.envelope.read_unverified_edoc`), and the copy says so in its content.  The
+        copy itself is this agency's document, signed by it and verified end to end like any
+        other; it carries the original's files and the original file as ``ban-goc.edxml``.
+        A secret marking or a revocation (thu hồi) is refused, as for :meth:`send_copy`.
+        """
+        original = read_unverified_edoc(raw, self.settings.limits)
+        return self._send_copy(
+            original,
+            raw,
+            recipients,
+            number=number,
+            notation=notation,
+            subject=subject,
+            priority=priority,
+            files=files,
+            verified=False,
+        )
+
+    def _send_copy(
+        self,
+        original: Edoc,
+        raw: bytes,
+        recipients: Sequence[Organ | str],
+        *,
+        number: str,
+        notation: str,
+        subject: str,
+        priority: int | None,
+        files: Iterable[Path | str | Attachment],
+        verified: bool = True,
+    ) -> SendResult:
+        """The copy of ``original`` (``raw``: its bytes) under this agency's number, to ``recipients``."""
+        document_id = original.document_id
+        check_secrecy(original)  # the router refuses secrets on the bus; an outside file may carry one
         if original.business.doc_type == REVOKE:  # the newest word on it is its sender's thu hồi
             raise Refused(
                 f"{document_id} was revoked (thu hồi) by {original.sender.organ_id}: a revoked document is not "
                 "distributed (one distributed before is revoked with 'docbus send --revoke COPY_ID')",
                 reason="revoked",
             )
-        inline = self.settings.limits.inline_attachment_bytes
         own_files = list(files)
         own = [f.name if isinstance(f, Attachment) else Path(f).name for f in own_files]
         # the original's names made safe and apart from this agency's own files (one name, one content id)
@@ -1005,13 +1060,14 @@ class Adapter:
             cid = _content_id(name)
             if a.external is not None:  # a large file: sent again by reference, its bytes in chunks
                 copied.append(replace(a, content_id=cid, name=name, description=name))
-            else:
-                copied.append(Attachment.from_bytes(name, a.data, a.content_type, content_id=cid))
-        envelope = self._spooled(names[0], raw) if len(raw) > inline else Attachment.from_bytes(
-            names[0], raw, "application/xml", content_id=_content_id(names[0])
-        )
+            else:  # inside the original; over the inline limit only in an outside file.  A file the
+                # original carried zipped goes unzipped: its declared type may be the ZIP's
+                ctype = (mimetypes.guess_type(name)[0] or "application/octet-stream") if a.zipped else a.content_type
+                copied.append(self._carried(name, a.data, ctype))
+        envelope = self._carried(names[0], raw, "application/xml")
         by = original.sender.name or original.sender.organ_id
         number_of = "/".join(x for x in (original.code_number, original.code_notation) if x)
+        dated = f" ngày {original.promulgation_date}" if original.promulgation_date else ""
         return self.send(
             recipients,
             subject=subject or f"Sao lục: {original.subject}",
@@ -1020,14 +1076,17 @@ class Adapter:
             files=[*own_files, *copied, envelope],
             type_name=original.type_name or "Công văn",
             priority=original.priority if priority is None else priority,
-            content=f"Sao lục {original.type_name or 'văn bản'} số {number_of} ngày {original.promulgation_date}"
-            f" của {by} (DocumentId {original.document_id}): {original.subject}",
+            content=f"Sao lục {original.type_name or 'văn bản'} số {number_of}{dated}"
+            f" của {by} (DocumentId {original.document_id}){'' if verified else OUTSIDE_NOTE}: {original.subject}",
         )
 
-    def _spooled(self, name: str, data: bytes) -> Attachment:
-        """``data`` as a large file by reference, kept under its digest as a sent file is."""
+    def _carried(self, name: str, data: bytes, content_type: str) -> Attachment:
+        """``data`` as a file of a copy: inside the envelope, or over the inline limit by
+        reference, kept under its digest as a sent file is and sent in chunks."""
+        if len(data) <= self.settings.limits.inline_attachment_bytes:
+            return Attachment.from_bytes(name, data, content_type, content_id=_content_id(name))
         ext, path = self.chunks.keep(data)
-        return Attachment(_content_id(name), name, "application/xml", name, external=ext, path=path)
+        return Attachment(_content_id(name), name, content_type, name, external=ext, path=path)
 
     def _reopen(self, raw: bytes, received_at: dt.datetime | str) -> Opened:
         """A stored copy verified again as of when it was received (UTC).

@@ -371,3 +371,30 @@ def test_the_peoples_committee_distributes_a_received_document_with_its_signed_o
     assert [f.name for f in saved] == ["cong-van-sao-luc.pdf", "x.pdf", "ban-goc.edxml"]
     checked = docbus(env, "verify", str(folder / "ban-goc.edxml"))
     assert f"edoc {original} signed by {DEPT}" in checked.stdout and "relayed by the data centre" in checked.stdout
+
+
+def test_a_central_document_from_outside_the_bus_is_distributed_flagged_unverified(env, tmp_path) -> None:
+    """Sao lục of what came over the national axis: the Government Office's công văn (a real
+    sample, placeholder signature) goes to a department under the Committee's number."""
+    from tests.conftest import interop_files
+
+    original = next(f for f in interop_files() if "xml-dc0bdef0" in f.name)
+    set_up(env)
+    args = ["distribute", "--from", PC, "--to", DEPT, "--number", "21", "--notation", "SL-UBND"]
+    missing = docbus(env, *args, check=False)
+    assert missing.returncode == 2 and "DOCUMENT_ID of a received document, or --original FILE" in missing.stderr
+    status = next(f for f in interop_files() if "status_inbox_01" in f.name)
+    refused = docbus(env, *args, "--original", str(status), check=False)
+    assert refused.returncode == 1 and "not-edoc" in refused.stderr and "Traceback" not in refused.stderr
+    copy = docbus(env, *args, "--original", str(original)).stdout.strip()
+    assert copy.endswith(",21/SL-UBND")
+
+    docbus(env, "router", "run", "--idle-exit", "1.5")
+    [got] = json.loads(docbus(env, "inbox", "--agency", DEPT, "--json").stdout)
+    assert got["subject"] == "Sao lục: V/v kết nối, liên thông phần mềm quản lý văn bản"
+    folder = tmp_path / "so"
+    saved = [Path(f) for f in docbus(env, "inbox", "save", "--agency", DEPT, copy, str(folder)).stdout.split()]
+    assert [f.name for f in saved] == ["1896_QD-TTg_m_294779.doc", "ban-goc.edxml"]
+    assert (folder / "ban-goc.edxml").read_bytes() == original.read_bytes()
+    checked = docbus(env, "verify", str(folder / "ban-goc.edxml"), check=False)
+    assert checked.returncode == 1 and "signature-unverifiable" in checked.stdout + checked.stderr
