@@ -702,7 +702,7 @@ def distribute(
         _refuse_number_in_use(a, number, notation)
         codes = split_codes(recipients)
         if original_file is not None:
-            res = a.send_outside_copy(_read_original(original_file, s), codes, **options)
+            res = a.send_outside_copy(original_file, codes, **options)
         else:
             res = a.send_copy(document_id, codes, **options)
     _print_sent(res, as_json)
@@ -713,14 +713,6 @@ def _existing_files(names: Sequence[str]) -> tuple[Path, ...]:
     argument that may begin with a DOCUMENT_ID)."""
     kind = click.Path(exists=True, dir_okay=False, path_type=Path)
     return tuple(kind.convert(n, None, click.get_current_context()) for n in names)
-
-
-def _read_original(path: Path, s: Settings) -> bytes:
-    """An outside original's bytes, refused before reading when larger than any file may be."""
-    limit = s.limits.max_attachment_bytes
-    if path.stat().st_size > limit:
-        raise click.BadParameter(f"{path} is over {limit // 2**20} MiB", param_hint="--original")
-    return path.read_bytes()
 
 
 def _print_sent(res: Any, as_json: bool) -> None:

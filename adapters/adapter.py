@@ -997,7 +997,7 @@ class Adapter:
 
     def send_outside_copy(
         self,
-        raw: bytes,
+        original: bytes | Path,
         recipients: Sequence[Organ | str],
         *,
         number: str,
@@ -1006,7 +1006,8 @@ class Adapter:
         priority: int | None = None,
         files: Iterable[Path | str | Attachment] = (),
     ) -> SendResult:
-        """Sao lục of a document that reached this agency outside the bus: ``raw``, its edXML file.
+        """Sao lục of a document that reached this agency outside the bus: ``original``, its edXML
+        file (or that file's bytes).
 
         Central legal documents reach the People's Committee over the national document axis
         or from a ministry's system, signed (when at all) by a key this bus's CA did not issue:
@@ -1016,9 +1017,10 @@ class Adapter:
         other; it carries the original's files and the original file as ``ban-goc.edxml``.
         A secret marking or a revocation (thu hồi) is refused, as for :meth:`send_copy`.
         """
-        original = read_unverified_edoc(raw, self.settings.limits)
+        limits = self.settings.limits
+        raw = original if isinstance(original, bytes) else _bounded_read(original, limits.max_attachment_bytes)
         return self._send_copy(
-            original,
+            read_unverified_edoc(raw, limits),
             raw,
             recipients,
             number=number,
@@ -1118,6 +1120,15 @@ class Adapter:
 def _content_id(name: str) -> str:
     """An attachment's Content-Id in the envelopes this adapter writes: derived from its name."""
     return f"cid:{sha256(name.encode())[:12]}"
+
+
+def _bounded_read(path: Path, limit: int) -> bytes:
+    """A file's bytes, refused before reading when over ``limit``."""
+    if not path.is_file():
+        raise NotFound(f"{path} does not exist")
+    if path.stat().st_size > limit:
+        raise Refused(f"{path.name} is over {limit // 2**20} MiB", reason="too-large")
+    return path.read_bytes()
 
 
 def _attachment(path: Path, zipped: bool, inline_limit: int) -> Attachment:

@@ -13,7 +13,10 @@ adapter sends it as ``docbus send`` would (signed, outbox first, queued while th
 down) and moves the header and its files out of the way, with ``result.json`` beside them.
 Sao lục, as ``docbus distribute``: ``{"copy_of": "<DocumentId received>", "to": […],
 "number": "12", "notation": "SL-UBND"}``, with ``"subject"``, ``"priority"`` and ``"files"``
-(a cover letter) optional, sends a document the agency received on under its own number:
+(a cover letter) optional, sends a document the agency received on under its own number;
+``"copy_of_file": "van-ban.edxml"`` instead of ``"copy_of"`` sends on a document that came
+outside the bus (the national document axis), from its edXML file in the folder, flagged as
+unverified (``docbus distribute --original``):
 
 - ``FOLDER/sent/<name>/``: ``{"document_id", "digest", "published", "error"}`` (``published``
   false: the broker was away, the document waits in the outbox and the running adapter sends
@@ -67,7 +70,9 @@ _OPTIONAL = {"type": "Công văn", "priority": 0, "content": "", "paper_only": F
 _REQUIRED = ("to", "subject", "number", "notation", "files")
 # a copy (sao lục) takes its type, content and files from the document it copies
 _COPY_OPTIONAL = {"subject": "", "priority": None, "files": []}
-_COPY_REQUIRED = ("copy_of", "to", "number", "notation")
+_COPY_REQUIRED = ("to", "number", "notation")
+# what a copy copies: a document received on the bus, or the edXML file of one from outside it
+_COPY_SOURCES = ("copy_of", "copy_of_file")
 
 
 class BadJob(Refused):
@@ -92,6 +97,12 @@ class Job:
     zipped: bool
     files: tuple[Path, ...]
     copy_of: str = ""  # sao lục: the received document sent on (Adapter.send_copy)
+    original: Path | None = None  # ... or an outside document's edXML file (Adapter.send_outside_copy)
+
+    @property
+    def kept(self) -> tuple[Path, ...]:
+        """The files that move with the header into sent/ or refused/."""
+        return self.files + ((self.original,) if self.original is not None else ())
 
 
 @dataclass(frozen=True)
@@ -171,6 +182,8 @@ class Pickup:
         try:
             if job.copy_of:  # sao lục: type, content and the original's files come from the original
                 sent = adapter.send_copy(job.copy_of, list(job.to), priority=job.priority, **what)
+            elif job.original is not None:  # ... of a document from outside the bus, unverified
+                sent = adapter.send_outside_copy(job.original, list(job.to), priority=job.priority, **what)
             else:
                 sent = adapter.send(
                     list(job.to),
@@ -210,12 +223,12 @@ class Pickup:
         return Outcome(job.name, "sent", dest, document_id=job.document_id, status_code=job.code)
 
     def _finish(self, header: Path, job: Job, result: dict[str, Any]) -> Outcome:
-        dest = self._move(header, job.files, "sent", result)
+        dest = self._move(header, job.kept, "sent", result)
         log.info("sent %s: %s", job.name, result["document_id"])
         return Outcome(job.name, "sent", dest, document_id=result["document_id"])
 
     def _refuse(self, header: Path, exc: DocbusError, job: Job | None = None) -> Outcome:
-        files = job.files if job is not None else _named_files(header, self.folder)
+        files = job.kept if job is not None else _named_files(header, self.folder)
         dest = self._move(header, files, "refused", {"reason": exc.reason, "message": exc.message})
         log.info("refused %s: %s (%s)", header.name, exc.reason, exc.message)
         return Outcome(_job_name(header), "refused", dest, reason=exc.reason, message=exc.message)
@@ -241,14 +254,18 @@ def read_job(header: Path, *, files_in: Path | None = None, check_files: bool = 
     ``check_files=False``: the files named are not looked at, only those present are listed."""
     folder = files_in or header.parent
     data = _header(header)
-    copy = "copy_of" in data
+    sources = [k for k in _COPY_SOURCES if k in data]
+    copy = bool(sources)
     required, optional = (_COPY_REQUIRED, _COPY_OPTIONAL) if copy else (_REQUIRED, _OPTIONAL)
-    unknown = sorted(set(data) - set(required) - set(optional))
+    unknown = sorted(set(data) - set(required) - set(optional) - set(sources))
     missing = [k for k in required if k not in data]
     if unknown or missing:
-        what = [f"unknown field(s) {', '.join(unknown)}" + (" in a copy (copy_of)" if copy else "")] if unknown else []
+        in_copy = f" in a copy ({sources[0]})" if copy else ""
+        what = [f"unknown field(s) {', '.join(unknown)}{in_copy}"] if unknown else []
         what += [f"missing {', '.join(missing)}"] if missing else []
         raise BadJob("; ".join(what))
+    if len(sources) > 1:
+        raise BadJob('a copy names "copy_of" (a document received on the bus) or "copy_of_file", not both')
     fields = _OPTIONAL | optional | data
     to = fields["to"].split(",") if isinstance(fields["to"], str) else fields["to"]
     if not isinstance(to, list) or not all(isinstance(c, str) for c in to):
@@ -262,7 +279,12 @@ def read_job(header: Path, *, files_in: Path | None = None, check_files: bool = 
     may_be_empty = ("notation", "content") + (("subject",) if copy else ())
     texts = ("subject", "number", "notation", "type", "content")
     subject, number, notation, type_name, content = (_text(fields, k, blank=k in may_be_empty) for k in texts)
-    copy_of = _text(fields, "copy_of", blank=False) if copy else ""
+    copy_of = _text(fields, "copy_of", blank=False) if "copy_of" in sources else ""
+    original = None
+    if "copy_of_file" in sources:
+        name = _text(fields, "copy_of_file", blank=False)
+        found = _files([name], folder) if check_files else _present([name], folder)
+        original = found[0] if found else None
     priority = fields["priority"]
     if not (copy and priority is None) and (
         isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 4
@@ -284,6 +306,7 @@ def read_job(header: Path, *, files_in: Path | None = None, check_files: bool = 
         zipped,
         _files(fields["files"], folder) if check_files else _present(fields["files"], folder),
         copy_of,
+        original,
     )
 
 
@@ -362,10 +385,12 @@ def _named_files(header: Path, folder: Path) -> list[Path]:
     try:
         if header.stat().st_size > MAX_HEADER_BYTES:
             return []
-        names = json.loads(header.read_bytes().decode("utf-8-sig")).get("files", [])
+        data = json.loads(header.read_bytes().decode("utf-8-sig"))
+        names = data.get("files", [])
+        original = data.get("copy_of_file")
     except (OSError, ValueError, AttributeError):
         return []
-    return list(_present(names, folder))
+    return list(_present([*names, original] if isinstance(names, list) and original else names, folder))
 
 
 def _plain(name: str) -> bool:
