@@ -658,7 +658,7 @@ def send(
     "document axis, a ministry's system).  It is read leniently and NOT verified, which the copy's content says.",
 )
 @json_option()
-@click.argument("items", nargs=-1, metavar="DOCUMENT_ID [FILES]...")
+@click.argument("items", nargs=-1, metavar="[DOCUMENT_ID] [FILES]...")
 @guarded
 def distribute(
     sender: str,

@@ -1019,8 +1019,14 @@ class Adapter:
         """
         limits = self.settings.limits
         raw = original if isinstance(original, bytes) else _bounded_read(original, limits.max_attachment_bytes)
+        try:
+            edoc = read_unverified_edoc(raw, limits)
+        except Refused as exc:
+            if isinstance(original, bytes):
+                raise
+            raise type(exc)(f"{original.name}: {exc.message}", reason=exc.reason) from exc
         return self._send_copy(
-            read_unverified_edoc(raw, limits),
+            edoc,
             raw,
             recipients,
             number=number,
