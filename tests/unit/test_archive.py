@@ -424,3 +424,30 @@ def test_a_clerk_may_name_today_or_yesterday(filled) -> None:
     assert total("--until", "yesterday") == 0
     wrong = CliRunner().invoke(main, ["archive", "search", "--since", "tomorrow"], env=env)
     assert wrong.exit_code == 2 and "(or today, yesterday)" in wrong.output
+
+
+@pytest.mark.parametrize(
+    ("field", "column"),
+    [
+        ("code_number", Message.code_number),
+        ("code_notation", Message.code_notation),
+        ("doc_type", Message.doc_type),
+        ("type_name", Message.type_name),
+        ("document_id", Message.document_id),
+    ],
+)
+def test_the_strict_profile_accepts_no_longer_a_value_than_the_archive_keeps(memory_province, field, column) -> None:
+    """PostgreSQL refuses a value longer than its VARCHAR: one the gate let through would fail
+    the archive at every delivery attempt and be dead-lettered, its sender never told."""
+    from bus import compose, safexml, schema
+    from bus.errors import SchemaViolation
+    from tests.helpers import edoc, identity
+
+    def with_length(n: int) -> object:
+        msg = edoc("000.00.00.H61", ["000.00.01.H61"])
+        setattr(msg, field, "1" * n)
+        return safexml.parse(compose.sign(msg, identity(memory_province.settings, "000.00.00.H61")))
+
+    schema.validate(with_length(column.max_length), "strict")
+    with pytest.raises(SchemaViolation):
+        schema.validate(with_length(column.max_length + 1), "strict")
