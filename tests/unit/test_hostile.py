@@ -19,8 +19,8 @@ from tests.hostile import DEPT, PC, hostile_corpus, replay_variant
 
 
 @pytest.fixture
-def corpus_setup(memory_province):
-    p = memory_province
+def corpus_setup(archive_province):
+    p = archive_province
     s = p.settings
     old, _ = province.rotate(s, p.archive, PC, dt.timedelta(days=7))
     home = s.agency_home(PC)
@@ -59,6 +59,7 @@ def test_every_hostile_case_is_refused_quarantined_answered_and_never_delivered(
 def test_docbus_verify_refuses_each_case_with_the_same_reason(corpus_setup, tmp_path) -> None:
     p, _, corpus = corpus_setup
     env = {"DOCBUS_HOME": str(p.settings.home), "DOCBUS_NAMESPACE": p.settings.namespace}
+    env |= {"DOCBUS_DB_URL": p.settings.db_url} if p.settings.db_url else {}
     for case in corpus:
         path = tmp_path / f"{case.name}.edxml"
         path.write_bytes(case.data)

@@ -1,6 +1,7 @@
 """Odd but properly signed header values: each is refused by the strict profile with its
-reason or accepted, delivered, verified by the recipient and written to a drop folder —
-never an error the router or the adapter did not mean (which would dead-letter it unanswered)."""
+reason or accepted, delivered, verified by the recipient and written to a drop folder, on
+SQLite and PostgreSQL alike; never an error the router or the adapter did not mean (which
+would dead-letter it unanswered)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ VALUES = [
 FIELDS = ["subject", "content", "code_notation", "type_name", "promulgation_place", "attachment name"]
 
 
-def test_odd_values_are_refused_with_a_reason_or_delivered_whole(memory_province, tmp_path) -> None:
-    p = memory_province
+def test_odd_values_are_refused_with_a_reason_or_delivered_whole(archive_province, tmp_path) -> None:
+    p = archive_province
     router = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
     folder = tmp_path / "drop"
     folder.mkdir()
