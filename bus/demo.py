@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from adapters import Adapter
-from bus import province, topology
+from bus import edxml, province, topology
 from bus.archive import Archive
 from bus.config import Settings
 from bus.edxml import vn_text
@@ -116,6 +116,13 @@ def run_demo(
         expected[second.document_id] = set(others)
         district = "000.00.11.H61"
         copies: dict[str, str] = {}  # the original's DocumentId -> its sao lục's
+        central = adapters[PEOPLES_COMMITTEE].send_outside_copy(
+            national_axis_document(), others, number="06", notation="SL-UBND"
+        )
+        echo(f"sent      {central.document_id} (sao lục of the Prime Minister's decision from the national")
+        echo("          axis -> the same agencies, flagged as not verified on this bus)")
+        expected[central.document_id] = set(others)
+        senders_extra = {central.document_id: PEOPLES_COMMITTEE}
 
         answered: set[tuple[str, str]] = set()
         deadline = time.monotonic() + timeout
@@ -139,6 +146,7 @@ def run_demo(
             a.receive(idle_timeout=0.3)
     senders = {first.document_id: adapters["000.00.01.H61"], second.document_id: adapters[PEOPLES_COMMITTEE]}
     senders |= {copy: adapters[PEOPLES_COMMITTEE] for copy in copies.values()}
+    senders |= {doc: adapters[code] for doc, code in senders_extra.items()}
     if len(copies) != 1:
         echo("MISSING: the People's Committee never had the công văn to distribute")
         ok = False
@@ -159,6 +167,25 @@ def run_demo(
     setup.close()
     echo("demo OK: every delivery and status arrived" if ok else "demo FAILED")
     return ok
+
+
+def national_axis_document() -> bytes:
+    """A central document as the national document axis hands it to the province: edXML from
+    the Government Office with a placeholder signature, as in the real samples."""
+    now = edxml.now_vn()
+    decision = edxml.Edoc(
+        sender=edxml.Organ("000.00.00.G22", "Văn phòng Chính phủ"),
+        recipients=[edxml.Organ(PEOPLES_COMMITTEE, "UBND tỉnh Vĩnh Long")],
+        document_id=f"000.00.00.G22,{edxml.fmt_date(now.date())},1896/QĐ-TTg",
+        code_number="1896",
+        code_notation="QĐ-TTg",
+        subject="Quyết định ban hành Quy chế gửi, nhận văn bản điện tử giữa các cơ quan hành chính nhà nước",
+        promulgation_place="Hà Nội",
+        promulgation_date=edxml.fmt_date(now.date()),
+        type_name="Quyết định",
+        attachments=[edxml.Attachment.from_bytes("1896-QD-TTg.pdf", SAMPLE_PDF, "application/pdf", zipped=True)],
+    )
+    return edxml.to_bytes(edxml.build_tree(decision, signature_placeholder=True))
 
 
 def _complete(archive: Archive, expected: dict[str, set[str]]) -> bool:

@@ -316,6 +316,7 @@ def test_demo_runs_end_to_end(env) -> None:
     proc = docbus(env, "demo")
     assert "demo OK" in proc.stdout
     assert "Quyết định ban hành Đề án 112" in proc.stdout
+    assert "“Sao lục: Quyết định ban hành Quy chế gửi, nhận văn bản điện tử" in proc.stdout  # from the national axis
 
 
 def send_from_dept(
