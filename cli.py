@@ -13,8 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import sys
+import textwrap
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,6 +32,7 @@ from bus.config import Settings, from_env
 from bus.errors import BrokerUnavailable, ConfigError, DocbusError, NotFound, Refused, one_line
 
 EXIT_REFUSED, EXIT_CONFIG, EXIT_BROKER, EXIT_FAILED = 1, 3, 4, 5
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer its reader left (128 + SIGPIPE)
 POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
@@ -158,6 +161,9 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(exc.message, EXIT_CONFIG)
         except DocbusError as exc:
             fail(f"[{exc.reason}] {exc.message}", EXIT_FAILED)
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a shell's SIGPIPE would
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_BROKEN_PIPE)
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_CONFIG)
         except DatabaseError as exc:  # the archive or a local store failed mid-command (a damaged file, a full disk)
@@ -1474,6 +1480,7 @@ def archive_show(document_id: str, as_json: bool) -> None:
         f"  “{data['subject']}”\n  from {data['from']['organ_id']} {data['from']['name']}, "
         f"archived {edxml.vn_text(data['archived_at'])} (UTC+7)"
     )
+    _echo_content(data["content"], data["subject"])
     click.echo(
         table(
             [[a["name"], a["content_type"], a["size"], a["sha256"][:16] + "…"] for a in data["attachments"]],
@@ -1486,6 +1493,18 @@ def archive_show(document_id: str, as_json: bool) -> None:
             codes = ", ".join(f"{st['code']} {edxml.vn_text(st['received_at'])[5:16]}" for st in r["statuses"]) or "—"
             rows.append([r["organ_id"], edxml.vn_text(r["delivered_at"]) or "pending", codes])
     click.echo(table(rows, ["Recipient", "Delivered (UTC+7)", "Statuses"]))
+
+
+def _echo_content(content: str, subject: str, *, indent: str = "  ") -> None:
+    """Nội dung, wrapped and cut at about ten lines (--json has all of it); nothing when it
+    only repeats the subject."""
+    if not content.strip() or content.strip() == subject.strip():
+        return
+    lines = textwrap.wrap(
+        " ".join(content.split()), width=96, initial_indent=indent, subsequent_indent=" " * len(indent),
+        max_lines=10, placeholder=" …",
+    )
+    click.echo("\n".join(lines))
 
 
 @archive.command("export")
@@ -1975,6 +1994,7 @@ def inspect(file: Path, as_json: bool) -> None:
             f"priority {data['priority']} ({data['priority_name']})"
         )
         click.echo(f"subject  {data['subject']}")
+        _echo_content(data["content"], data["subject"], indent="content  ")
         click.echo(f"business {data['business']['doc_type']} {data['business']['name']}")
     else:
         click.echo(
@@ -2097,7 +2117,9 @@ def demo(keep: bool) -> None:
 
     The People's Committee (000.00.00.H61), two departments and a district: a department
     sends a công văn with a PDF to the People's Committee; the People's Committee
-    distributes a decision to all of them; recipients answer 01 then 03; the trace is printed.
+    distributes a decision to all of them, sends the công văn on to the district (sao lục)
+    and distributes a Prime Minister's decision from the national axis; recipients answer
+    01 then 03; the trace is printed.
     Uses its own home ($DOCBUS_HOME/demo) and queue namespace (docbus-demo).
     """
     from bus.demo import run_demo

@@ -862,6 +862,7 @@ def summary(msg: Message) -> dict[str, Any]:
         to=[{"organ_id": o.organ_id, "name": o.name} for o in msg.recipients],
         code={"number": msg.code_number, "notation": msg.code_notation},
         subject=msg.subject,
+        content=msg.content,
         priority=msg.priority,
         priority_name=PRIORITIES.get(msg.priority, ""),
         status_code=None,

@@ -266,3 +266,36 @@ def test_agency_list_reads_as_the_tree_and_writes_a_distribution_list_for_a_dist
     assert _distribution_list(tmp_path / "xa.txt") == "000.11.01.H61,000.11.02.H61"  # what `send --to @FILE` reads
     unknown = CliRunner().invoke(main, ["agency", "list", "--under", "000.00.77.H61"], env=env)
     assert unknown.exit_code == 3 and "no agency '000.00.77.H61'" in unknown.output
+
+
+def test_inspect_shows_the_content_wrapped_and_json_keeps_all_of_it(tmp_path) -> None:
+    from tests.helpers import edoc
+
+    msg = edoc("000.00.00.H61", ["000.00.01.H61"], subject="Kế hoạch chuyển đổi số")
+    msg.content = "Triển khai kế hoạch chuyển đổi số năm 2027 của tỉnh Vĩnh Long. " * 40
+    path = tmp_path / "ke-hoach.edxml"
+    path.write_bytes(edxml.build(msg))
+    lines = run(["inspect", str(path)]).output.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("content  "))
+    content = [lines[start]] + [ln for ln in lines[start + 1 : start + 12] if ln.startswith(" " * 9)]
+    assert content[0].startswith("content  Triển khai kế hoạch chuyển đổi số năm 2027")
+    assert len(content) == 10 and content[-1].endswith(" …")  # cut; --json has it whole
+    assert json.loads(run(["inspect", "--json", str(path)]).output)["content"] == msg.content.strip()
+
+
+def test_a_reader_that_goes_away_stops_the_output_quietly(tmp_path) -> None:
+    """`docbus … | head`: exit 141 as a shell reports a broken pipe, no error on stderr."""
+    from tests.helpers import edoc
+
+    path = tmp_path / "cv.edxml"
+    path.write_bytes(edxml.build(edoc("000.00.00.H61", ["000.00.01.H61"])))
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cli", "inspect", str(path)], stdout=write, stderr=subprocess.PIPE, cwd=ROOT,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == b""
