@@ -172,8 +172,13 @@ def run_demo(
 def national_axis_document() -> bytes:
     """A central document as the national document axis hands it to the province: edXML from
     the Government Office with a placeholder signature, as in the real samples."""
+    return edxml.to_bytes(edxml.build_tree(national_axis_edoc(), signature_placeholder=True))
+
+
+def national_axis_edoc() -> edxml.Edoc:
+    """The Prime Minister's decision of :func:`national_axis_document`, to build variants of."""
     now = edxml.now_vn()
-    decision = edxml.Edoc(
+    return edxml.Edoc(
         sender=edxml.Organ("000.00.00.G22", "Văn phòng Chính phủ"),
         recipients=[edxml.Organ(PEOPLES_COMMITTEE, "UBND tỉnh Vĩnh Long")],
         document_id=f"000.00.00.G22,{edxml.fmt_date(now.date())},1896/QĐ-TTg",
@@ -185,7 +190,6 @@ def national_axis_document() -> bytes:
         type_name="Quyết định",
         attachments=[edxml.Attachment.from_bytes("1896-QD-TTg.pdf", SAMPLE_PDF, "application/pdf", zipped=True)],
     )
-    return edxml.to_bytes(edxml.build_tree(decision, signature_placeholder=True))
 
 
 def _complete(archive: Archive, expected: dict[str, set[str]]) -> bool:

@@ -13,13 +13,13 @@ from adapters import Adapter
 from adapters.adapter import OUTSIDE_NOTE
 from bus import edxml, safexml
 from bus.archive import Message
+from bus.demo import national_axis_edoc
 from bus.envelope import open_envelope
 from bus.errors import MalformedEnvelope, PolicyRefusal, Refused, SignatureRejected
 from bus.router import Router, load_trust
 from tests.conftest import interop_files
 
 PC, FIN, HOME_AFFAIRS = "000.00.00.H61", "000.00.02.H61", "000.00.01.H61"
-MINISTRY = "000.00.00.G22"
 
 
 def route(p) -> None:
@@ -31,19 +31,10 @@ def sample(fragment: str) -> Path:
 
 
 def central(**extra: str) -> edxml.Edoc:
-    """A document of the Government Office as another implementer would write it (unsigned)."""
-    return edxml.Edoc(
-        sender=edxml.Organ(MINISTRY, "Văn phòng Chính phủ"),
-        recipients=[edxml.Organ(PC, "UBND tỉnh Vĩnh Long")],
-        document_id=f"{MINISTRY},2026/11/20,81/TB-VPCP",
-        code_number="81",
-        code_notation="TB-VPCP",
-        subject="Thông báo kết luận của Thủ tướng Chính phủ",
-        promulgation_date="2026/11/20",
-        type_name="Thông báo",
-        attachments=[edxml.Attachment.from_bytes("81-TB.pdf", b"%PDF-1.4 thong bao", "application/pdf")],
-        extra=dict(extra),
-    )
+    """A document of the Government Office as another implementer writes it (built unsigned)."""
+    doc = national_axis_edoc()
+    doc.extra = dict(extra)
+    return doc
 
 
 def received_by(p, organ_id: str, document_id: str) -> edxml.Edoc:

@@ -230,22 +230,12 @@ def test_a_copy_header_distributes_a_received_document_under_the_agencys_own_num
 def test_a_copy_of_file_header_distributes_a_document_from_outside_the_bus(memory_province, tmp_path) -> None:
     """The People's Committee's system leaves what came over the national axis, with a header."""
     from adapters.adapter import OUTSIDE_NOTE
-    from bus import edxml
+    from bus.demo import national_axis_document
 
     p = memory_province
-    central = edxml.Edoc(
-        sender=edxml.Organ("000.00.00.G22", "Văn phòng Chính phủ"),
-        recipients=[edxml.Organ(PC)],
-        document_id="000.00.00.G22,2026/11/20,81/TB-VPCP",
-        code_number="81",
-        code_notation="TB-VPCP",
-        subject="Thông báo kết luận",
-        type_name="Thông báo",
-        attachments=[edxml.Attachment.from_bytes("81-TB.pdf", PDF, "application/pdf")],
-    )
     folder = tmp_path / "pc-pickup"
     copy = {"copy_of_file": "81-TB-VPCP.edxml", "to": [FIN], "number": "6", "notation": "SL-UBND"}
-    leave(folder, "tb81", copy, {"81-TB-VPCP.edxml": edxml.build(central)})
+    leave(folder, "tb81", copy, {"81-TB-VPCP.edxml": national_axis_document()})
     leave(folder, "hai-nguon", copy | {"number": "7", "copy_of": "000.00.01.H61,2020/01/01,1/X"})
     leave(folder, "thieu", copy | {"number": "8", "copy_of_file": "khong-co.edxml"})
     with Adapter(p.settings, PC, transport=p.transport) as pc:
@@ -256,5 +246,5 @@ def test_a_copy_of_file_header_distributes_a_document_from_outside_the_bus(memor
     assert (done["hai-nguon"].reason, done["thieu"].reason) == ("bad-job", "missing-file")
     assert "not both" in done["hai-nguon"].message
     [(_, msg, _)] = [h for h in take(p, FIN) if h[0].document_id == done["tb81"].document_id]
-    assert msg.subject == "Sao lục: Thông báo kết luận" and OUTSIDE_NOTE in msg.content
-    assert [a.name for a in msg.attachments] == ["81-TB.pdf", "ban-goc.edxml"]
+    assert msg.subject.startswith("Sao lục: Quyết định ban hành Quy chế") and OUTSIDE_NOTE in msg.content
+    assert [a.name for a in msg.attachments] == ["1896-QD-TTg.pdf", "ban-goc.edxml"]
