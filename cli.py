@@ -1973,7 +1973,7 @@ def inspect(file: Path, as_json: bool) -> None:
     from bus.config import Limits
 
     limits = Limits(max_envelope_bytes=256 * 1024 * 1024)
-    root = safexml.parse(file.read_bytes(), limits)
+    root = safexml.parse(file.read_bytes(), limits, huge_text=True)
     msg = edxml.parse_tree(root, limits)
     data = edxml.summary(msg)
     from bus import schema

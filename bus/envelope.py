@@ -255,7 +255,7 @@ def read_unverified_edoc(data: bytes, limits: Limits) -> edxml.Edoc:
     reference, which an outside file cannot bring), is refused.
     """
     outside = replace(limits, max_envelope_bytes=max(limits.max_envelope_bytes, limits.max_attachment_bytes))
-    root = safexml.parse(data, outside)
+    root = safexml.parse(data, outside, huge_text=True)
     msg = edxml.parse_tree(root, outside)
     if not isinstance(msg, edxml.Edoc):
         raise Refused(f"the file is a status ({msg.status_code}), not a document", reason="not-edoc")

@@ -30,13 +30,29 @@ PARSER = etree.XMLParser(
     remove_pis=True,
     collect_ids=False,
 )
+# for files from outside the bus (the national axis), whose scans sit in one base64 text node
+# over libxml2's 10 MB default; the file's byte size is still bounded before parsing
+HUGE_TEXT_PARSER = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    dtd_validation=False,
+    huge_tree=True,
+    remove_pis=True,
+    collect_ids=False,
+)
 # The prolog may hold an XML declaration, comments, PIs and whitespace; a DOCTYPE is refused.
 _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
 _PARSER_SOURCE = re.compile(r" \(<string>, line \d+\)$")
 
 
-def parse(data: bytes, limits: Limits | None = None) -> etree._Element:
-    """Return the root element of ``data`` or raise :class:`MalformedEnvelope`."""
+def parse(data: bytes, limits: Limits | None = None, *, huge_text: bool = False) -> etree._Element:
+    """Return the root element of ``data`` or raise :class:`MalformedEnvelope`.
+
+    ``huge_text``: allow text nodes over libxml2's 10 MB (a file from outside the bus carrying
+    a large scan inside it).  Security: only with a ``limits.max_envelope_bytes`` chosen for
+    such files; everything else here (no DOCTYPE, no entities or network, the depth bound)
+    applies the same.  Envelopes on the bus never need it: larger files travel in chunks."""
     limits = limits or Limits()
     if not isinstance(data, bytes | bytearray):
         raise MalformedEnvelope("envelope must be bytes", reason="malformed")
@@ -49,7 +65,7 @@ def parse(data: bytes, limits: Limits | None = None) -> etree._Element:
     if _DOCTYPE.search(data, 0, root_start):
         raise MalformedEnvelope("a DOCTYPE (DTD or entity declaration) is not allowed", reason="dtd-forbidden")
     try:
-        root = etree.fromstring(bytes(data), parser=PARSER)
+        root = etree.fromstring(bytes(data), parser=HUGE_TEXT_PARSER if huge_text else PARSER)
     except etree.XMLSyntaxError as exc:
         reason = "bad-encoding" if "encoding" in str(exc).lower() or "utf-8" in str(exc).lower() else "malformed"
         if "depth" in str(exc).lower():

@@ -137,3 +137,18 @@ def test_a_file_over_the_inline_limit_travels_by_reference(small_inline) -> None
     plan, original = got.attachments[1], got.attachments[2]
     assert plan.name == "phu-luc.pdf" and plan.external is not None and plan.path.read_bytes() == big
     assert original.name == "ban-goc.edxml" and original.path.read_bytes() == raw
+
+
+def test_a_scan_over_ten_megabytes_inside_the_file_is_read_and_sent_in_chunks(memory_province) -> None:
+    """A national-axis file carries its scans inline: one base64 text node over libxml2's 10 MB."""
+    p = memory_province
+    doc = central()
+    scan = os.urandom(8_000_000)  # 10.7 MB of base64
+    doc.attachments.append(edxml.Attachment.from_bytes("ban-scan.pdf", scan, "application/pdf", content_id="2"))
+    raw = edxml.build(doc)
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        copy = pc.send_outside_copy(raw, [FIN], number="18", notation="SL-UBND")
+    route(p)
+    got = received_by(p, FIN, copy.document_id)
+    assert [a.name for a in got.attachments] == ["1896-QD-TTg.pdf", "ban-scan.pdf", "ban-goc.edxml"]
+    assert got.attachments[1].external is not None and got.attachments[1].path.read_bytes() == scan
