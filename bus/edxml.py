@@ -297,7 +297,7 @@ class Attachment:
         return self._encoded
 
 
-KEEP_DECODED_BYTES = 256 * 1024  # a checked file larger than this is decoded again when read
+KEEP_DECODED_BYTES = 256 * 1024  # decoded bytes kept per envelope once checked; the rest is decoded again when read
 
 
 def check_attachments(msg: Message, max_total: int) -> None:
@@ -308,10 +308,10 @@ def check_attachments(msg: Message, max_total: int) -> None:
     Security: ``max_total`` bounds the decoded (and unzipped) size of all the files of one
     envelope together, so a few kilobytes of zip bombs cannot make a router inflate gigabytes
     per message; each file's own bound is ``Limits.max_attachment_bytes``.  A checked file's
-    size and digest are kept; its bytes only when small, so a batch of envelopes does not hold
-    every decoded scan at once.
+    size and digest are kept, and its bytes only within :data:`KEEP_DECODED_BYTES` per
+    envelope, so a router's batch of a hundred envelopes never holds their decoded files.
     """
-    left = max_total
+    left, keep = max_total, KEEP_DECODED_BYTES
     for a in getattr(msg, "attachments", ()):
         if a.external is not None or a._checked is not None:
             continue
@@ -330,8 +330,10 @@ def check_attachments(msg: Message, max_total: int) -> None:
             a._max_bytes = own_limit
         a._checked = (len(data), hashlib.sha256(data).hexdigest())
         left -= len(data)
-        if len(data) > KEEP_DECODED_BYTES and a._encoded:
+        if a._encoded and len(data) > keep:
             a._data = None
+        else:
+            keep -= len(data)
 
 
 def _decode(text: str, zipped: bool, name: str, max_bytes: int) -> bytes:
