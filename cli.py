@@ -243,7 +243,9 @@ def _distribution_list(path: Path) -> str:
     return ",".join(code for _, line in _listed(path, "distribution list") for code in line.replace(",", " ").split())
 
 
-def electronic_files(ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]) -> tuple[Path, ...]:
+def electronic_files(
+    ctx: click.Context, param: click.Parameter | None, value: tuple[Path, ...]
+) -> tuple[Path, ...]:
     """Attached files must hold something: an empty scan is no electronic file."""
     for path in value:
         if path.is_file() and path.stat().st_size == 0:

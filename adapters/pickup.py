@@ -69,7 +69,7 @@ RESULT = "result.json"
 _OPTIONAL = {"type": "Công văn", "priority": 0, "content": "", "paper_only": False, "zip": False}
 _REQUIRED = ("to", "subject", "number", "notation", "files")
 # a copy (sao lục) takes its type, content and files from the document it copies
-_COPY_OPTIONAL = {"subject": "", "priority": None, "files": []}
+_COPY_OPTIONAL: dict[str, Any] = {"subject": "", "priority": None, "files": []}
 _COPY_REQUIRED = ("to", "number", "notation")
 # what a copy copies: a document received on the bus, or the edXML file of one from outside it
 _COPY_SOURCES = ("copy_of", "copy_of_file")
@@ -216,7 +216,7 @@ class Pickup:
                 earlier = adapter.send_status(job.document_id, to, job.code, job.description)
             except (Refused, NotFound) as exc:
                 return self._refuse(header, exc)
-        result = {"document_id": job.document_id, "status_code": job.code, "to": to}
+        result: dict[str, Any] = {"document_id": job.document_id, "status_code": job.code, "to": to}
         result |= {"digest": earlier.digest, "published": earlier.published, "error": earlier.error}
         dest = self._move(header, (), "sent", result)
         log.info("sent %s: status %s for %s", job.name, job.code, job.document_id)

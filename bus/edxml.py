@@ -107,7 +107,7 @@ def vn_text(utc: datetime | str | None) -> str:
         try:
             utc = datetime.fromisoformat(utc)
         except ValueError:
-            return utc
+            return str(utc)
     if utc is None:
         return ""
     return (vn_clock(utc) if utc.tzinfo is None else utc.astimezone(VN_TZ)).strftime(layout)
