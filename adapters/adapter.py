@@ -1018,7 +1018,7 @@ class Adapter:
         A secret marking or a revocation (thu hồi) is refused, as for :meth:`send_copy`.
         """
         limits = self.settings.limits
-        raw = original if isinstance(original, bytes) else _bounded_read(original, limits.max_attachment_bytes)
+        raw = original if isinstance(original, bytes) else _bounded_read(original, limits.max_outside_file_bytes)
         try:
             edoc = read_unverified_edoc(raw, limits)
         except Refused as exc:
@@ -1133,7 +1133,11 @@ def _bounded_read(path: Path, limit: int) -> bytes:
     if not path.is_file():
         raise NotFound(f"{path} does not exist")
     if path.stat().st_size > limit:
-        raise Refused(f"{path.name} is over {limit // 2**20} MiB", reason="too-large")
+        raise Refused(
+            f"{path.name} is over {limit // 2**20} MiB, more than an edXML file read whole may be: send its "
+            "files as a document of this agency's ('docbus send …'), larger files travel in chunks",
+            reason="too-large",
+        )
     return path.read_bytes()
 
 

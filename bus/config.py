@@ -33,6 +33,9 @@ class Limits:
     max_depth: int = 32
     max_attachment_bytes: int = 64 * 1024 * 1024  # decoded (and unzipped) size of one file
     max_decoded_bytes: int = 64 * 1024 * 1024  # ... and of all the files inside one envelope together
+    # an edXML file from outside the bus (sao lục from the national axis) carries its scans
+    # inline and is read whole: about five times its size in memory while it is parsed
+    max_outside_file_bytes: int = 20 * 1024 * 1024
     inline_attachment_bytes: int = 2 * 1024 * 1024  # larger files travel in chunks (bus.blobs)
     max_recipients: int = 500
     max_age_hours: float = 168.0  # a signed message older than this is refused (replay window)

@@ -248,13 +248,13 @@ def read_unverified_edoc(data: bytes, limits: Limits) -> edxml.Edoc:
     ministry's system, a file handed over): its signer is not under the provincial CA, and
     real national-axis traffic carries placeholder signatures, so nothing here can vouch
     for it.  Security: whatever uses the result must say that the original is unverified,
-    and the bytes are still hostile: safe parse with its bounds (the envelope up to
-    ``max_attachment_bytes``, as such a file carries its files inside), the lenient XSD
+    and the bytes are still hostile: safe parse with its bounds (the file up to
+    ``max_outside_file_bytes``, as such a file carries its files inside), the lenient XSD
     that every real implementer's sample passes, the edXML model, the manifest.  A status,
     or a document that names a file outside its envelope (this bus's large-file
     reference, which an outside file cannot bring), is refused.
     """
-    outside = replace(limits, max_envelope_bytes=max(limits.max_envelope_bytes, limits.max_attachment_bytes))
+    outside = replace(limits, max_envelope_bytes=max(limits.max_envelope_bytes, limits.max_outside_file_bytes))
     root = safexml.parse(data, outside, huge_text=True)
     msg = edxml.parse_tree(root, outside)
     if not isinstance(msg, edxml.Edoc):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,15 @@ def test_a_scan_over_ten_megabytes_inside_the_file_is_read_and_sent_in_chunks(me
     got = received_by(p, FIN, copy.document_id)
     assert [a.name for a in got.attachments] == ["1896-QD-TTg.pdf", "ban-scan.pdf", "ban-goc.edxml"]
     assert got.attachments[1].external is not None and got.attachments[1].path.read_bytes() == scan
+
+
+def test_a_file_larger_than_may_be_read_whole_is_refused_with_what_to_do(memory_province, tmp_path) -> None:
+    p = memory_province
+    p.settings = replace(p.settings, limits=replace(p.settings.limits, max_outside_file_bytes=2000))
+    path = tmp_path / "qd-1896.edxml"
+    path.write_bytes(edxml.build(central()))
+    assert path.stat().st_size > 2000
+    with Adapter(p.settings, PC, transport=p.transport) as pc, pytest.raises(Refused) as refused:
+        pc.send_outside_copy(path, [FIN], number="19", notation="SL")
+    assert refused.value.reason == "too-large" and "docbus send" in refused.value.message
+    assert pc.store.Outbox.select().count() == 0
