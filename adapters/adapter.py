@@ -81,6 +81,7 @@ SUPERSEDED = {REVOKE: "revoked", UPDATE: "updated", 3: "replaced"}
 RECEIVE_PREFETCH = 16  # deliveries held at once (chunks 1 MiB, envelopes at most 4 MiB): bounds memory
 UPLOAD_WINDOW = 8  # unconfirmed chunks in flight while a large file is sent
 ANSWER_EVERY = 0.1  # s: under load, the automatic 01s wait at most this long to go out together
+ENVELOPE_HEADROOM = 512 * 1024  # bytes of an envelope kept for its header (a content of 100,000 characters)
 # said in the content of a sao lục whose original came from outside the bus
 OUTSIDE_NOTE = ", nhận ngoài mạng văn bản của tỉnh; chữ ký số của bản gốc chưa được kiểm tra"
 
@@ -232,7 +233,9 @@ class Adapter:
         concerned (the message keeps that DocumentId); 3 (replace) with ``replaces``.
         """
         inline = self.settings.limits.inline_attachment_bytes
-        attachments = [f if isinstance(f, Attachment) else _attachment(Path(f), zipped, inline) for f in files]
+        attachments = self._fitted(
+            [f if isinstance(f, Attachment) else _attachment(Path(f), zipped, inline) for f in files]
+        )
         organs = [r if isinstance(r, Organ) else Organ(r) for r in recipients]
         edoc = compose.new_edoc(
             self.me,
@@ -258,6 +261,28 @@ class Adapter:
                 raise DocbusError("a replacement names the documents it replaces", reason="usage")
             edoc.business.replacements = [edxml.ReplacementInfo(d, [o.organ_id for o in organs]) for d in replaces]
         return self.submit(edoc)
+
+    def _fitted(self, attachments: list[Attachment]) -> list[Attachment]:
+        """The files inside the envelope only while it stays under the broker's bound
+        (``Limits.max_envelope_bytes``); the others by reference, in chunks.
+
+        Each file over ``inline_attachment_bytes`` goes by reference, then the largest of the
+        rest until they fit together: three 1.9 MB scans are each small enough, not all three.
+        """
+        limits = self.settings.limits
+        room = limits.max_envelope_bytes - ENVELOPE_HEADROOM
+        out = list(attachments)
+        inline = [i for i, a in enumerate(out) if a.external is None]
+        inline.sort(key=lambda i: len(out[i].encoded()), reverse=True)
+        total = sum(len(out[i].encoded()) for i in inline)
+        for i in inline:
+            a = out[i]
+            if total <= room and a.size <= limits.inline_attachment_bytes:
+                continue
+            total -= len(a.encoded())
+            ext, path = self.chunks.keep(a.data)
+            out[i] = Attachment(a.content_id, a.name, a.content_type, a.description or a.name, external=ext, path=path)
+        return out
 
     def number_in_use(self, number: str, notation: str) -> NumberInUse | None:
         """What this agency already sent today under số ``number``/``notation``, if anything.
@@ -1068,11 +1093,11 @@ class Adapter:
             cid = _content_id(name)
             if a.external is not None:  # a large file: sent again by reference, its bytes in chunks
                 copied.append(replace(a, content_id=cid, name=name, description=name))
-            else:  # inside the original; over the inline limit only in an outside file.  A file the
+            else:  # inside the original (send() puts what does not fit in chunks).  A file the
                 # original carried zipped goes unzipped: its declared type may be the ZIP's
                 ctype = (mimetypes.guess_type(name)[0] or "application/octet-stream") if a.zipped else a.content_type
-                copied.append(self._carried(name, a.data, ctype))
-        envelope = self._carried(names[0], raw, "application/xml")
+                copied.append(Attachment.from_bytes(name, a.data, ctype, content_id=cid))
+        envelope = Attachment.from_bytes(names[0], raw, "application/xml", content_id=_content_id(names[0]))
         by = original.sender.name or original.sender.organ_id
         number_of = "/".join(x for x in (original.code_number, original.code_notation) if x)
         dated = f" ngày {original.promulgation_date}" if original.promulgation_date else ""
@@ -1087,14 +1112,6 @@ class Adapter:
             content=f"Sao lục {original.type_name or 'văn bản'} số {number_of}{dated}"
             f" của {by} (DocumentId {original.document_id}){'' if verified else OUTSIDE_NOTE}: {original.subject}",
         )
-
-    def _carried(self, name: str, data: bytes, content_type: str) -> Attachment:
-        """``data`` as a file of a copy: inside the envelope, or over the inline limit by
-        reference, kept under its digest as a sent file is and sent in chunks."""
-        if len(data) <= self.settings.limits.inline_attachment_bytes:
-            return Attachment.from_bytes(name, data, content_type, content_id=_content_id(name))
-        ext, path = self.chunks.keep(data)
-        return Attachment(_content_id(name), name, content_type, name, external=ext, path=path)
 
     def _reopen(self, raw: bytes, received_at: dt.datetime | str) -> Opened:
         """A stored copy verified again as of when it was received (UTC).

@@ -203,3 +203,24 @@ def test_verify_checks_the_large_file_beside_an_exported_or_received_envelope(sm
     [written] = dropped
     code, out = verify(written)
     assert code == 0 and out["large_files"] == [str(written.with_name(f"{written.stem}-ban-do-quy-hoach.tif"))]
+
+
+def test_files_each_small_enough_but_too_large_together_go_partly_in_chunks(memory_province, tmp_path) -> None:
+    """Three 1.9 MB scans: each under the inline limit, together over an envelope's bound."""
+    p = memory_province
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"trang-{i}.pdf")
+        files[-1].write_bytes(os.urandom(1_900_000))
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        sent = dept.send([PC], subject="Hồ sơ ba tệp", number="31", notation="SNV", files=files)
+    [envelope] = list(queue(p, Names(p.settings.namespace).router_queue))
+    assert len(envelope.body) <= p.settings.limits.max_envelope_bytes
+    router_of(p).run()
+    assert Message.get(Message.document_id == sent.document_id).state == "accepted"
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        pc.receive()
+        got = pc.document(sent.document_id).attachments
+    assert [a.name for a in got] == [f.name for f in files]
+    assert [a.data for a in got] == [f.read_bytes() for f in files]
+    assert 1 <= sum(a.external is not None for a in got) < 3  # the largest by reference, the rest inside
