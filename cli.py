@@ -964,7 +964,7 @@ def _take_new(adapter: Any, no_fetch: bool) -> str:
         return ""
     try:
         adapter.flush()
-        adapter.receive(idle_timeout=0.5)
+        adapter.receive(idle_timeout=0.5, hand=False)  # a running `adapter run` hands them to the system
     except BrokerUnavailable as exc:
         return f"showing the local store only: {exc.message}"
     return ""
@@ -994,9 +994,10 @@ def _status_text(code: str, description: str | None = None) -> str:
 
 
 def _inbox_state(item: Any) -> str:
-    """'handed', 'invalid: reason', the agency's latest answer beyond the automatic 01, and
+    """'stored' (not yet handed to the agency's system: no `adapter run` has taken it yet),
+    'handed', 'invalid: reason', the agency's latest answer beyond the automatic 01, and
     whether its sender has since revoked, updated or replaced it."""
-    state = item.state if item.state != "invalid" else f"invalid: {item.reason}"
+    state = {"new": "stored", "invalid": f"invalid: {item.reason}"}.get(item.state, item.state)
     if item.answered and item.answered != "01":
         state += f", answered {item.answered}"
     if item.superseded:

@@ -598,13 +598,23 @@ class Adapter:
 
     # -- receiving
     def receive(
-        self, *, idle_timeout: float = 1.0, limit: int | None = None, stop: Callable[[], bool] | None = None
+        self,
+        *,
+        idle_timeout: float = 1.0,
+        limit: int | None = None,
+        stop: Callable[[], bool] | None = None,
+        hand: bool = True,
     ) -> list[InboxItem]:
         """Take what the inbox queues hold (urgent first) until idle: verify, store, answer 01, hand over.
 
         Deliveries that arrive together are stored in one transaction with their 01 answers,
         acked after that commit, handed over, and the answers published with streamed
         confirms.  With ``limit``, one at a time, so no more than ``limit`` are taken.
+
+        ``hand=False``: store and answer only, leaving each item ``new`` for whoever hands
+        the agency's mail to its system (``docbus adapter run`` takes such items over within
+        a second): a clerk's listing must not take a document away from the drop folder.
+        Without ``on_receive`` and with ``hand=True`` the items returned are the hand-over.
         """
         got: list[InboxItem] = []
 
@@ -626,7 +636,8 @@ class Adapter:
             for d in batch:
                 d.ack()  # only after the local store committed
             bodies = {d.message_id or sha256(d.body): d.body for d in batch}
-            got.extend(self._hand_many([(item, msg, bodies.get(item.digest)) for item, msg in accepted if item]))
+            stored = [(item, msg, bodies.get(item.digest)) for item, msg in accepted if item]
+            got.extend(self._hand_many(stored) if hand else [item for item, _, _ in stored])
             if accepted:
                 waiting.append(time.monotonic())
             answer(quiet=False)
@@ -860,7 +871,8 @@ class Adapter:
         item.state, item.reason = "invalid", exc.reason
 
     def hand_pending(self) -> int:
-        """Hand over what was stored but not handed (the process stopped in between)."""
+        """Hand over what was stored but not handed: the process stopped in between, or a
+        clerk's listing (``docbus inbox``) took it in from the broker meanwhile."""
         Inbox = self.store.Inbox
         rows = list(Inbox.select().where(Inbox.state == "new").order_by(Inbox.priority.desc(), Inbox.id))
         self._hand_many([(self._item(row), None, bytes(row.raw)) for row in rows])
@@ -890,6 +902,8 @@ class Adapter:
                     idle_since = time.monotonic()
                 self.flush()
                 got = self.receive(idle_timeout=0.5, stop=stop)
+                if self.hand_pending():  # what another process of this agency stored meanwhile
+                    idle_since = time.monotonic()
                 backoff = 0.5
                 if got:
                     idle_since = time.monotonic()

@@ -97,7 +97,8 @@ def test_send_route_receive_answer_trace(env, tmp_path) -> None:
     answer = json.loads(docbus(env, "status", "send", "--agency", PC, "--code", "03", document_id, "--json").stdout)
     assert (answer["status_code"], answer["to"], answer["published"], answer["error"]) == ("03", DEPT, True, None)
     listed = docbus(env, "inbox", "--agency", PC, "--no-fetch").stdout
-    assert "handed, answered 03" in listed and " khẩn " in listed  # sent with --priority 1: the clerk sees it
+    # taken in by the clerk's listing, not handed to a system (no `adapter run` here); sent with --priority 1
+    assert "stored, answered 03" in listed and " khẩn " in listed
     docbus(env, "router", "run", "--idle-exit", "1.5")
 
     statuses = json.loads(docbus(env, "inbox", "--agency", DEPT, "--json").stdout)

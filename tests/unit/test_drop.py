@@ -162,3 +162,33 @@ def test_a_stored_copy_altered_on_disk_is_marked_invalid_and_the_rest_still_hand
     [reason] = [r for s, r in states.values() if s == "invalid"]
     assert reason.startswith("[signature-invalid] stored copy no longer verifies")
     assert len(handed) == 1
+
+
+def test_a_clerks_listing_does_not_take_a_document_away_from_the_running_adapter(memory_province, tmp_path) -> None:
+    """`docbus inbox` while `docbus adapter run --drop` runs: the listing stores and answers
+    what it took, and the running adapter still writes it to the drop folder."""
+    p = memory_province
+    send_cong_van(p, "41")
+    Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub).run()
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    rounds: list[int] = []
+
+    def clerk_looks() -> bool:  # the first round of the running adapter: a clerk lists the inbox
+        if not rounds:
+            with Adapter(p.settings, PC, transport=p.transport) as clerk:
+                [taken] = clerk.receive(idle_timeout=0.1, hand=False)
+                assert taken.state == "new"
+        rounds.append(1)
+        return False
+
+    written: list[str] = []
+    with Adapter(
+        p.settings, PC, transport=p.transport, on_receive=lambda item, msg, raw: written.append(
+            drop.write(folder, item.digest, msg, raw).name
+        )
+    ) as system:
+        system.run(idle_exit=0.3, pickup=clerk_looks)
+        [item] = system.inbox("edoc")
+    assert len(written) == 1 and (folder / written[0]).is_file()
+    assert item.state == "handed" and item.answered == "01"
