@@ -21,26 +21,23 @@ from lxml import etree
 from bus.config import Limits
 from bus.errors import MalformedEnvelope
 
-PARSER = etree.XMLParser(
-    resolve_entities=False,
-    no_network=True,
-    load_dtd=False,
-    dtd_validation=False,
-    huge_tree=False,
-    remove_pis=True,
-    collect_ids=False,
-)
+
+def _parser(*, huge_tree: bool) -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=huge_tree,
+        remove_pis=True,
+        collect_ids=False,
+    )
+
+
+PARSER = _parser(huge_tree=False)
 # for files from outside the bus (the national axis), whose scans sit in one base64 text node
 # over libxml2's 10 MB default; the file's byte size is still bounded before parsing
-HUGE_TEXT_PARSER = etree.XMLParser(
-    resolve_entities=False,
-    no_network=True,
-    load_dtd=False,
-    dtd_validation=False,
-    huge_tree=True,
-    remove_pis=True,
-    collect_ids=False,
-)
+HUGE_TEXT_PARSER = _parser(huge_tree=True)
 # The prolog may hold an XML declaration, comments, PIs and whitespace; a DOCTYPE is refused.
 _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
 _PARSER_SOURCE = re.compile(r" \(<string>, line \d+\)$")

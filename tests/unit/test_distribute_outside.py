@@ -125,16 +125,22 @@ def test_a_file_that_is_not_the_zip_it_claims_is_refused(memory_province) -> Non
     assert refused.value.reason == "bad-attachment" and "81-TB.pdf" in str(refused.value)
 
 
-def test_a_file_over_the_inline_limit_travels_by_reference(small_inline) -> None:
-    p = small_inline  # files over 64 KiB go in chunks
+def distributed_with(p, name: str, data: bytes, number: str) -> tuple[bytes, edxml.Edoc]:
+    """The central decision with one more file ``name`` inside it, distributed to FIN:
+    (the outside file's bytes, the copy as FIN received it)."""
     doc = central()
-    big = os.urandom(100_000)
-    doc.attachments.append(edxml.Attachment.from_bytes("phu-luc.pdf", big, "application/pdf", content_id="2"))
+    doc.attachments.append(edxml.Attachment.from_bytes(name, data, "application/pdf", content_id="2"))
     raw = edxml.build(doc)
     with Adapter(p.settings, PC, transport=p.transport) as pc:
-        copy = pc.send_outside_copy(raw, [FIN], number="17", notation="SL-UBND")
+        copy = pc.send_outside_copy(raw, [FIN], number=number, notation="SL-UBND")
     route(p)
-    got = received_by(p, FIN, copy.document_id)
+    return raw, received_by(p, FIN, copy.document_id)
+
+
+def test_a_file_over_the_inline_limit_travels_by_reference(small_inline) -> None:
+    p = small_inline  # files over 64 KiB go in chunks
+    big = os.urandom(100_000)
+    raw, got = distributed_with(p, "phu-luc.pdf", big, "17")
     plan, original = got.attachments[1], got.attachments[2]
     assert plan.name == "phu-luc.pdf" and plan.external is not None and plan.path.read_bytes() == big
     assert original.name == "ban-goc.edxml" and original.path.read_bytes() == raw
@@ -142,15 +148,8 @@ def test_a_file_over_the_inline_limit_travels_by_reference(small_inline) -> None
 
 def test_a_scan_over_ten_megabytes_inside_the_file_is_read_and_sent_in_chunks(memory_province) -> None:
     """A national-axis file carries its scans inline: one base64 text node over libxml2's 10 MB."""
-    p = memory_province
-    doc = central()
     scan = os.urandom(8_000_000)  # 10.7 MB of base64
-    doc.attachments.append(edxml.Attachment.from_bytes("ban-scan.pdf", scan, "application/pdf", content_id="2"))
-    raw = edxml.build(doc)
-    with Adapter(p.settings, PC, transport=p.transport) as pc:
-        copy = pc.send_outside_copy(raw, [FIN], number="18", notation="SL-UBND")
-    route(p)
-    got = received_by(p, FIN, copy.document_id)
+    _, got = distributed_with(memory_province, "ban-scan.pdf", scan, "18")
     assert [a.name for a in got.attachments] == ["1896-QD-TTg.pdf", "ban-scan.pdf", "ban-goc.edxml"]
     assert got.attachments[1].external is not None and got.attachments[1].path.read_bytes() == scan
 
