@@ -322,7 +322,7 @@ def split_payloads(raw: bytes, attachments: Iterable[Any]) -> tuple[bytes, list[
                 "content_id": att.content_id[:300],
                 "name": att.name[:500],
                 "content_type": att.content_type[:200],
-                "size": len(att.data),
+                "size": att.size,  # known since the gate decoded it (edxml.check_attachments)
                 "sha256": att.sha256,
                 "payload": digest,
                 "_bytes": text,

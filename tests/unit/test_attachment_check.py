@@ -54,3 +54,30 @@ def test_a_zip_of_two_files_is_refused() -> None:
     parsed = edxml.parse_tree(safexml.parse(edxml.build(msg)))
     with pytest.raises(SchemaViolation, match="holds one file, found 2"):
         edxml.check_attachments(parsed, 64 * 1024 * 1024)
+
+
+def test_the_router_decodes_each_file_once(memory_province, monkeypatch) -> None:
+    """The gate decodes; the archive uses the size and digest it kept (a 300 KB file is not held)."""
+    from bus import compose
+    from bus.archive import AttachmentRecord, Message
+    from bus.router import Router, load_trust
+    from tests.helpers import identity
+
+    p = memory_province
+    msg = edoc("000.00.00.H61", ["000.00.01.H61"], files=False)
+    scan = b"%PDF-1.4 " + bytes(300_000)
+    msg.attachments = [edxml.Attachment.from_bytes("scan.pdf", scan, "application/pdf", zipped=True)]
+    data = compose.sign(msg, identity(p.settings, "000.00.00.H61"))
+    calls: list[str] = []
+    real = edxml._decode
+
+    def counted(text: str, zipped: bool, name: str, limit: int) -> bytes:
+        calls.append(name)
+        return real(text, zipped, name, limit)
+
+    monkeypatch.setattr(edxml, "_decode", counted)
+    router = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+    out = router.process(data, routing_key="edoc.000.00.00.H61")
+    assert out.state == "accepted" and calls == ["scan.pdf"]
+    record = AttachmentRecord.get(AttachmentRecord.message == Message.get(Message.digest == out.digest))
+    assert (record.size, record.sha256) == (len(scan), hashlib.sha256(scan).hexdigest())
