@@ -246,10 +246,15 @@ def _distribution_list(path: Path) -> str:
 def electronic_files(
     ctx: click.Context, param: click.Parameter | None, value: tuple[Path, ...]
 ) -> tuple[Path, ...]:
-    """Attached files must hold something: an empty scan is no electronic file."""
+    """Attached files must hold something: an empty scan is no electronic file; and each once
+    (as the pickup folder asks), a file named twice being a slip of the clerk's."""
+    seen: set[Path] = set()
     for path in value:
         if path.is_file() and path.stat().st_size == 0:
             raise click.BadParameter(f"{path} is empty (0 bytes): attach the document's electronic file")
+        if path.resolve() in seen:
+            raise click.BadParameter(f"{path} is named more than once")
+        seen.add(path.resolve())
     return value
 
 

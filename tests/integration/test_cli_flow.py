@@ -158,7 +158,10 @@ def test_send_takes_a_distribution_list_and_refuses_what_a_clerk_typed_wrong(env
     assert listed_twice.returncode == 2 and f"{PC} is named more than once" in listed_twice.stderr
     blank = docbus(env, *args, "--to", PC, str(empty), check=False)
     assert blank.returncode == 2 and "scan.pdf is empty (0 bytes)" in blank.stderr
-    assert "Traceback" not in twice.stderr + listed_twice.stderr + blank.stderr
+    scan = _file(tmp_path)
+    same_file = docbus(env, *args, "--to", PC, str(scan), str(tmp_path / "." / scan.name), check=False)
+    assert same_file.returncode == 2 and "x.pdf is named more than once" in same_file.stderr
+    assert "Traceback" not in twice.stderr + listed_twice.stderr + blank.stderr + same_file.stderr
     docbus(env, "router", "run", "--idle-exit", "1.5")
     assert json.loads(docbus(env, "inbox", "--agency", PC, "--json").stdout) == []  # nothing left
 
