@@ -122,7 +122,6 @@ def run_demo(
         echo(f"sent      {central.document_id} (sao lục of the Prime Minister's decision from the national")
         echo("          axis -> the same agencies, flagged as not verified on this bus)")
         expected[central.document_id] = set(others)
-        senders_extra = {central.document_id: PEOPLES_COMMITTEE}
 
         answered: set[tuple[str, str]] = set()
         deadline = time.monotonic() + timeout
@@ -144,9 +143,8 @@ def run_demo(
         # the senders' own inboxes must hold every status too
         for a in adapters.values():
             a.receive(idle_timeout=0.3)
-    senders = {first.document_id: adapters["000.00.01.H61"], second.document_id: adapters[PEOPLES_COMMITTEE]}
-    senders |= {copy: adapters[PEOPLES_COMMITTEE] for copy in copies.values()}
-    senders |= {doc: adapters[code] for doc, code in senders_extra.items()}
+    senders = {first.document_id: adapters["000.00.01.H61"]}
+    senders |= {doc: adapters[PEOPLES_COMMITTEE] for doc in (second.document_id, central.document_id, *copies.values())}
     if len(copies) != 1:
         echo("MISSING: the People's Committee never had the công văn to distribute")
         ok = False

@@ -315,25 +315,24 @@ def check_attachments(msg: Message, max_total: int) -> None:
     for a in getattr(msg, "attachments", ()):
         if a.external is not None or a._checked is not None:
             continue
-        own_limit = a._max_bytes
-        a._max_bytes = min(own_limit, left)
-        try:
-            data = a.data
-        except SchemaViolation as exc:
-            if exc.reason == "attachment-too-large" and a._max_bytes < own_limit:
-                raise SchemaViolation(
-                    f"the files inside the envelope decode to more than {max_total} bytes in all",
-                    reason="attachment-too-large",
-                ) from exc
-            raise
-        finally:
-            a._max_bytes = own_limit
+        if a._data is not None:
+            data = a._data
+        else:
+            try:
+                data = _decode(a._encoded or "", a.zipped, a.name, min(a._max_bytes, left))
+            except SchemaViolation as exc:
+                if exc.reason == "attachment-too-large" and left < a._max_bytes:
+                    raise SchemaViolation(
+                        f"the files inside the envelope decode to more than {max_total} bytes in all",
+                        reason="attachment-too-large",
+                    ) from exc
+                raise
         a._checked = (len(data), hashlib.sha256(data).hexdigest())
         left -= len(data)
         if a._encoded and len(data) > keep:
             a._data = None
         else:
-            keep -= len(data)
+            a._data, keep = data, keep - len(data)
 
 
 def _decode(text: str, zipped: bool, name: str, max_bytes: int) -> bytes:
