@@ -1409,6 +1409,9 @@ def archive_search(
     """Find archived documents, newest first."""
     from bus import search
 
+    if text is not None and not search.terms(text):
+        # otherwise no filter at all: "*" or "..." would list every document as if it matched
+        raise click.BadParameter(f"{text!r} has no word to search for (letters or digits)", param_hint="'--text'")
     open_archive(settings())
     filters = search.Filters(
         sender=sender,

@@ -211,6 +211,9 @@ def test_cli_search_show_export_verify(filled, tmp_path) -> None:
     found = json.loads(run(main, ["archive", "search", "--text", "cong van ket noi", "--json"], env=env).output)
     assert found["total"] == 1 and found["results"][0]["subject"].startswith("Công văn V/v kết nối")
     doc = found["results"][0]["document_id"]
+    for nothing in ("*", "", "... -"):  # no word: refused, not every document listed as a match
+        wordless = run(main, ["archive", "search", "--text", nothing], env=env)
+        assert wordless.exit_code == 2 and "no word to search for" in wordless.output
     table = run(main, ["archive", "search", "--from", DEPT], env=env).output
     assert "Công văn V/v kết nối" in table and "page 1 of 1, 1 document(s)" in table
     shown = run(main, ["archive", "show", doc], env=env).output
