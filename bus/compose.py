@@ -15,7 +15,7 @@ from signing.identity import Identity
 
 def document_id(organ_id: str, day: dt.date, number: str, notation: str) -> str:
     """``{OrganId},{yyyy/MM/dd},{CodeNumber}/{CodeNotation}`` as in the official samples."""
-    return f"{organ_id},{edxml.fmt_date(day)},{number}/{notation}"
+    return f"{organ_id},{edxml.fmt_date(day)},{edxml.nfc(number)}/{edxml.nfc(notation)}"
 
 
 def distinct_content_ids(attachments: Sequence[Attachment]) -> list[Attachment]:
@@ -24,8 +24,10 @@ def distinct_content_ids(attachments: Sequence[Attachment]) -> list[Attachment]:
     seen: set[str] = set()
     out = []
     for a in attachments:
-        cid = unique_name(a.content_id, seen)
-        out.append(a if cid == a.content_id else replace(a, content_id=cid))
+        name, description = edxml.nfc(a.name), edxml.nfc(a.description)
+        cid = unique_name(edxml.nfc(a.content_id), seen)
+        same = (cid, name, description) == (a.content_id, a.name, a.description)
+        out.append(a if same else replace(a, content_id=cid, name=name, description=description))
     return out
 
 
@@ -50,6 +52,10 @@ def new_edoc(
     now: dt.datetime | None = None,
 ) -> Edoc:
     now = now or edxml.now_vn()
+    # precomposed, whatever the clerk's typing tool produced (edxml.nfc)
+    subject, number, notation, type_name, content, place, signer_name, security_level = map(
+        edxml.nfc, (subject, number, notation, type_name, content, place, signer_name, security_level)
+    )
     extra = {"SecurityLevel": security_level} if security_level else {}
     return Edoc(
         sender=sender,
@@ -92,7 +98,7 @@ def new_status(
         sender=sender,
         response_for=ResponseFor(organ_id=edoc_sender, document_id=document_id),
         status_code=code,
-        description=description or edxml.STATUS_CODES.get(code, ""),
+        description=edxml.nfc(description) or edxml.STATUS_CODES.get(code, ""),
         timestamp=edxml.fmt_timestamp(now),
         staff=staff or StaffInfo(),
         traces=[TraceHeader(sender.organ_id, edxml.fmt_timestamp(now))],

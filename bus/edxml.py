@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import io
 import re
+import unicodedata
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,17 @@ STATUS_CODES = {
     "16": "Từ chối thu hồi/cập nhật",
 }
 BUSINESS_DOC_TYPES = {0: "Văn bản mới", 1: "Thu hồi", 2: "Cập nhật", 3: "Thay thế"}
+
+
+def nfc(text: str) -> str:
+    """``text`` with its Vietnamese letters precomposed (Unicode NFC, "dựng sẵn").
+
+    Why: a clerk's typing tool may be set to "Unicode tổ hợp" (a base letter followed by
+    combining marks, NFD), as are file names from a Mac.  Both look the same, but an exact
+    comparison tells them apart: a type name or a file name typed one way is not found when
+    searched the other way.  What this bus writes, and the archive columns that are searched
+    exactly, are NFC; signed bytes received from elsewhere are kept as they came."""
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
 def status_note(code: str, description: str | None) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from bus import topology
+from bus import edxml, topology
 from bus.archive import Agency, Archive, Certificate, utcnow
 from bus.brokeradmin import HANDLES_PER_QUORUM_QUEUE, BrokerAdmin, agency_permissions, new_password, vhost_of
 from bus.config import QCVN_ORGAN_ID, Settings
@@ -165,6 +165,7 @@ def add_agency(
         raise ConfigError(f"{organ_id} is the data centre's own OrganId")
     if not name.strip():
         raise ConfigError(f"{organ_id} needs a name (tên cơ quan): it goes into its certificate and every From")
+    name = edxml.nfc(name)
     if parent is not None:
         archive.agency(parent)  # raises NotFound with a clear message
     folder = settings.agency_home(organ_id)

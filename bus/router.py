@@ -482,8 +482,8 @@ class Router:
                 code_number=msg.code_number,
                 code_notation=msg.code_notation,
                 doc_type=msg.doc_type,
-                type_name=msg.type_name,
-                subject=msg.subject,
+                type_name=edxml.nfc(msg.type_name),  # searched exactly: one form however it was typed
+                subject=edxml.nfc(msg.subject),
                 promulgation_date=msg.promulgation_date,
                 priority=msg.priority,
                 business_doc_type=msg.business.doc_type,

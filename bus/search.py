@@ -19,7 +19,7 @@ from peewee import SQL, Model, SqliteDatabase, TextField, fn
 from playhouse.sqlite_ext import RowIDField
 
 from bus.archive import Message, Recipient, StatusEvent, db
-from bus.edxml import Edoc, vn_day_start
+from bus.edxml import Edoc, nfc, vn_day_start
 from bus.policy import fold
 
 ABBREVIATIONS = {"v/v": "v/v ve viec", "q/d": "q/d quyet dinh", "ubnd": "ubnd uy ban nhan dan", "cv": "cv cong van"}
@@ -103,9 +103,9 @@ def build(filters: Filters) -> Any:
     if filters.recipient:
         q = q.where(Message.id.in_(Recipient.select(Recipient.message).where(Recipient.organ_id == filters.recipient)))
     if filters.type_name:
-        q = q.where(Message.type_name == filters.type_name)
+        q = q.where(Message.type_name == nfc(filters.type_name))  # archived precomposed (edxml.nfc)
     if filters.number:
-        number, _, notation = filters.number.partition("/")
+        number, _, notation = nfc(filters.number).partition("/")
         q = q.where(Message.code_number == number)
         if notation:
             q = q.where(Message.code_notation == notation)
