@@ -33,7 +33,8 @@ same way (``result.json``: ``{"document_id", "status_code", "to", "digest", "pub
 A header is moved to ``FOLDER/.sending/`` before its message is signed: after a crash, a
 header found there was sent if its message is in the outbox (a document by its số, a status by
 its document and code), and is sent otherwise, never twice.  Each header's files are its own
-(they are moved with it).
+(they are moved with it).  A file is found by the name the header gives it however its
+Vietnamese letters are composed (a Mac writes "Báo cáo.pdf" with combining marks).
 
 Security: the header and the files come from the agency's own system, not from the bus; still,
 a file is named by a plain name inside FOLDER (no path), symbolic links are refused (on a
@@ -51,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bus.edxml import STATUS_CODES
+from bus.edxml import STATUS_CODES, nfc
 from bus.errors import DocbusError, NotFound, Refused
 from bus.filenames import safe_name, unique_name
 from bus.policy import named_twice
@@ -361,7 +362,7 @@ def _files(names: Any, folder: Path) -> tuple[Path, ...]:
     for name in names:
         if not _plain(name):
             raise BadJob(f"{name!r} is not a plain file name in the pickup folder")
-        path = folder / name
+        path = _in_folder(folder, name)
         if path.is_symlink():  # a shared folder: a link would send whatever the adapter may read
             raise BadJob(f"{name} is a symbolic link: put the file itself in the pickup folder")
         if not path.is_file():
@@ -377,7 +378,23 @@ def _files(names: Any, folder: Path) -> tuple[Path, ...]:
 def _present(names: Any, folder: Path) -> tuple[Path, ...]:
     if not isinstance(names, list):
         return ()
-    return tuple(folder / n for n in names if isinstance(n, str) and _plain(n) and (folder / n).is_file())
+    found = (_in_folder(folder, n) for n in names if isinstance(n, str) and _plain(n))
+    return tuple(path for path in found if path.is_file())
+
+
+def _in_folder(folder: Path, name: str) -> Path:
+    """The file ``name`` names in ``folder``, its Vietnamese letters composed either way.
+
+    Why: a header typed on Windows says "Tờ trình.pdf" precomposed (NFC) while the same name
+    written by a Mac onto a shared folder arrives with combining marks (NFD), and Linux
+    compares file names byte for byte.  An exact match wins; otherwise the one entry whose
+    name is the same text (``edxml.nfc``); otherwise ``folder / name`` (not there)."""
+    path = folder / name
+    if path.exists() or path.is_symlink() or not folder.is_dir():
+        return path
+    wanted = nfc(name)
+    same = [entry for entry in folder.iterdir() if entry.name != name and nfc(entry.name) == wanted]
+    return same[0] if len(same) == 1 else path
 
 
 def _named_files(header: Path, folder: Path) -> list[Path]:

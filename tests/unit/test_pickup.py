@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,18 @@ def test_a_copy_of_file_header_distributes_a_document_from_outside_the_bus(memor
     [(_, msg, _)] = [h for h in take(p, FIN) if h[0].document_id == done["tb81"].document_id]
     assert msg.subject.startswith("Sao lục: Quyết định ban hành Quy chế") and OUTSIDE_NOTE in msg.content
     assert [a.name for a in msg.attachments] == ["1896-QD-TTg.pdf", "ban-goc.edxml"]
+
+
+def test_a_file_named_with_its_letters_composed_the_other_way_is_found(memory_province, tmp_path) -> None:
+    """The header says "Báo cáo.pdf" precomposed; a Mac wrote the file with combining marks."""
+    p = memory_province
+    folder = tmp_path / "pickup"
+    written = unicodedata.normalize("NFD", "Báo cáo.pdf")
+    assert written != "Báo cáo.pdf"
+    leave(folder, "bc", bao_cao(), {written: PDF})
+    with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        [done] = Pickup(folder).work(dept)
+    assert done.state == "sent", done.message
+    assert sorted(f.name for f in done.folder.iterdir()) == sorted([written, "bc.send.json", "result.json"])
+    [(_item, msg, _raw)] = take(p, PC)
+    assert [(a.name, a.data) for a in msg.attachments] == [("Báo cáo.pdf", PDF)]  # sent precomposed
