@@ -1920,7 +1920,11 @@ def bench(
     if as_json:
         emit_json(data)
     else:
-        click.echo(f"machine: {data['machine']['cpus']} CPUs, Python {data['machine']['python']}")
+        host = data["machine"]
+        click.echo(
+            f"machine: {host['cpus']} CPUs, Python {host['python']}; "
+            f"an RSA-2048 signature takes {host['rsa2048_sign_ms']} ms here now (the host's speed)"
+        )
         click.echo(table(bus_bench.rows(data), ["Measure", "Result", "Detail"]))
     missing = bus_bench.shortfalls(data)
     if missing:

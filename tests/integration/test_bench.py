@@ -48,6 +48,7 @@ def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
     assert report["router"]["workers"] == 2 and report["latency"]["workers"] == 1
     assert report["latency"]["stored"] == report["latency"]["documents"] == 20
     assert {"p50_ms", "p95_ms", "p99_ms"} <= set(report["latency"])
+    assert 0 < report["machine"]["rsa2048_sign_ms"] < 100  # the host's speed, to compare runs of different rounds
     cpu = report["latency"]["cpu_ms_per_doc"]  # every docbus process of the run, and its share of the machine
     assert {"routers", "recipient", "senders"} <= set(cpu) and all(ms > 0 for ms in cpu.values())
     assert 0 < report["latency"]["cpu_busy_pct"] <= 100
@@ -59,4 +60,5 @@ def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
     table = bench(env, "--only", "router", "--only", "large", "--large-mib", "1")  # a file small enough to go inline
     assert table.returncode == 0, table.stderr[-2000:]
     assert "router / relay" in table.stdout and "docs/s" in table.stdout
+    assert "an RSA-2048 signature takes" in table.stdout
     assert "large attachment 1.0 MiB" in table.stdout and "intact (SHA-256 checked)" in table.stdout
