@@ -1529,16 +1529,21 @@ def archive_export(document_id: str, folder: Path) -> None:
     m = arch.find_edoc(document_id)
     raw = arch.raw(m)
     msg = edxml.parse_tree(safexml.parse(raw, s.limits))
+    from bus.blobs import ChunkStore
+    from bus.filenames import attachment_files, beside
+
     folder.mkdir(parents=True, exist_ok=True)
+    attachments = getattr(msg, "attachments", [])
+    names = attachment_files(a.name for a in attachments)
+    for a, name in zip(attachments, names, strict=True):
+        # under these very names, where `docbus verify` looks for a large file: never in place of another
+        if beside(folder, name, a.sha256)[0].name != name:
+            raise Refused(f"{folder / name} is another file already: export into an empty folder", reason="file-exists")
     original = folder / f"{m.digest[:16]}.edxml"
     original.write_bytes(raw)
     click.echo(str(original))
-    from bus.blobs import ChunkStore
-    from bus.filenames import attachment_files
-
     files = ChunkStore(s.home / "blobs")
-    attachments = getattr(msg, "attachments", [])
-    for a, name in zip(attachments, attachment_files(a.name for a in attachments), strict=True):
+    for a, name in zip(attachments, names, strict=True):
         target = folder / name  # never a path from the sender
         if a.external is not None:  # a large file kept beside the archive, under its digest
             if not files.has(a.external.sha256):

@@ -64,7 +64,7 @@ from bus.errors import (
     Refused,
     SchemaViolation,
 )
-from bus.filenames import attachment_files
+from bus.filenames import attachment_files, beside
 from bus.policy import REVOKE, UPDATE, check_secrecy, related_document_ids
 from bus.province import CRL_KIND
 from bus.router import load_trust
@@ -1140,16 +1140,22 @@ class Adapter:
         return open_envelope(raw, trust, at=at, from_hub=True)
 
     def save_attachments(self, document_id: str, folder: Path) -> list[Path]:
-        """Write the document's attachments (verified again) into ``folder``."""
+        """Write the document's attachments (verified again) into ``folder``; returns where.
+
+        A different file of the same name already there is kept and this one numbered
+        (``scan-2.pdf``); the same file saved again is left as it is."""
         edoc = self.document(document_id)
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for a, name in zip(edoc.attachments, attachment_files(a.name for a in edoc.attachments), strict=True):
-            target = folder / name  # never a path from the sender
-            if a.path is not None:
-                shutil.copyfile(a.path, target)  # a large file: copied, never read whole
-            else:
-                target.write_bytes(a.data)
+            target, there = beside(folder, name, a.sha256)  # never a path from the sender
+            if not there:
+                part = target.with_name(target.name + ".part")  # a whole file or none under its name
+                if a.path is not None:
+                    shutil.copyfile(a.path, part)  # a large file: copied, never read whole
+                else:
+                    part.write_bytes(a.data)
+                part.replace(target)
             paths.append(target)
         return paths
 

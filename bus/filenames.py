@@ -6,12 +6,14 @@ system allows.  Everything that writes an attachment to disk (``docbus inbox sav
 folder, ``docbus archive export``) names it through :func:`safe_name`, and two attachments of
 one document with the same name through :func:`unique_name`; :func:`attachment_files` gives
 a whole message's names at once, so ``docbus verify`` finds a large file where they put it.
+None of them replaces a different file already in the folder (:func:`beside`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 MAX_NAME_BYTES = 200  # UTF-8; with a 16-digit key and ".part", inside a Linux file name's 255 bytes
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -48,3 +50,21 @@ def attachment_files(names: Iterable[str], prefix: str = "") -> list[str]:
     safe, after ``prefix`` (the drop folder's key and a dash), a repeated name numbered."""
     used: set[str] = set()
     return [unique_name(f"{prefix}{safe_name(name)}", used) for name in names]
+
+
+def beside(folder: Path, name: str, sha256: str) -> tuple[Path, bool]:
+    """Where a file ``name`` whose content has digest ``sha256`` goes in ``folder`` without
+    replacing another file: ``(path, True)`` when that very file is already there (saved
+    before), else the first free one of ``name``, ``name-2``, …
+
+    Why: a clerk saves every document's files into one folder, and many documents call their
+    scan "scan.pdf"; writing over the last one would lose it without a word."""
+    from bus.blobs import file_sha256  # bus.blobs names the files it writes through this module
+
+    used: set[str] = set()
+    while True:
+        path = folder / unique_name(name, used)
+        if not path.exists() and not path.is_symlink():
+            return path, False
+        if path.is_file() and not path.is_symlink() and file_sha256(path)[0] == sha256:
+            return path, True

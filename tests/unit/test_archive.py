@@ -221,6 +221,14 @@ def test_cli_search_show_export_verify(filled, tmp_path) -> None:
     out = run(main, ["archive", "export", doc, str(tmp_path / "x")], env=env)
     files = out.output.split()
     assert len(files) == 2
+    again = run(main, ["archive", "export", doc, str(tmp_path / "x")], env=env)  # the same files: as they are
+    assert again.exit_code == 0 and again.output.split() == files
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "cong-van.pdf").write_bytes(b"someone else's file")
+    taken = run(main, ["archive", "export", doc, str(tmp_path / "y")], env=env)
+    assert taken.exit_code == 1 and "is another file already" in taken.output
+    assert [f.name for f in (tmp_path / "y").iterdir()] == ["cong-van.pdf"]  # nothing written, nothing replaced
+    assert (tmp_path / "y" / "cong-van.pdf").read_bytes() == b"someone else's file"
     verified = run(main, ["verify", files[0]], env=env)
     assert verified.exit_code == 0, verified.output
     audit = run(main, ["archive", "verify"], env=env)

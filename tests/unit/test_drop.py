@@ -192,3 +192,26 @@ def test_a_clerks_listing_does_not_take_a_document_away_from_the_running_adapter
         [item] = system.inbox("edoc")
     assert len(written) == 1 and (folder / written[0]).is_file()
     assert item.state == "handed" and item.answered == "01"
+
+
+def test_saving_into_one_folder_keeps_every_documents_file(memory_province, tmp_path) -> None:
+    """A clerk saves every document into one folder, and many name their scan alike."""
+    p = memory_province
+    folder = tmp_path / "van-ban-den"
+    folder.mkdir()
+    (folder / "cv.pdf").write_bytes(b"the clerk's own file")
+    for number, data in (("21", PDF), ("22", PDF + b"another")):
+        with Adapter(p.settings, DEPT, transport=p.transport) as dept:
+            dept.submit(
+                compose.new_edoc(
+                    Organ(DEPT, "Sở Nội vụ"), [Organ(PC)], subject="Công văn", number=number, notation="SNV",
+                    attachments=[Attachment.from_bytes("cv.pdf", data, "application/pdf")],
+                )
+            )  # fmt: skip
+    [(first, *_), (second, *_)] = take(p, PC)
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        saved = [pc.save_attachments(item.document_id, folder) for item in (first, second, first)]
+    assert [[f.name for f in paths] for paths in saved] == [["cv-2.pdf"], ["cv-3.pdf"], ["cv-2.pdf"]]  # again: as is
+    assert (folder / "cv.pdf").read_bytes() == b"the clerk's own file"
+    assert (folder / "cv-2.pdf").read_bytes() == PDF and (folder / "cv-3.pdf").read_bytes() == PDF + b"another"
+    assert sorted(f.name for f in folder.iterdir()) == ["cv-2.pdf", "cv-3.pdf", "cv.pdf"]  # no .part left
