@@ -1371,10 +1371,10 @@ def _date(value: str | None) -> dt.date | None:
 
 
 @archive.command("search")
-@click.option("--from", "sender", help="Sender OrganId.")
-@click.option("--to", "recipient", help="Recipient OrganId.")
-@click.option("--type", "type_name", help="Document type name, e.g. 'Công văn'.")
-@click.option("--number", help="Số or Số/Ký hiệu, e.g. 125 or 125/SNV-VP.")
+@click.option("--from", "sender", callback=not_blank, help="Sender OrganId.")
+@click.option("--to", "recipient", callback=not_blank, help="Recipient OrganId.")
+@click.option("--type", "type_name", callback=not_blank, help="Document type name, e.g. 'Công văn'.")
+@click.option("--number", callback=not_blank, help="Số or Số/Ký hiệu, e.g. 125 or 125/SNV-VP.")
 @click.option("--since", help="Received on or after this day: YYYY-MM-DD, today or yesterday (Vietnamese days).")
 @click.option("--until", help="Received on or before this day: YYYY-MM-DD, today or yesterday (Vietnamese days).")
 @click.option(

@@ -214,6 +214,9 @@ def test_cli_search_show_export_verify(filled, tmp_path) -> None:
     for nothing in ("*", "", "... -"):  # no word: refused, not every document listed as a match
         wordless = run(main, ["archive", "search", "--text", nothing], env=env)
         assert wordless.exit_code == 2 and "no word to search for" in wordless.output
+    for option in ("--from", "--to", "--type", "--number"):  # an empty filter (a script's empty variable) too
+        empty = run(main, ["archive", "search", option, " "], env=env)
+        assert empty.exit_code == 2 and "may not be empty" in empty.output
     table = run(main, ["archive", "search", "--from", DEPT], env=env).output
     assert "Công văn V/v kết nối" in table and "page 1 of 1, 1 document(s)" in table
     shown = run(main, ["archive", "show", doc], env=env).output
