@@ -1535,17 +1535,22 @@ def archive_export(document_id: str, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     attachments = getattr(msg, "attachments", [])
     names = attachment_files(a.name for a in attachments)
+    already: list[bool] = []  # each file: there from an earlier export, checked by its digest
     for a, name in zip(attachments, names, strict=True):
         # under these very names, where `docbus verify` looks for a large file: never in place of another
-        if beside(folder, name, a.sha256)[0].name != name:
+        target, there = beside(folder, name, a.sha256)
+        if target.name != name:
             raise Refused(f"{folder / name} is another file already: export into an empty folder", reason="file-exists")
+        already.append(there)
     original = folder / f"{m.digest[:16]}.edxml"
     original.write_bytes(raw)
     click.echo(str(original))
     files = ChunkStore(s.home / "blobs")
-    for a, name in zip(attachments, names, strict=True):
+    for a, name, there in zip(attachments, names, already, strict=True):
         target = folder / name  # never a path from the sender
-        if a.external is not None:  # a large file kept beside the archive, under its digest
+        if there:  # the same bytes already: not copied again
+            pass
+        elif a.external is not None:  # a large file kept beside the archive, under its digest
             if not files.has(a.external.sha256):
                 raise NotFound(f"the file of {a.name!r} (sha256:{a.external.sha256}) is not in the archive")
             shutil.copyfile(files.file(a.external.sha256), target)
