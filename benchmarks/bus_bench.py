@@ -40,7 +40,17 @@ import pika
 from peewee import fn
 
 from adapters import Adapter
-from benchmarks.stats import CpuPeak, busy_pct, cpu_seconds, local_broker_pid, machine, machine_ticks, summary_ms
+from benchmarks.stats import (
+    CpuPeak,
+    busy_pct,
+    cpu_seconds,
+    local_broker_pid,
+    machine,
+    machine_ticks,
+    p99_by_window,
+    percentile,
+    summary_ms,
+)
 from bus import compose, longrun, province, topology
 from bus.acks import AckRuns
 from bus.archive import Archive, Message, Recipient
@@ -331,6 +341,7 @@ def raw_relay(
     }
 
 
+WINDOW_S = 10.0  # s: the latency run's p99 is also given for each window this long
 SENDERS = 4  # agencies submitting at once in the latency part (one agency's submit waits for its confirm)
 
 
@@ -490,6 +501,8 @@ def latency(
     b.stop()
     del routers
     samples = [stored_at[d] - sent_at[d] for d in sent_at if d in stored_at]
+    done = [(sent_at[d], stored_at[d] - sent_at[d]) for d in sent_at if d in stored_at]
+    windows = p99_by_window(done, count / rate, WINDOW_S)  # document i was due at i/rate
     if samples_to is not None:  # when each one went and arrived: where the slow ones cluster
         write_samples(samples_to, sent_at, stored_at)
     window = max(sent_at.values()) - min(sent_at.values()) if len(sent_at) > 1 else 0.0
@@ -507,6 +520,9 @@ def latency(
         "cpu_busy_pct": busy_pct(busy),
         # RabbitMQ's busiest half second, in % of a core: a write-ahead-log roll-over shows here
         "broker_peak_pct": broker_peak.peak if broker_peak is not None else None,
+        # the p99 of each whole WINDOW_S of the run: an even tail, or one stall (runs of 20 s and more)
+        "p99_by_window_ms": windows,
+        "window_s": WINDOW_S,
     } | summary_ms(samples)
 
 
@@ -737,6 +753,15 @@ def rows(data: dict[str, Any]) -> list[list[str]]:
             ],
         ]
         out += [[f"CPU per document, {name}", f"{ms} ms", "latency run"] for name, ms in lat["cpu_ms_per_doc"].items()]
+        if lat.get("p99_by_window_ms"):
+            w = lat["p99_by_window_ms"]
+            out.append(
+                [
+                    f"p99 of each {lat['window_s']:g} s",
+                    f"{min(w)}–{max(w)} ms",
+                    f"{len(w)} windows; their median {percentile(w, 50):.1f} ms",
+                ]
+            )
         out.append(
             [
                 "machine busy while sending",

@@ -35,6 +35,27 @@ def summary_ms(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
+def p99_by_window(timed_samples: Sequence[tuple[float, float]], seconds: float, width: float = 10.0) -> list[float]:
+    """The p99 in ms of each whole ``width``-second window of a run ``seconds`` long, in order.
+
+    ``timed_samples``: (when the document was submitted, its latency), both in seconds, the
+    first submitted at the run's start.  Why: one p99 over a run says how slow its tail was,
+    not whether the tail is spread evenly (the two cores simply full) or is one stall
+    (RabbitMQ rolling its write-ahead log over) inside otherwise quick windows.  A part of a
+    window at the end is left out; an empty list when the run is shorter than two windows.
+    """
+    whole = int(seconds / width + 1e-9)
+    if not timed_samples or whole < 2:
+        return []
+    start = min(at for at, _ in timed_samples)
+    windows: list[list[float]] = [[] for _ in range(whole)]
+    for at, latency in timed_samples:
+        i = int((at - start) // width)
+        if i < whole:
+            windows[i].append(latency * 1000)
+    return [round(percentile(w, 99), 1) for w in windows if w]
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn()

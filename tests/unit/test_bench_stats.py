@@ -6,7 +6,7 @@ import math
 import os
 import time
 
-from benchmarks.stats import CpuPeak, busy_pct, cpu_seconds, machine_ticks, percentile
+from benchmarks.stats import CpuPeak, busy_pct, cpu_seconds, machine_ticks, p99_by_window, percentile
 
 
 def test_cpu_seconds_counts_this_process_and_not_a_missing_one() -> None:
@@ -43,3 +43,15 @@ def test_cpu_peak_finds_the_busy_stretch() -> None:
     with CpuPeak(2**22 + 12345, interval=0.05) as gone:  # no such process: no figure, no error
         time.sleep(0.15)
     assert gone.peak is None
+
+
+def test_p99_by_window_finds_the_stall_and_leaves_out_the_unfinished_window() -> None:
+    # 35 s at 10 documents/s, 20 ms each, but 300 ms for the documents sent 12.0-12.5 s in
+    samples = [(1000 + i / 10, 0.3 if 120 <= i < 125 else 0.02) for i in range(350)]
+    windows = p99_by_window(samples, 35.0, 10.0)
+    assert len(windows) == 3  # 0-10, 10-20, 20-30 s; the last five seconds are no whole window
+    assert windows[0] == windows[2] == 20.0
+    assert windows[1] > 250  # the stall is in the second window only
+    assert len(p99_by_window(samples[:300], 30.0, 10.0)) == 3  # the last sent at 29.9 s: still three
+    assert p99_by_window(samples[:150], 15.0, 10.0) == []  # fewer than two whole windows
+    assert p99_by_window([], 30.0, 10.0) == []

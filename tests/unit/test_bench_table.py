@@ -118,3 +118,11 @@ def test_sizes_and_rates_that_measure_nothing_are_usage_errors(tmp_path) -> None
     for flag in ("--rate", "--latency-seconds", "--large-mib"):
         res = CliRunner().invoke(main, ["bench", flag, "0"], env={"DOCBUS_HOME": str(tmp_path)})
         assert res.exit_code == 2 and "is not in the range x>0" in res.output
+
+
+def test_a_long_latency_run_gives_the_p99_of_each_window() -> None:
+    run = FULL_RUN | {"latency": FULL_RUN["latency"] | {"p99_by_window_ms": [61.5, 345.0, 70.2], "window_s": 10.0}}
+    out = table(rows(run), ["Measure", "Result", "Detail"])
+    line = next(line for line in out.splitlines() if "p99 of each" in line)
+    assert "p99 of each 10 s" in line and "61.5–345.0 ms" in line and "3 windows; their median 70.2 ms" in line
+    assert "p99 of each" not in table(rows(FULL_RUN), ["Measure", "Result", "Detail"])  # a short run: no such row
