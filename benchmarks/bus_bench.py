@@ -500,8 +500,8 @@ def latency(
         cpu["senders"] = senders_cpu[0]
     b.stop()
     del routers
-    samples = [stored_at[d] - sent_at[d] for d in sent_at if d in stored_at]
-    done = [(sent_at[d], stored_at[d] - sent_at[d]) for d in sent_at if d in stored_at]
+    done = [(sent_at[d], stored_at[d] - sent_at[d]) for d in sent_at if d in stored_at]  # (submitted, latency)
+    samples = [latency for _, latency in done]
     windows = p99_by_window(done, count / rate, WINDOW_S)  # document i was due at i/rate
     if samples_to is not None:  # when each one went and arrived: where the slow ones cluster
         write_samples(samples_to, sent_at, stored_at)
