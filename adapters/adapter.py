@@ -1165,10 +1165,18 @@ def _content_id(name: str) -> str:
     return f"cid:{sha256(name.encode())[:12]}"
 
 
+def _regular_file(path: Path, what: str) -> None:
+    """Refuse a path that is not a file to read: missing (not found), or a folder, a device,
+    a pipe (its "size" says nothing and reading it may never end)."""
+    if not path.exists():
+        raise NotFound(f"{what}{path} does not exist")
+    if not path.is_file():
+        raise Refused(f"{what}{path} is not a regular file (a folder, a device or a pipe)", reason="not-a-file")
+
+
 def _bounded_read(path: Path, limit: int) -> bytes:
     """A file's bytes, refused before reading when over ``limit``."""
-    if not path.is_file():
-        raise NotFound(f"{path} does not exist")
+    _regular_file(path, "")
     if path.stat().st_size > limit:
         raise Refused(
             f"{path.name} is over {limit // 2**20} MiB, more than an edXML file read whole may be: send its "
@@ -1180,8 +1188,7 @@ def _bounded_read(path: Path, limit: int) -> bytes:
 
 def _attachment(path: Path, zipped: bool, inline_limit: int) -> Attachment:
     """A file to send: inside the envelope, or (over ``inline_limit``) by reference in chunks."""
-    if not path.is_file():
-        raise NotFound(f"attachment {path} does not exist")
+    _regular_file(path, "attachment ")
     ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if path.stat().st_size > inline_limit:
         return Attachment.from_file(path, ctype, content_id=_content_id(path.name))

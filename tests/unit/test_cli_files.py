@@ -166,6 +166,21 @@ def test_a_file_name_xml_cannot_carry_is_one_line_and_nothing_is_queued(memory_p
     store.close()
 
 
+def test_a_file_to_send_that_is_not_a_regular_file_is_named_so(memory_province, tmp_path) -> None:
+    """A pipe or a device is not "missing": the clerk is told what the path is instead."""
+    env = {"DOCBUS_HOME": str(memory_province.settings.home), "DOCBUS_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}
+    args = ["send", "--from", "000.00.01.H61", "--to", "000.00.00.H61", "--subject", "Tờ trình", "--number", "9"]
+    pipe = tmp_path / "to-trinh.pdf"
+    os.mkfifo(pipe)
+    for path, code, words in (
+        (pipe, 1, "[not-a-file]: attachment"),
+        (Path("/dev/null"), 1, "is not a regular file"),
+        (tmp_path / "missing.pdf", 3, "missing.pdf does not exist"),
+    ):
+        res = CliRunner().invoke(main, [*args, "--notation", "X", str(path)], env=env)
+        assert res.exit_code == code and words in res.output, res.output
+
+
 def test_send_refuses_an_empty_subject_or_recipient_list_as_usage(memory_province) -> None:
     env = {"DOCBUS_HOME": str(memory_province.settings.home)}
     base = ["send", "--from", "000.00.01.H61", "--notation", "X", "--number", "1"]
