@@ -42,6 +42,8 @@ from peewee import fn
 from adapters import Adapter
 from benchmarks.stats import (
     CpuPeak,
+    WalWatch,
+    broker_wal_folder,
     busy_pct,
     cpu_seconds,
     local_broker_pid,
@@ -491,7 +493,8 @@ def latency(
     time.sleep(max(0.0, start - time.perf_counter()))
     busy.insert(0, machine_ticks())
     broker_peak = CpuPeak(broker) if broker is not None else None
-    with broker_peak or contextlib.nullcontext():  # until every document is in
+    wal = WalWatch(broker_wal_folder(broker) if broker is not None else None)
+    with broker_peak or contextlib.nullcontext(), wal:  # until every document is in
         for t in threads:
             t.join()
     stored_at = stored()
@@ -520,6 +523,9 @@ def latency(
         "cpu_busy_pct": busy_pct(busy),
         # RabbitMQ's busiest half second, in % of a core: a write-ahead-log roll-over shows here
         "broker_peak_pct": broker_peak.peak if broker_peak is not None else None,
+        # when RabbitMQ rolled its write-ahead log over while sending, and how long it took
+        # (None: no local broker whose log this user can see)
+        "broker_wal_rollovers": wal.seen(start),
         # the p99 of each whole WINDOW_S of the run: an even tail, or one stall (runs of 20 s and more)
         "p99_by_window_ms": windows,
         "window_s": WINDOW_S,
@@ -714,6 +720,11 @@ def shortfalls(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def _rollover(r: dict[str, Any]) -> str:
+    took = "still going at the end" if r["seconds"] is None else f"{r['seconds']:g} s"
+    return f"at {r['at_s']:g} s, {took}"
+
+
 def rows(data: dict[str, Any]) -> list[list[str]]:
     """The table ``docbus bench`` prints: one figure per row, each short enough to be shown
     whole (the CLI's tables cut a cell at 60 characters)."""
@@ -762,6 +773,10 @@ def rows(data: dict[str, Any]) -> list[list[str]]:
                     f"{len(w)} windows; their median {percentile(w, 50):.1f} ms",
                 ]
             )
+        if lat.get("broker_wal_rollovers") is not None:
+            seen = lat["broker_wal_rollovers"]
+            told = "; ".join(map(_rollover, seen[:2])) + ("; …" if len(seen) > 2 else "")
+            out.append(["RabbitMQ log roll-overs while sending", str(len(seen)), told])
         out.append(
             [
                 "machine busy while sending",

@@ -123,6 +123,93 @@ class CpuPeak:
             last = now
 
 
+def rollovers(readings: Sequence[tuple[float, frozenset[str]]]) -> list[tuple[float, float | None]]:
+    """(start, duration) of each write-ahead-log roll-over in ``readings`` of (time, log file
+    names): one starts when a new log file appears and ends when the file before it is gone
+    (duration None: still going at the last reading).  A removal with no start seen (a
+    roll-over under way when the readings began) is not one of them."""
+    found: list[tuple[float, float | None]] = []
+    before: frozenset[str] | None = None
+    for at, names in readings:
+        if before is not None:
+            if names - before:
+                found.append((at, None))
+            if before - names and found and found[-1][1] is None:
+                found[-1] = (found[-1][0], at - found[-1][0])
+        before = names
+    return found
+
+
+def broker_wal_folder(pid: int, default_home: Path = Path("/var/lib/rabbitmq")) -> Path | None:
+    """The folder of the local RabbitMQ node's quorum-queue write-ahead log (``*.wal`` under
+    ``$HOME/mnesia/<node>/quorum/<node>/``, HOME read from the node's environment where this
+    user may), or None when it cannot be found or read."""
+    home = default_home
+    try:
+        for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            if entry.startswith(b"HOME="):
+                home = Path(os.fsdecode(entry[5:]))
+    except OSError:
+        pass
+    try:
+        found = sorted(home.glob("mnesia/*/quorum/*/*.wal"))
+    except OSError:
+        return None
+    return found[0].parent if found else None
+
+
+class WalWatch:
+    """When the local RabbitMQ rolled its quorum queues' write-ahead log over, and for how long.
+
+    Why: at a roll-over RabbitMQ writes what the log still holds into each queue's segments and
+    drops the old log's tables, most of a core for a second or two on this machine, and the
+    documents sent meanwhile wait for their confirms; a latency run's tail is that stall, or
+    the machine simply full, and the p99 alone cannot say which.  Read from the file names in
+    ``folder`` on a thread that sleeps between readings (a listing every ``interval``); with
+    no folder nothing is watched and :meth:`seen` gives None.
+    """
+
+    def __init__(self, folder: Path | None, interval: float = 0.05) -> None:
+        self.folder, self.interval = folder, interval
+        self._readings: list[tuple[float, frozenset[str]]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def __enter__(self) -> WalWatch:
+        if self.folder is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _names(self) -> frozenset[str]:
+        try:
+            return frozenset(e.name for e in os.scandir(self.folder) if e.name.endswith(".wal"))
+        except OSError:
+            return frozenset()
+
+    def _read(self) -> None:
+        while True:
+            names = self._names()
+            if not self._readings or names != self._readings[-1][1]:  # only changes are kept
+                self._readings.append((time.perf_counter(), names))
+            if self._done.wait(self.interval):
+                return
+
+    def seen(self, origin: float) -> list[dict[str, float | None]] | None:
+        """Each roll-over as ``{"at_s", "seconds"}``, ``at_s`` from ``origin`` (a
+        ``time.perf_counter()`` reading); None when nothing was watched."""
+        if self.folder is None:
+            return None
+        return [
+            {"at_s": round(start - origin, 2), "seconds": None if took is None else round(took, 2)}
+            for start, took in rollovers(self._readings)
+        ]
+
+
 def local_broker_pid() -> int | None:
     """The pid of a RabbitMQ node on this machine (``beam.smp``), if there is one."""
     for proc in Path("/proc").iterdir():

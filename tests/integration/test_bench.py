@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.stats import local_broker_pid
+from benchmarks.stats import broker_wal_folder, local_broker_pid
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,8 +52,11 @@ def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
     cpu = report["latency"]["cpu_ms_per_doc"]  # every docbus process of the run, and its share of the machine
     assert {"routers", "recipient", "senders"} <= set(cpu) and all(ms > 0 for ms in cpu.values())
     assert 0 < report["latency"]["cpu_busy_pct"] <= 100
-    if local_broker_pid() is not None:  # RabbitMQ on this machine: its busiest half second is reported
+    broker = local_broker_pid()
+    if broker is not None:  # RabbitMQ on this machine: its busiest half second is reported
         assert report["latency"]["broker_peak_pct"] is not None
+    rollovers = report["latency"]["broker_wal_rollovers"]  # its log's roll-overs, where this user can see the log
+    assert rollovers is None if broker is None or broker_wal_folder(broker) is None else isinstance(rollovers, list)
     large = report["large_attachment"]
     assert large["intact"] is True and large["bytes"] == 5 * 1024 * 1024
     assert set(large["peak_rss_mib"]) == {"docbus send (adapter)", "docbus router run", "docbus adapter run"}

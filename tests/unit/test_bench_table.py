@@ -126,3 +126,17 @@ def test_a_long_latency_run_gives_the_p99_of_each_window() -> None:
     line = next(line for line in out.splitlines() if "p99 of each" in line)
     assert "p99 of each 10 s" in line and "61.5–345.0 ms" in line and "3 windows; their median 70.2 ms" in line
     assert "p99 of each" not in table(rows(FULL_RUN), ["Measure", "Result", "Detail"])  # a short run: no such row
+
+
+def test_the_broker_log_roll_overs_while_sending_are_told() -> None:
+    def row(seen: list | None) -> str | None:
+        run = FULL_RUN | {"latency": FULL_RUN["latency"] | {"broker_wal_rollovers": seen}}
+        lines = table(rows(run), ["Measure", "Result", "Detail"]).splitlines()
+        return next((line for line in lines if "roll-overs" in line), None)
+
+    seen = [{"at_s": 89.54, "seconds": 1.63}, {"at_s": 230.1, "seconds": None}, {"at_s": 300.0, "seconds": 1.2}]
+    line = row(seen)
+    assert line is not None and " 3 " in line
+    assert "at 89.54 s, 1.63 s; at 230.1 s, still going at the end; …" in line
+    assert (row([]) or "").rstrip().endswith(" 0")
+    assert row(None) is None  # not watched (no local broker log to read): no row
