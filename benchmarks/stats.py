@@ -185,16 +185,16 @@ class WalWatch:
         if self._thread.is_alive():
             self._thread.join()
 
-    def _names(self) -> frozenset[str]:
+    def _names(self) -> frozenset[str] | None:
         try:
             return frozenset(e.name for e in os.scandir(self.folder) if e.name.endswith(".wal"))
-        except OSError:
-            return frozenset()
+        except OSError:  # a listing that failed says nothing (an empty one would read as a new log later)
+            return None
 
     def _read(self) -> None:
         while True:
             names = self._names()
-            if not self._readings or names != self._readings[-1][1]:  # only changes are kept
+            if names is not None and (not self._readings or names != self._readings[-1][1]):  # changes only
                 self._readings.append((time.perf_counter(), names))
             if self._done.wait(self.interval):
                 return
