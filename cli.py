@@ -1548,14 +1548,13 @@ def archive_export(document_id: str, folder: Path) -> None:
     files = ChunkStore(s.home / "blobs")
     for a, name, there in zip(attachments, names, already, strict=True):
         target = folder / name  # never a path from the sender
-        if there:  # the same bytes already: not copied again
-            pass
-        elif a.external is not None:  # a large file kept beside the archive, under its digest
-            if not files.has(a.external.sha256):
-                raise NotFound(f"the file of {a.name!r} (sha256:{a.external.sha256}) is not in the archive")
-            shutil.copyfile(files.file(a.external.sha256), target)
-        else:
-            target.write_bytes(a.data)
+        if not there:  # the same bytes already there are not copied again
+            if a.external is not None:  # a large file kept beside the archive, under its digest
+                if not files.has(a.external.sha256):
+                    raise NotFound(f"the file of {a.name!r} (sha256:{a.external.sha256}) is not in the archive")
+                shutil.copyfile(files.file(a.external.sha256), target)
+            else:
+                target.write_bytes(a.data)
         click.echo(str(target))
 
 
