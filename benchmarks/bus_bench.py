@@ -61,7 +61,7 @@ from bus.config import Settings
 from bus.edxml import Attachment, Edoc, Organ
 from bus.errors import DocbusError
 from bus.topology import Names
-from bus.transport import CONNECT_ERRORS, AmqpTransport, Outgoing, broker_unavailable
+from bus.transport import CONNECT_ERRORS, AmqpTransport, Delivery, Outgoing, broker_unavailable
 from signing.identity import Identity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,6 +347,48 @@ WINDOW_S = 10.0  # s: the latency run's p99 is also given for each window this l
 SENDERS = 4  # agencies submitting at once in the latency part (one agency's submit waits for its confirm)
 
 
+class AnswerTaker:
+    """The sending agencies take their answers (the recipient's 01s) off the broker, as their
+    adapters do in a province, on a thread of this process, acked unread.
+
+    Left in the senders' inboxes, a run's 01s pile up in four quorum queues (24,000 of them
+    after two minutes at 200/s), which RabbitMQ keeps in memory and copies out of its
+    write-ahead log at every roll-over; no province runs that way.  Verifying and storing
+    them is each agency's own machine's work, which the two cores here do not share with
+    the bus, so it is left out; what taking them costs this process is in the senders' CPU.
+    """
+
+    def __init__(self, amqp_url: str, queues: list[str]) -> None:
+        self.taken = 0
+        self.error: DocbusError | None = None
+        self._url = amqp_url
+        self._queues = queues
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="answers", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            transport = AmqpTransport(self._url)
+            try:
+                transport.consume_batches(self._queues, self._take, prefetch=200, stop=lambda: self._stopping)
+            finally:
+                transport.close()
+        except DocbusError as exc:  # reported with the run; the documents' latency does not depend on it
+            self.error = exc
+
+    def _take(self, batch: list[Delivery]) -> None:
+        for delivery in batch:
+            delivery.ack()
+        self.taken += len(batch)
+
+
 def latency(
     b: Bench,
     count: int,
@@ -469,35 +511,41 @@ def latency(
             time.sleep(0.2)
         unsent.append(s.pending())
 
-    threads = [threading.Thread(target=send, args=(c,), daemon=True) for c in codes]
-    for t in threads:
-        t.start()
-    # The run measures the steady state: one warm-up document from each sender goes through
-    # the whole path first (a router's or an adapter's first message after it starts also
-    # prepares its statements and caches), untimed and uncounted.
+    answers = AnswerTaker(b.settings.amqp_url, [q for c in codes for q in Names(b.settings.namespace).inboxes(c)])
+    answers.start()  # from the warm-ups' 01s on, until every document is in
     try:
-        ready.wait(timeout=60)
-    except threading.BrokenBarrierError:
-        if failed and isinstance(failed[0], DocbusError):
-            raise failed[0] from None  # the broker went away, ...: its own error and exit code
-        raise DocbusError(f"a sending agency could not start: {failed[0] if failed else 'no answer in 60 s'}") from None
-    warm = {e.document_id for e in warm_ups.values()}
-    deadline = time.monotonic() + 30
-    while not warm <= handed.keys() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    longrun.settle()  # the sending agencies are long-running processes too, as `docbus adapter run` is
-    cpu_before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in watched.items()}
-    clock["senders_cpu"] = cpu_seconds()
-    clock["start"] = start = time.perf_counter() + 0.2
-    go.set()
-    time.sleep(max(0.0, start - time.perf_counter()))
-    busy.insert(0, machine_ticks())
-    broker_peak = CpuPeak(broker) if broker is not None else None
-    wal = WalWatch(broker_wal_folder(broker) if broker is not None else None)
-    with broker_peak or contextlib.nullcontext(), wal:  # until every document is in
+        threads = [threading.Thread(target=send, args=(c,), daemon=True) for c in codes]
         for t in threads:
-            t.join()
-    stored_at = stored()
+            t.start()
+        # The run measures the steady state: one warm-up document from each sender goes through
+        # the whole path first (a router's or an adapter's first message after it starts also
+        # prepares its statements and caches), untimed and uncounted.
+        try:
+            ready.wait(timeout=60)
+        except threading.BrokenBarrierError:
+            if failed and isinstance(failed[0], DocbusError):
+                raise failed[0] from None  # the broker went away, ...: its own error and exit code
+            why = failed[0] if failed else "no answer in 60 s"
+            raise DocbusError(f"a sending agency could not start: {why}") from None
+        warm = {e.document_id for e in warm_ups.values()}
+        deadline = time.monotonic() + 30
+        while not warm <= handed.keys() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        longrun.settle()  # the sending agencies are long-running processes too, as `docbus adapter run` is
+        cpu_before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in watched.items()}
+        clock["senders_cpu"] = cpu_seconds()
+        clock["start"] = start = time.perf_counter() + 0.2
+        go.set()
+        time.sleep(max(0.0, start - time.perf_counter()))
+        busy.insert(0, machine_ticks())
+        broker_peak = CpuPeak(broker) if broker is not None else None
+        wal = WalWatch(broker_wal_folder(broker) if broker is not None else None)
+        with broker_peak or contextlib.nullcontext(), wal:  # until every document is in
+            for t in threads:
+                t.join()
+        stored_at = stored()
+    finally:
+        answers.stop()
     cpu = {name: sum(cpu_seconds(p) for p in pids) - cpu_before[name] for name, pids in watched.items()}
     if senders_cpu:
         cpu["senders"] = senders_cpu[0]
@@ -517,6 +565,7 @@ def latency(
         "documents": count,
         "stored": len(samples),
         "left_in_outbox": sum(unsent),
+        "answers_taken": answers.taken,  # the 01s the senders took off the broker (warm-ups' included)
         "cpu_ms_per_doc": {
             name: round(1000 * v / len(samples), 2) for name, v in cpu.items() if samples and not math.isnan(v)
         },

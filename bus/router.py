@@ -46,8 +46,11 @@ RECALL_REQUEST = "13"
 # documents that arrive meanwhile wait for the batch to end (docs/performance-history.md, step 8)
 STATUS_SHARE = 4
 # and held, at most: RabbitMQ 3.10 counts every held delivery a router dies with toward the
-# queue's delivery limit, so statuses waiting their turn are not held by the hundred
-STATUS_PREFETCH = 2 * STATUS_SHARE
+# queue's delivery limit, so statuses waiting their turn are not held by the hundred.  A
+# batch's statuses stay unacked until the next batch's commit, and the broker replaces acked
+# ones only after it has settled them: with fewer than three shares held, every other batch
+# finds no status waiting, and at 200 documents/s the 01s fell ~90/s behind
+STATUS_PREFETCH = 4 * STATUS_SHARE
 SUMMARY_SECONDS = 60.0  # how often `docbus router run` says what it did
 CHUNK_PREFETCH = 8  # chunks are up to 1 MiB: this bounds what a router holds of them
 CHUNK_WAIT_SECONDS = 600.0  # an envelope waits this long for its chunks, then is refused
