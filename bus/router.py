@@ -42,15 +42,17 @@ from signing.identity import Identity, hub_folders
 
 log = logging.getLogger("docbus.router")
 RECALL_REQUEST = "13"
-# statuses in one batch, at most: a batch of them takes about a millisecond each, and the
-# documents that arrive meanwhile wait for the batch to end (docs/performance-history.md, step 8)
+# statuses in one batch, at most, or as many as the documents in it if that is more: a status
+# takes about a millisecond, and the documents that arrive meanwhile wait for the batch to
+# end (docs/performance-history.md, step 8); yet every document brings a 01 back, so under
+# load the statuses keep pace with the documents instead of falling ever further behind
 STATUS_SHARE = 4
 # and held, at most: RabbitMQ 3.10 counts every held delivery a router dies with toward the
 # queue's delivery limit, so statuses waiting their turn are not held by the hundred.  A
 # batch's statuses stay unacked until the next batch's commit, and the broker replaces acked
-# ones only after it has settled them: with fewer than three shares held, every other batch
-# finds no status waiting, and at 200 documents/s the 01s fell ~90/s behind
-STATUS_PREFETCH = 4 * STATUS_SHARE
+# ones only after it has settled them: with room for only two shares, every other batch
+# found no status waiting, and at 200 documents/s the 01s fell ~90/s behind
+STATUS_PREFETCH = 32
 SUMMARY_SECONDS = 60.0  # how often `docbus router run` says what it did
 CHUNK_PREFETCH = 8  # chunks are up to 1 MiB: this bounds what a router holds of them
 CHUNK_WAIT_SECONDS = 600.0  # an envelope waits this long for its chunks, then is refused

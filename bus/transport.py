@@ -171,13 +171,15 @@ def _caps(names: list[str], max_batch: int, share: Sequence[int | None] | None) 
 
 def _quotas(names: list[str], max_batch: int, caps: dict[str, int | None], waiting: dict[str, int]) -> dict[str, int]:
     """How many of each queue's waiting deliveries go into the next batch: queues in order,
-    none more than its share, and the places of later queues with a share kept for them."""
+    none more than its share or than the queues before it took (whichever is more), and the
+    places of later queues with a share kept for them."""
     kept = {q: min(cap, waiting[q]) if cap is not None else 0 for q, cap in caps.items()}
     room, quotas = max_batch, dict[str, int]()
     for i, q in enumerate(names):
         later = sum(kept[x] for x in names[i + 1 :])
         cap = caps[q]
-        quotas[q] = max(0, min(waiting[q], max_batch if cap is None else cap, room - later))
+        most = max_batch if cap is None else max(cap, max_batch - room)  # keeps pace with the earlier queues
+        quotas[q] = max(0, min(waiting[q], most, room - later))
         room -= quotas[q]
     return quotas
 
@@ -474,10 +476,11 @@ class AmqpTransport:
         documents overtake a backlog without queue priorities).  ``prefetch``: one for all
         queues, or one per queue (a queue of 1 MiB chunks gets a small one).  ``share``: per
         queue, at most this many of its deliveries in one batch (None: no share of its own),
-        so a burst in a late queue is taken a little at a time, between the batches that
-        whatever arrives meanwhile in the earlier queues gets; and as many places as it has
-        deliveries waiting, up to its share, are kept for it, so a backlog in the earlier
-        queues never starves it.  ``on_idle``:
+        or as many as the earlier queues put in it, if that is more: a burst in a late queue
+        is taken a little at a time, between the batches that whatever arrives meanwhile in
+        the earlier queues gets, yet it keeps pace with them when they are busy; and as many
+        places as it has deliveries waiting, up to its share, are kept for it, so a backlog
+        in the earlier queues never starves it.  ``on_idle``:
         called while nothing has come for ``QUIET_AFTER`` s (work deferred while busy, done
         when quiet); not on the brief gaps between batches of a steady stream.
         """

@@ -140,3 +140,10 @@ def test_the_broker_log_roll_overs_while_sending_are_told() -> None:
     assert "at 89.54 s, 1.63 s; at 230.1 s, still going at the end; …" in line
     assert (row([]) or "").rstrip().endswith(" 0")
     assert row(None) is None  # not watched (no local broker log to read): no row
+
+
+def test_the_senders_01s_back_by_the_end_are_told() -> None:
+    run = FULL_RUN | {"latency": FULL_RUN["latency"] | {"answers_taken": 1996, "answers_due": 2004}}
+    line = next(line for line in table(rows(run), ["Measure", "Result", "Detail"]).splitlines() if "01s" in line)
+    assert "01s back with the senders" in line and "1996/2004" in line and "when the last document was stored" in line
+    assert "01s back" not in table(rows(FULL_RUN), ["Measure", "Result", "Detail"])  # a run from before: no row

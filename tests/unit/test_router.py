@@ -287,6 +287,15 @@ def test_a_share_caps_each_queue_in_a_batch_and_must_fit_the_queues() -> None:
         t.publish("", "b", b"b%d" % i)
     t.consume_batches(["a", "b"], take, max_batch=5, share=[None, 2])
     assert seen == [[b"a0", b"a1", b"a2", b"b0", b"b1"], [b"a3", b"a4", b"a5", b"a6", b"b2"], [b"a7"]]
+    # under load a queue with a share keeps pace with the queues before it: as many as they put in
+    seen.clear()
+    for i in range(6):
+        t.publish("", "a", b"a%d" % i)
+    for i in range(9):
+        t.publish("", "b", b"b%d" % i)
+    t.consume_batches(["a", "b"], take, max_batch=20, share=[None, 2])
+    assert [len(batch) for batch in seen] == [12, 2, 1]
+    assert seen[0] == [b"a%d" % i for i in range(6)] + [b"b%d" % i for i in range(6)]
     with pytest.raises(ValueError):
         t.consume_batches(["a", "b"], take, share=[2])
 
