@@ -266,38 +266,31 @@ def test_documents_are_not_held_up_by_a_burst_of_statuses(memory_province, route
 def test_a_share_caps_each_queue_in_a_batch_and_must_fit_the_queues() -> None:
     t = MemoryTransport()
     t.apply(Topology(queues=(Queue("a"), Queue("b"))))
-    for i in range(3):
-        t.publish("", "a", b"a%d" % i)
-    for i in range(7):
-        t.publish("", "b", b"b%d" % i)
-    seen: list[list[bytes]] = []
 
-    def take(batch: list[Delivery]) -> None:
-        seen.append([d.body for d in batch])
-        for d in batch:
-            d.ack()
+    def batches(a: int, b: int, max_batch: int) -> list[list[bytes]]:
+        """``a`` deliveries waiting in queue a and ``b`` in b, taken with b's share of 2."""
+        for name, count in (("a", a), ("b", b)):
+            for i in range(count):
+                t.publish("", name, name.encode() + b"%d" % i)
+        seen: list[list[bytes]] = []
 
-    t.consume_batches(["a", "b"], take, max_batch=5, share=[None, 2])
-    assert seen == [[b"a0", b"a1", b"a2", b"b0", b"b1"], [b"b2", b"b3"], [b"b4", b"b5"], [b"b6"]]
+        def take(batch: list[Delivery]) -> None:
+            seen.append([d.body for d in batch])
+            for d in batch:
+                d.ack()
+
+        t.consume_batches(["a", "b"], take, max_batch=max_batch, share=[None, 2])
+        return seen
+
+    assert batches(3, 7, 5) == [[b"a0", b"a1", b"a2", b"b0", b"b1"], [b"b2", b"b3"], [b"b4", b"b5"], [b"b6"]]
     # a backlog in the first queue does not starve the second: its share keeps its places
-    seen.clear()
-    for i in range(8):
-        t.publish("", "a", b"a%d" % i)
-    for i in range(3):
-        t.publish("", "b", b"b%d" % i)
-    t.consume_batches(["a", "b"], take, max_batch=5, share=[None, 2])
-    assert seen == [[b"a0", b"a1", b"a2", b"b0", b"b1"], [b"a3", b"a4", b"a5", b"a6", b"b2"], [b"a7"]]
+    assert batches(8, 3, 5) == [[b"a0", b"a1", b"a2", b"b0", b"b1"], [b"a3", b"a4", b"a5", b"a6", b"b2"], [b"a7"]]
     # under load a queue with a share keeps pace with the queues before it: as many as they put in
-    seen.clear()
-    for i in range(6):
-        t.publish("", "a", b"a%d" % i)
-    for i in range(9):
-        t.publish("", "b", b"b%d" % i)
-    t.consume_batches(["a", "b"], take, max_batch=20, share=[None, 2])
+    seen = batches(6, 9, 20)
     assert [len(batch) for batch in seen] == [12, 2, 1]
     assert seen[0] == [b"a%d" % i for i in range(6)] + [b"b%d" % i for i in range(6)]
     with pytest.raises(ValueError):
-        t.consume_batches(["a", "b"], take, share=[2])
+        t.consume_batches(["a", "b"], lambda batch: None, share=[2])
 
 
 def test_inbox_shows_the_newest_of_a_kind_and_says_what_it_left_out(memory_province, router) -> None:
