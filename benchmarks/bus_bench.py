@@ -390,7 +390,7 @@ def take_answers(queues: list[str]) -> None:
     count.  Automatic acks, and what arrived read four times a second: the broker still
     delivers and settles every 01 (the bus's cost), while this process wakes 4 times a second
     instead of 200 (on this host a pika consumer woken for each message spends about 0.3 ms of
-    CPU on it, the agency's machine's cost, not the bus's: docs/PERFORMANCE.md)."""
+    CPU on it, the agency's machine's cost, not the bus's: docs/performance-history.md, step 14)."""
     stopping: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     taken = [0]
