@@ -83,14 +83,15 @@ class Bench:
     env: dict[str, str]
     procs: list[subprocess.Popen] = field(default_factory=list)
 
+    def spawn(
+        self, argv: list[str], *, stdout: int = subprocess.DEVNULL, stderr: int = subprocess.DEVNULL
+    ) -> subprocess.Popen:
+        """A process of the run, in the project's folder with the run's environment (its
+        DOCBUS_HOME, namespace and broker URL)."""
+        return subprocess.Popen(argv, env=self.env, cwd=ROOT, stdout=stdout, stderr=stderr)
+
     def router(self, *extra: str) -> subprocess.Popen:
-        p = subprocess.Popen(
-            [sys.executable, "-m", "cli", "router", "run", *extra],
-            env=self.env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        p = self.spawn([sys.executable, "-m", "cli", "router", "run", *extra])
         self.procs.append(p)
         return p
 
@@ -363,14 +364,7 @@ class AnswerTaker:
     def __init__(self, b: Bench, queues: list[str]) -> None:
         self.taken = 0
         code = "import sys; from benchmarks.bus_bench import take_answers; take_answers(sys.argv[1:])"
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", code, *queues],
-            env=b.env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        self._proc = b.spawn([sys.executable, "-c", code, *queues], stdout=subprocess.PIPE)
         self.pid = self._proc.pid
 
     def stop(self) -> None:
@@ -382,7 +376,8 @@ class AnswerTaker:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             out, _ = self._proc.communicate()
-        self.taken = int(out.split()[-1]) if out.split() and out.split()[-1].isdigit() else 0
+        words = out.split()  # its last line is the count
+        self.taken = int(words[-1]) if words and words[-1].isdigit() else 0
 
 
 def take_answers(queues: list[str]) -> None:
@@ -460,13 +455,7 @@ def latency(
     submitted: set[str] = set()
     unsent: list[int] = []
     _purge(b.settings.amqp_url, Names(b.settings.namespace).inboxes(recipient))  # the throughput run's mail
-    receiver = subprocess.Popen(
-        [sys.executable, "-m", "cli", "adapter", "run", "--agency", recipient],
-        env=b.env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    receiver = b.spawn([sys.executable, "-m", "cli", "adapter", "run", "--agency", recipient], stdout=subprocess.PIPE)
     b.procs.append(receiver)
     handed: dict[str, float] = {}  # DocumentId -> when the recipient reported it stored
 
@@ -656,7 +645,7 @@ def large_attachment(b: Bench, size: int, progress: Progress = _quiet) -> dict[s
     digest = h.hexdigest()
     stage = f"large file ({size / 2**20:g} MiB): send, route, receive"
     progress(stage, 0, 3)
-    send = subprocess.Popen(
+    send = b.spawn(
         [
             sys.executable,
             "-m",
@@ -674,8 +663,6 @@ def large_attachment(b: Bench, size: int, progress: Progress = _quiet) -> dict[s
             "HN",
             str(path),
         ],
-        env=b.env,
-        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -701,12 +688,8 @@ def large_attachment(b: Bench, size: int, progress: Progress = _quiet) -> dict[s
     wr.join()
     progress(stage, 2, 3)
     drop = b.settings.home / "drop"
-    recv = subprocess.Popen(
-        [sys.executable, "-m", "cli", "adapter", "run", "--agency", recipient, "--idle-exit", "2", "--drop", str(drop)],
-        env=b.env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    recv = b.spawn(
+        [sys.executable, "-m", "cli", "adapter", "run", "--agency", recipient, "--idle-exit", "2", "--drop", str(drop)]
     )
     wv = threading.Thread(target=watch, args=("docbus adapter run", recv))
     wv.start()
