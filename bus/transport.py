@@ -540,8 +540,13 @@ class AmqpTransport:
 
     def _fill(self, buffers: dict[str, deque[tuple[Any, Any, bytes]]], want: int) -> None:
         """Read what the broker has already sent, up to ``want`` buffered deliveries: one
-        read takes only one socket buffer's worth, which would cap batches at a few dozen."""
-        held = sum(len(b) for b in buffers.values())
+        read takes only one socket buffer's worth, which would cap batches at a few dozen.
+
+        It reads once before every batch, however many are buffered: with a backlog of one
+        queue buffered, the deliveries of a later queue with a share (the router's statuses)
+        would otherwise stay unread in pika until that backlog drained, and that queue's
+        share of each batch go empty (its prefetch spent on deliveries already handled)."""
+        held = -1
         while held < want:
             self._pump(0)
             now = sum(len(b) for b in buffers.values())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -86,6 +87,50 @@ def test_distribution_to_many_agencies(broker_province, tmp_path) -> None:
             with Adapter(p.settings, code) as a:
                 assert [g.document_id for g in receive_until(a, 1)] == [sent.document_id]
         assert {(s.sender, s.status_code) for s in receive_until(pc, 2)} == {(DEPT, "01"), (FIN, "01")}
+
+
+def test_statuses_keep_pace_with_waiting_documents_through_the_broker(broker_province, tmp_path) -> None:
+    """With documents and 01s both waiting, every batch the router takes also takes its share
+    of statuses: a batch's statuses stay unacked until the next batch's commit, and with too
+    small a status prefetch every other batch found none (docs/performance-history.md, step 14)."""
+    from bus.router import STATUS_SHARE, Router, load_trust
+
+    p, answered, waiting = broker_province, 40, 200
+    f = tmp_path / "cv.pdf"
+    f.write_bytes(b"%PDF-1.4 cong van")
+    with Adapter(p.settings, DEPT) as dept, Adapter(p.settings, PC) as pc:
+        with RouterThread(p.settings, p.archive, p.hub) as rt:
+            for i in range(answered):
+                dept.send([PC], subject=f"Công văn {i}", number=str(i), notation="SNV-VP", files=[f])
+            deadline = time.monotonic() + 30
+            while (rt.router is None or rt.router.processed < answered) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert rt.error is None
+        assert len(receive_until(pc, answered)) == answered  # its 01s wait: no router is running
+        for i in range(waiting):
+            dept.send([PC], subject=f"Công văn {i}", number=str(answered + i), notation="SNV-VP", files=[f])
+
+    transport = AmqpTransport(p.settings.amqp_url)
+    router = Router(p.settings, transport, p.archive, load_trust(p.settings), p.hub)
+    batches: list[tuple[int, int]] = []
+    handle = router.handle_batch
+
+    def recording(deliveries) -> None:
+        statuses = sum(d.routing_key.startswith("status.") for d in deliveries)
+        batches.append((len(deliveries) - statuses, statuses))
+        handle(deliveries)
+
+    router.handle_batch = recording  # type: ignore[method-assign]
+    try:
+        router.run(idle_timeout=2.0, max_batch=20)
+    finally:
+        transport.close()
+    assert sum(d for d, _ in batches) == waiting and sum(s for _, s in batches) == answered
+    taken = batches[0][1]  # the first batch may come before the statuses reached the router
+    for documents, statuses in batches[1:]:
+        if documents:
+            assert statuses == min(STATUS_SHARE, answered - taken), str(batches)
+        taken += statuses
 
 
 def test_refused_document_is_quarantined_answered_and_not_delivered(broker_province) -> None:
