@@ -788,6 +788,11 @@ def _rollover(r: dict[str, Any]) -> str:
     return f"at {r['at_s']:g} s, {took}"
 
 
+def _ratio(value: float | None) -> str:
+    """A ratio as three decimals: "0.1" would hide whether it is 0.095 or 0.104."""
+    return "not measured" if value is None else f"{value:.3f}"
+
+
 def rows(data: dict[str, Any]) -> list[list[str]]:
     """The table ``docbus bench`` prints: one figure per row, each short enough to be shown
     whole (the CLI's tables cut a cell at 60 characters)."""
@@ -805,7 +810,7 @@ def rows(data: dict[str, Any]) -> list[list[str]]:
                 f"{r['docs_per_s']} docs/s",
                 f"{r['delivered']}/{r['documents']} in {r['seconds']} s",
             ],
-            ["router / relay", f"{data['router_vs_relay']}", ""],
+            ["router / relay", _ratio(data["router_vs_relay"]), ""],
             *[
                 [f"CPU per document, {name}", f"{ms} ms", f"throughput run; machine {r['cpu_busy_pct']} % busy"]
                 for name, ms in r.get("cpu_ms_per_doc", {}).items()

@@ -66,6 +66,11 @@ def test_every_figure_of_a_full_run_is_printed_whole() -> None:
     assert "intact (SHA-256 checked)" in out and "45.8 % of a core" in out
 
 
+def test_the_ratio_keeps_three_decimals() -> None:
+    line = next(r for r in rows(FULL_RUN | {"router_vs_relay": 0.1}) if r[0] == "router / relay")
+    assert line[1] == "0.100"
+
+
 def test_a_corrupted_large_file_says_so() -> None:
     broken = FULL_RUN | {"large_attachment": FULL_RUN["large_attachment"] | {"intact": False}}
     assert "NOT intact" in table(rows(broken), ["Measure", "Result", "Detail"])
