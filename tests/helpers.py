@@ -73,3 +73,28 @@ def alter_first_byte(path) -> None:
     of random data as it was)."""
     data = path.read_bytes()
     path.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])
+
+
+def router_batches(p, *, max_batch: int, after_batch=None, idle_timeout: float = 2.0) -> list[list[str]]:
+    """Run a router of province ``p`` on the real broker until nothing comes for ``idle_timeout``
+    s; the routing keys of each batch it took, in order.  ``after_batch(batches)`` is called
+    after each batch is handled (to send something while the router is busy)."""
+    from bus.router import Router, load_trust
+
+    transport = AmqpTransport(p.settings.amqp_url)
+    router = Router(p.settings, transport, p.archive, load_trust(p.settings), p.hub)
+    batches: list[list[str]] = []
+    handle = router.handle_batch
+
+    def recording(deliveries) -> None:
+        batches.append([d.routing_key for d in deliveries])
+        handle(deliveries)
+        if after_batch is not None:
+            after_batch(batches)
+
+    router.handle_batch = recording  # type: ignore[method-assign]
+    try:
+        router.run(idle_timeout=idle_timeout, max_batch=max_batch)
+    finally:
+        transport.close()
+    return batches

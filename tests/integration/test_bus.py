@@ -16,7 +16,7 @@ from bus.edxml import Attachment
 from bus.errors import BrokerUnavailable, DocbusError, PolicyRefusal
 from bus.topology import Binding, Names, Queue, Topology, core
 from bus.transport import AmqpTransport
-from tests.helpers import connect_as, receive_until, signed_edoc, user_of
+from tests.helpers import connect_as, receive_until, router_batches, signed_edoc, user_of
 
 pytestmark = pytest.mark.broker
 PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
@@ -92,8 +92,9 @@ def test_distribution_to_many_agencies(broker_province, tmp_path) -> None:
 def test_statuses_keep_pace_with_waiting_documents_through_the_broker(broker_province, tmp_path) -> None:
     """With documents and 01s both waiting, every batch the router takes also takes its share
     of statuses: a batch's statuses stay unacked until the next batch's commit, and with too
-    small a status prefetch every other batch found none (docs/performance-history.md, step 14)."""
-    from bus.router import STATUS_SHARE, Router, load_trust
+    small a status prefetch every other batch found none; with the documents buffered, none came
+at all until they drained (docs/performance-history.md, steps 14 and 15)."""
+    from bus.router import STATUS_SHARE
 
     p, answered, waiting = broker_province, 40, 200
     f = tmp_path / "cv.pdf"
@@ -110,21 +111,9 @@ def test_statuses_keep_pace_with_waiting_documents_through_the_broker(broker_pro
         for i in range(waiting):
             dept.send([PC], subject=f"Công văn {i}", number=str(answered + i), notation="SNV-VP", files=[f])
 
-    transport = AmqpTransport(p.settings.amqp_url)
-    router = Router(p.settings, transport, p.archive, load_trust(p.settings), p.hub)
-    batches: list[tuple[int, int]] = []
-    handle = router.handle_batch
-
-    def recording(deliveries) -> None:
-        statuses = sum(d.routing_key.startswith("status.") for d in deliveries)
-        batches.append((len(deliveries) - statuses, statuses))
-        handle(deliveries)
-
-    router.handle_batch = recording  # type: ignore[method-assign]
-    try:
-        router.run(idle_timeout=2.0, max_batch=20)
-    finally:
-        transport.close()
+    batches = [
+        (len(keys) - (n := sum(k.startswith("status.") for k in keys)), n) for keys in router_batches(p, max_batch=20)
+    ]
     assert sum(d for d, _ in batches) == waiting and sum(s for _, s in batches) == answered
     taken = batches[0][1]  # the first batch may come before the statuses reached the router
     for documents, statuses in batches[1:]:

@@ -15,7 +15,7 @@ from adapters import Adapter
 from bus.demo import RouterThread
 from bus.router import Router
 from bus.topology import DELIVERY_LIMIT
-from tests.helpers import receive_until
+from tests.helpers import receive_until, router_batches
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +107,29 @@ def test_urgent_document_reaches_the_recipient_ahead_of_a_backlog(broker_provinc
         receive_until(pc, 151)
     assert len(handed) == 151
     assert handed[0] == urgent.document_id
+
+
+def test_an_urgent_document_sent_while_the_router_works_a_backlog_goes_next(broker_province, tmp_path) -> None:
+    """The router buffers what the broker sends ahead (a prefetch of 200) and takes batches
+    from it; an urgent document arriving meanwhile is read before the next batch, not after
+    the buffered backlog (docs/performance-history.md, step 15)."""
+    p = broker_province
+    f = tmp_path / "a.pdf"
+    f.write_bytes(b"%PDF")
+    with Adapter(p.settings, DEPT) as dept:
+        for n in range(200):
+            dept.send([PC], subject=f"Công văn thường {n}", number=str(n), notation="X", files=[f])
+        sent_after: list[int] = []
+
+        def send_urgent(batches: list[list[str]]) -> None:
+            if len(batches) == 2:
+                dept.send([PC], subject="Công điện hỏa tốc", number="999", notation="CĐ", files=[f], priority=3)
+                sent_after.append(len(batches))
+
+        batches = router_batches(p, max_batch=20, after_batch=send_urgent)
+    taken_in = next(i for i, keys in enumerate(batches) if any(k.startswith("urgent.") for k in keys))
+    assert sent_after == [2] and sum(map(len, batches)) == 201
+    assert taken_in <= 3, [len(b) for b in batches]  # the first or second batch after it was sent
 
 
 def test_send_with_the_broker_down_is_queued_and_goes_when_it_returns(broker_province, tmp_path) -> None:
