@@ -85,14 +85,23 @@ def test_poison_message_is_dead_lettered_listed_and_replayed(broker_province, tm
         assert purged.returncode == 0 and json.loads(docbus(p, "dead", "list", "--json").stdout) == []
 
 
+def send_backlog(dept: Adapter, f: Path, count: int) -> None:
+    """``count`` ordinary documents from ``dept`` to PC, each with the file ``f``."""
+    for n in range(count):
+        dept.send([PC], subject=f"Công văn thường {n}", number=str(n), notation="X", files=[f])
+
+
+def send_urgent(dept: Adapter, f: Path):
+    return dept.send([PC], subject="Công điện hỏa tốc", number="999", notation="CĐ", files=[f], priority=3)
+
+
 def test_urgent_document_reaches_the_recipient_ahead_of_a_backlog(broker_province, tmp_path) -> None:
     p = broker_province
     f = tmp_path / "a.pdf"
     f.write_bytes(b"%PDF")
     with Adapter(p.settings, DEPT) as dept:
-        for n in range(150):
-            dept.send([PC], subject=f"Công văn thường {n}", number=str(n), notation="X", files=[f])
-        urgent = dept.send([PC], subject="Công điện hỏa tốc", number="999", notation="CĐ", files=[f], priority=3)
+        send_backlog(dept, f, 150)
+        urgent = send_urgent(dept, f)
     with RouterThread(p.settings, p.archive, p.hub):
         from bus.archive import Recipient
 
@@ -117,16 +126,15 @@ def test_an_urgent_document_sent_while_the_router_works_a_backlog_goes_next(brok
     f = tmp_path / "a.pdf"
     f.write_bytes(b"%PDF")
     with Adapter(p.settings, DEPT) as dept:
-        for n in range(200):
-            dept.send([PC], subject=f"Công văn thường {n}", number=str(n), notation="X", files=[f])
+        send_backlog(dept, f, 200)
         sent_after: list[int] = []
 
-        def send_urgent(batches: list[list[str]]) -> None:
+        def after_the_second_batch(batches: list[list[str]]) -> None:
             if len(batches) == 2:
-                dept.send([PC], subject="Công điện hỏa tốc", number="999", notation="CĐ", files=[f], priority=3)
+                send_urgent(dept, f)
                 sent_after.append(len(batches))
 
-        batches = router_batches(p, max_batch=20, after_batch=send_urgent)
+        batches = router_batches(p, max_batch=20, after_batch=after_the_second_batch)
     taken_in = next(i for i, keys in enumerate(batches) if any(k.startswith("urgent.") for k in keys))
     assert sent_after == [2] and sum(map(len, batches)) == 201
     assert taken_in <= 3, [len(b) for b in batches]  # the first or second batch after it was sent
