@@ -543,9 +543,10 @@ class AmqpTransport:
         read takes only one socket buffer's worth, which would cap batches at a few dozen.
 
         It reads once before every batch, however many are buffered: with a backlog of one
-        queue buffered, the deliveries of a later queue with a share (the router's statuses)
-        would otherwise stay unread in pika until that backlog drained, and that queue's
-        share of each batch go empty (its prefetch spent on deliveries already handled)."""
+        queue buffered, what the broker sends meanwhile would otherwise stay unread in pika
+        until that backlog drained: an urgent document in an earlier queue, or the next
+        deliveries of a queue with a share (the router's statuses), whose share of each batch
+        would go empty, its prefetch spent on deliveries already handled."""
         held = -1
         while held < want:
             self._pump(0)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from bus import compose
 from bus.brokeradmin import agency_url
 from bus.config import Settings
 from bus.edxml import Attachment, Organ
-from bus.transport import AmqpTransport
+from bus.transport import AmqpTransport, Delivery
 from signing.identity import Identity, hub_folders
 
 PDF = b"%PDF-1.4\n% docbus test\n%%EOF\n"
@@ -75,7 +76,9 @@ def alter_first_byte(path) -> None:
     path.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])
 
 
-def router_batches(p, *, max_batch: int, after_batch=None, idle_timeout: float = 2.0) -> list[list[str]]:
+def router_batches(
+    p, *, max_batch: int, after_batch: Callable[[list[list[str]]], None] | None = None, idle_timeout: float = 2.0
+) -> list[list[str]]:
     """Run a router of province ``p`` on the real broker until nothing comes for ``idle_timeout``
     s; the routing keys of each batch it took, in order.  ``after_batch(batches)`` is called
     after each batch is handled (to send something while the router is busy)."""
@@ -86,7 +89,7 @@ def router_batches(p, *, max_batch: int, after_batch=None, idle_timeout: float =
     batches: list[list[str]] = []
     handle = router.handle_batch
 
-    def recording(deliveries) -> None:
+    def recording(deliveries: list[Delivery]) -> None:
         batches.append([d.routing_key for d in deliveries])
         handle(deliveries)
         if after_batch is not None:

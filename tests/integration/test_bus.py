@@ -92,8 +92,8 @@ def test_distribution_to_many_agencies(broker_province, tmp_path) -> None:
 def test_statuses_keep_pace_with_waiting_documents_through_the_broker(broker_province, tmp_path) -> None:
     """With documents and 01s both waiting, every batch the router takes also takes its share
     of statuses: a batch's statuses stay unacked until the next batch's commit, and with too
-    small a status prefetch every other batch found none; with the documents buffered, none came
-at all until they drained (docs/performance-history.md, steps 14 and 15)."""
+    small a status prefetch every other batch found none; with the documents buffered, none
+    came at all until they drained (docs/performance-history.md, steps 14 and 15)."""
     from bus.router import STATUS_SHARE
 
     p, answered, waiting = broker_province, 40, 200
