@@ -78,9 +78,7 @@ def expiring_certificates(home: Path, now: dt.datetime, within_days: int = RENEW
                 out.append(Expiring(f"hub {role}", end, (end - now).days, remedy))
     latest: dict[str, dt.datetime] = {}
     for organ_id, end in (
-        Certificate.select(Certificate.organ_id, Certificate.not_after)
-        .where(Certificate.state == "active")
-        .tuples()
+        Certificate.select(Certificate.organ_id, Certificate.not_after).where(Certificate.state == "active").tuples()
     ):
         latest[organ_id] = max(end, latest.get(organ_id, end))
     for organ_id, end in sorted(latest.items()):

@@ -182,7 +182,6 @@ def working_days(rep: Report) -> str:
     return f"Ngày làm việc: thứ Hai đến thứ Sáu{off}."
 
 
-
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.0f}%"
 

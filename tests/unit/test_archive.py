@@ -376,7 +376,6 @@ def test_a_sqlite_archive_commits_to_disk_before_the_router_acks(tmp_path) -> No
         archive.close()
 
 
-
 def test_days_people_name_are_vietnamese_days_and_times_are_shown_in_vietnam_time(filled) -> None:
     """A document archived at 23:30 UTC on the 27th arrived at 06:30 on the 28th in Vĩnh Long:
     a search from the 28th finds it, one up to the 27th does not, and the table shows 06:30."""

@@ -14,7 +14,11 @@ NOT_A_DATABASE = b"docbus: these bytes are not SQLite" * 100
 
 
 def env_for(home) -> dict[str, str]:
-    return {"DOCBUS_HOME": str(home), "DOCBUS_NAMESPACE": "mem", "DOCBUS_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}
+    return {
+        "DOCBUS_HOME": str(home),
+        "DOCBUS_NAMESPACE": "mem",
+        "DOCBUS_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F",
+    }
 
 
 def test_a_damaged_archive_is_named_with_exit_3(tmp_path) -> None:

@@ -308,7 +308,10 @@ def test_a_reader_that_goes_away_stops_the_output_quietly(tmp_path) -> None:
     os.close(read)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "cli", "inspect", str(path)], stdout=write, stderr=subprocess.PIPE, cwd=ROOT,
+            [sys.executable, "-m", "cli", "inspect", str(path)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
             timeout=60,
         )
     finally:

@@ -32,7 +32,11 @@ def send_cong_van(p, number: str) -> None:
     with Adapter(p.settings, DEPT, transport=p.transport) as dept:
         dept.submit(
             compose.new_edoc(
-                Organ(DEPT, "Sở Nội vụ"), [Organ(PC)], subject="Công văn", number=number, notation="SNV",
+                Organ(DEPT, "Sở Nội vụ"),
+                [Organ(PC)],
+                subject="Công văn",
+                number=number,
+                notation="SNV",
                 attachments=[Attachment.from_bytes("cv.pdf", PDF, "application/pdf")],
             )
         )
@@ -48,8 +52,12 @@ def test_every_file_header_and_envelope_land_in_the_folder(memory_province, tmp_
         Attachment.from_bytes("ban-goc.EDXML", b"<edXML/>", "application/xml"),  # not taken for a message
     ]
     edoc = compose.new_edoc(
-        Organ(DEPT, "Sở Nội vụ"), [Organ(PC)], subject="Tờ trình V/v chuyển đổi số", number="5",
-        notation="TTr-SNV", attachments=attachments,
+        Organ(DEPT, "Sở Nội vụ"),
+        [Organ(PC)],
+        subject="Tờ trình V/v chuyển đổi số",
+        number="5",
+        notation="TTr-SNV",
+        attachments=attachments,
     )
     with Adapter(p.settings, DEPT, transport=p.transport) as dept:
         dept.submit(edoc)
@@ -184,9 +192,10 @@ def test_a_clerks_listing_does_not_take_a_document_away_from_the_running_adapter
 
     written: list[str] = []
     with Adapter(
-        p.settings, PC, transport=p.transport, on_receive=lambda item, msg, raw: written.append(
-            drop.write(folder, item.digest, msg, raw).name
-        )
+        p.settings,
+        PC,
+        transport=p.transport,
+        on_receive=lambda item, msg, raw: written.append(drop.write(folder, item.digest, msg, raw).name),
     ) as system:
         system.run(idle_exit=0.3, pickup=clerk_looks)
         [item] = system.inbox("edoc")

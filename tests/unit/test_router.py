@@ -365,9 +365,7 @@ def test_the_recipient_judges_the_signer_as_of_the_data_centres_sealed_relay_tim
         assert dept.document(item.document_id).subject == "Công văn"
 
 
-def test_a_document_that_no_longer_verifies_at_the_recipient_is_kept_and_answered_02(
-    memory_province, router
-) -> None:
+def test_a_document_that_no_longer_verifies_at_the_recipient_is_kept_and_answered_02(memory_province, router) -> None:
     """Accepted by the router, but its signer's certificate was revoked before the data centre
     relayed it (a revocation the router had not seen yet): the recipient refuses it."""
     p = memory_province
