@@ -14,9 +14,11 @@ import base64
 import binascii
 import hashlib
 import io
+import lzma
 import re
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -66,7 +68,13 @@ def status_note(code: str, description: str | None) -> str:
     said = (description or "").strip()
     return "" if said == STATUS_CODES.get(code, "") else said
 
+
 ZIP_TYPE = "application/zip"
+# What zipfile raises, besides BadZipFile, for a ZIP whose directory reads but whose content
+# does not: a garbled deflate stream (zlib.error), a stream cut short (EOFError), an encrypted
+# member (RuntimeError), a compression method it lacks (NotImplementedError), a broken LZMA or
+# bzip2 stream (LZMAError, OSError), a malformed extra field (ValueError).
+UNREADABLE_ZIP = (zlib.error, EOFError, RuntimeError, NotImplementedError, lzma.LZMAError, OSError, ValueError)
 # edXML timestamps carry no zone; on this bus they are Vietnam time (UTC+7, no daylight saving).
 VN_TZ = timezone(timedelta(hours=7), "ICT")
 
@@ -384,6 +392,10 @@ def _decode(text: str, zipped: bool, name: str, max_bytes: int) -> bytes:
     except zipfile.BadZipFile as exc:
         raise SchemaViolation(
             f"attachment {name!r}: declared {ZIP_TYPE} but is not a ZIP ({exc})", reason="bad-attachment"
+        ) from exc
+    except UNREADABLE_ZIP as exc:
+        raise SchemaViolation(
+            f"attachment {name!r}: its ZIP cannot be read ({type(exc).__name__}: {exc})", reason="bad-attachment"
         ) from exc
 
 

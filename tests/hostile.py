@@ -135,6 +135,30 @@ def _zip_bomb(settings: Settings) -> bytes:
     )
 
 
+def _broken_zip(settings: Settings, how: str) -> bytes:
+    """A well-formed ZIP of one file whose content cannot be read: its deflate stream garbled
+    (``stream``), flagged as encrypted (``encrypted``) or in a compression method nobody has
+    (``method``). Each makes Python's zipfile raise something other than BadZipFile."""
+    content = "Công văn V/v kết nối ".encode() * 200
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("cong-van.pdf", content)
+    data = bytearray(buf.getvalue())
+    local, central = 0, data.index(b"PK\x01\x02")
+    if how == "stream":
+        start = 30 + len("cong-van.pdf")
+        data[start:central] = b"\xff" * (central - start)  # a deflate block type that does not exist
+    elif how == "encrypted":
+        data[local + 6] |= 1
+        data[central + 8] |= 1
+    else:
+        data[local + 8 : local + 10] = data[central + 10 : central + 12] = (99).to_bytes(2, "little")
+    return _carrying(
+        settings,
+        Attachment("cid:z", "cong-van.pdf", "application/pdf", zipped=True, _encoded=_b64(bytes(data))),
+    )
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -208,6 +232,9 @@ def hostile_corpus(settings: Settings, *, revoked_cert: bytes, big: int = 100 * 
             "bad-attachment",
         ),
         Case("attachment-zip-bomb", _zip_bomb(settings), "attachment-too-large"),
+        Case("attachment-zip-garbled-stream", _broken_zip(settings, "stream"), "bad-attachment"),
+        Case("attachment-zip-encrypted", _broken_zip(settings, "encrypted"), "bad-attachment"),
+        Case("attachment-zip-unknown-method", _broken_zip(settings, "method"), "bad-attachment"),
         Case("secret", signed_edoc(settings, PC, [DEPT], security_level="Tuyệt mật"), "secret-document"),
         Case("no-electronic-file", signed_edoc(settings, PC, [DEPT], files=False), "no-electronic-file"),
         Case("unknown-recipient", signed_edoc(settings, PC, [DEPT, "000.00.88.H61"]), "unknown-recipient"),
