@@ -243,9 +243,7 @@ def _distribution_list(path: Path) -> str:
     return ",".join(code for _, line in _listed(path, "distribution list") for code in line.replace(",", " ").split())
 
 
-def electronic_files(
-    ctx: click.Context, param: click.Parameter | None, value: tuple[Path, ...]
-) -> tuple[Path, ...]:
+def electronic_files(ctx: click.Context, param: click.Parameter | None, value: tuple[Path, ...]) -> tuple[Path, ...]:
     """Attached files must hold something: an empty scan is no electronic file; and each once
     (as the pickup folder asks), a file named twice being a slip of the clerk's."""
     seen: set[Path] = set()
@@ -660,9 +658,7 @@ def send(
 @click.option("--number", required=True, callback=not_blank, help="Số of the copy, this agency's own (e.g. 12).")
 @click.option("--notation", required=True, help="Ký hiệu of the copy, e.g. SL-UBND.")
 @click.option("--subject", callback=not_blank, help="Trích yếu of the copy.  [default: Sao lục: <the original's>]")
-@click.option(
-    "--priority", type=click.IntRange(0, 4), help=f"{PRIORITY_NAMES}.  [default: the original's]"
-)
+@click.option("--priority", type=click.IntRange(0, 4), help=f"{PRIORITY_NAMES}.  [default: the original's]")
 @click.option(
     "--original",
     "original_file",
@@ -1070,9 +1066,7 @@ def health(overdue_hours: float, days: int, as_json: bool) -> None:
     s = settings()
     open_archive(s)
     admin = BrokerAdmin(s.amqp_url, s.mgmt_url or None)
-    report = checkup.check(
-        admin, s.amqp_url, Names(s.namespace), overdue_hours=overdue_hours, days=days, home=s.home
-    )
+    report = checkup.check(admin, s.amqp_url, Names(s.namespace), overdue_hours=overdue_hours, days=days, home=s.home)
     problems = report.problems()
     if as_json:
         emit_json(report.as_dict())
@@ -1512,8 +1506,12 @@ def _echo_content(content: str, subject: str, *, indent: str = "  ") -> None:
     if not content.strip() or content.strip() == subject.strip():
         return
     lines = textwrap.wrap(
-        " ".join(content.split()), width=96, initial_indent=indent, subsequent_indent=" " * len(indent),
-        max_lines=10, placeholder=" …",
+        " ".join(content.split()),
+        width=96,
+        initial_indent=indent,
+        subsequent_indent=" " * len(indent),
+        max_lines=10,
+        placeholder=" …",
     )
     click.echo("\n".join(lines))
 
@@ -2110,9 +2108,7 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
             if r["ok"]:
                 files = "".join(f"; large file {p} checked" for p in r["large_files"])
                 relayed = "".join(f"; relayed by the data centre {t} (sealed)" for t in r["relayed"])
-                click.echo(
-                    f"OK    {r['file']}: {r['kind']} {r['document_id']} signed by {r['signer']}{relayed}{files}"
-                )
+                click.echo(f"OK    {r['file']}: {r['kind']} {r['document_id']} signed by {r['signer']}{relayed}{files}")
             else:
                 click.echo(f"FAIL  {r['file']}: [{r['reason']}] {r['detail']}")
     if not all(r["ok"] for r in results):

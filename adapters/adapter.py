@@ -1192,6 +1192,4 @@ def _attachment(path: Path, zipped: bool, inline_limit: int) -> Attachment:
     ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if path.stat().st_size > inline_limit:
         return Attachment.from_file(path, ctype, content_id=_content_id(path.name))
-    return Attachment.from_bytes(
-        path.name, path.read_bytes(), ctype, content_id=_content_id(path.name), zipped=zipped
-    )
+    return Attachment.from_bytes(path.name, path.read_bytes(), ctype, content_id=_content_id(path.name), zipped=zipped)
