@@ -32,9 +32,10 @@ def edoc(
     subject: str = "Công văn V/v kết nối",
     number: str = "12",
     files: bool = True,
+    zipped: bool = False,
     **kw,
 ):
-    atts = [Attachment.from_bytes("cong-van.pdf", PDF, "application/pdf")] if files else []
+    atts = [Attachment.from_bytes("cong-van.pdf", PDF, "application/pdf", zipped=zipped)] if files else []
     return compose.new_edoc(
         Organ(sender, "Sở"),
         [Organ(r) for r in recipients],
