@@ -145,7 +145,7 @@ class ChunkStore:
                 int(headers.get("x-docbus-chunk-size", 0)),
             )
             index = int(headers.get("x-docbus-index", -1))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an infinite double
             raise MalformedEnvelope("chunk headers are not integers", reason="bad-chunk") from exc
         last = ext.size - (ext.count - 1) * ext.chunk_size
         expected = last if index == ext.count - 1 else ext.chunk_size

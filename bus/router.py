@@ -153,7 +153,10 @@ class Router:
             # replayed by an operator through the default exchange, which no agency may write to
             routing_key = str(delivery.headers.get(REPLAY_KEY, ""))
             user_id = delivery.headers.get(REPLAY_USER) or None
-        return Submission(delivery.body, routing_key, user_id, delivery.redelivered, delivery.headers)
+            headers = delivery.headers
+        else:  # from an agency: since when it waited for its chunks is the router's to say
+            headers = {k: v for k, v in (delivery.headers or {}).items() if k != WAITING_SINCE}
+        return Submission(delivery.body, routing_key, user_id, delivery.redelivered, headers)
 
     def handle(self, delivery: Delivery) -> None:
         self.handle_batch([delivery])
@@ -666,7 +669,12 @@ def describe_outcomes(counts: Counter[str]) -> str:
 def _waiting_since(sub: Submission) -> int:
     """When the envelope first waited for its chunks (now, if it has not); whole seconds:
     AMQP header tables carry no floats."""
-    return int(sub.headers.get(WAITING_SINCE, 0) or 0) or int(time.time())
+    now = int(time.time())
+    try:
+        since = int(sub.headers.get(WAITING_SINCE) or now)
+    except (TypeError, ValueError, OverflowError):
+        return now
+    return since if since <= now else now
 
 
 class _Waiting(Exception):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
+import time
 
 import pytest
 
@@ -12,7 +14,7 @@ from bus import blobs, safexml
 from bus.archive import AttachmentRecord, Message
 from bus.blobs import ChunkStore, External
 from bus.errors import MalformedEnvelope, Refused
-from bus.router import Router, load_trust
+from bus.router import WAITING_SINCE, Router, load_trust
 from bus.topology import Names
 from tests.helpers import alter_first_byte
 
@@ -106,6 +108,11 @@ def test_chunk_headers_out_of_bounds_are_refused(tmp_path) -> None:
         store.put("000.00.01.H61", good, b"12345")  # longer than a chunk
     with pytest.raises(MalformedEnvelope):
         External("a" * 64, blobs.MAX_FILE_BYTES + 1, 4)
+    # AMQP headers are the sender's to fill: a double, a table, a timestamp where an integer belongs
+    for odd in (float("inf"), float("nan"), {"a": 1}, dt.datetime(2026, 11, 28), None, "3", b"x"):
+        with pytest.raises(MalformedEnvelope) as refused:
+            store.put("000.00.01.H61", good | {"x-docbus-index": odd}, b"1234")
+        assert refused.value.reason == "bad-chunk", odd
     with pytest.raises(Refused) as info:
         store.assemble("000.00.01.H61", ext)
     assert info.value.reason == "attachment-incomplete"
@@ -224,3 +231,22 @@ def test_files_each_small_enough_but_too_large_together_go_partly_in_chunks(memo
     assert [a.name for a in got] == [f.name for f in files]
     assert [a.data for a in got] == [f.read_bytes() for f in files]
     assert 1 <= sum(a.external is not None for a in got) < 3  # the largest by reference, the rest inside
+
+
+@pytest.mark.parametrize("claimed", ["abc", float("inf"), 1, 10**12])
+def test_a_waiting_time_the_sender_wrote_is_not_believed(small_inline, tmp_path, claimed) -> None:
+    """Only the router's own wait queue says since when an envelope has waited: a sender's
+    header (nonsense, long ago, far in the future) neither breaks the router, nor refuses the
+    envelope at once, nor keeps it waiting for ever."""
+    p = small_inline
+    sent, _ = send_big(p, tmp_path, "11")
+    names = Names(p.settings.namespace)
+    queue(p, names.router_chunks).clear()  # still on their way
+    delivery = queue(p, names.router_queue).popleft()
+    delivery.headers = dict(delivery.headers or {}) | {WAITING_SINCE: claimed}
+    router = router_of(p)
+    out = router.process_batch([router.submission(delivery)])[0]
+    assert (out.state, out.reason) == ("waiting", "attachment-incomplete")
+    parked = queue(p, names.router_wait)[0]
+    assert abs(parked.headers[WAITING_SINCE] - time.time()) < 60  # the clock starts now
+    assert not Message.select().where(Message.document_id == sent.document_id).exists()
