@@ -259,7 +259,42 @@ def electronic_files(ctx: click.Context, param: click.Parameter | None, value: t
 # --------------------------------------------------------------------------- root
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _TextChecked:
+    """Every text a command is given is checked to be UTF-8 before the command runs, so a
+    wrongly encoded số or DocumentId is a usage error naming its option, not a traceback from
+    whichever lookup meets it first.  File and folder names are left as the system has them."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)  # type: ignore[misc]
+        if ctx.resilient_parsing:  # shell completion: nothing runs
+            return rest
+        for param in self.params:  # type: ignore[attr-defined]
+            if isinstance(param.type, click.Path | click.File):
+                continue
+            value = ctx.params.get(param.name or "")
+            for text in value if isinstance(value, list | tuple) else (value,):
+                byte = edxml.not_utf8(text) if isinstance(text, str) else ""
+                if byte:
+                    raise click.BadParameter(
+                        f"{edxml.show_not_utf8(text)!r} is not UTF-8 text (it holds {byte}): the terminal or "
+                        "script writes another encoding (TCVN3, VNI, Windows-1258?); set it to UTF-8, e.g. "
+                        "LANG=vi_VN.UTF-8 or C.UTF-8",
+                        ctx=ctx,
+                        param=param,
+                    )
+        return rest
+
+
+class TextCheckedCommand(_TextChecked, click.Command):
+    pass
+
+
+class TextCheckedGroup(_TextChecked, click.Group):
+    command_class = TextCheckedCommand
+    group_class = type  # subgroups are of this class too
+
+
+@click.group(cls=TextCheckedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log what the bus does to stderr.")
 def main(verbose: bool) -> None:
     """docbus: signed edXML documents between agencies over the provincial RabbitMQ bus.

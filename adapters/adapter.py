@@ -1189,6 +1189,13 @@ def _bounded_read(path: Path, limit: int) -> bytes:
 def _attachment(path: Path, zipped: bool, inline_limit: int) -> Attachment:
     """A file to send: inside the envelope, or (over ``inline_limit``) by reference in chunks."""
     _regular_file(path, "attachment ")
+    byte = edxml.not_utf8(path.name)
+    if byte:  # its name travels in the edXML as text
+        raise Refused(
+            f"the file name {edxml.show_not_utf8(path.name)!r} is not UTF-8 (it holds {byte}): the system that "
+            "named it writes another encoding (TCVN3, VNI, Windows-1258?); rename the file",
+            reason="file-name-encoding",
+        )
     ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if path.stat().st_size > inline_limit:
         return Attachment.from_file(path, ctype, content_id=_content_id(path.name))

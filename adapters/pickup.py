@@ -47,12 +47,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bus.edxml import STATUS_CODES, nfc
+from bus.edxml import STATUS_CODES, nfc, not_utf8
 from bus.errors import DocbusError, NotFound, Refused
 from bus.filenames import safe_name, unique_name
 from bus.policy import named_twice
@@ -341,7 +341,23 @@ def _header(header: Path) -> dict[str, Any]:
         raise BadJob(f"the header is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BadJob("the header is not a JSON object")
+    lone = next((c for text in _texts(data) for c in text if 0xD800 <= ord(c) <= 0xDFFF), None)
+    if lone is not None:  # an escape such as "\udcff" that JSON allows and no text can hold
+        raise BadJob(f"the header holds U+{ord(lone):04X}, half of a UTF-16 pair: not a character of any text")
     return data
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _texts(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _texts(v)
 
 
 def _text(fields: dict[str, Any], key: str, *, blank: bool) -> str:
@@ -412,7 +428,12 @@ def _named_files(header: Path, folder: Path) -> list[Path]:
 
 def _plain(name: str) -> bool:
     """A file name of the folder's own: no path, not hidden, not another header."""
-    return name == safe_name(name) and not name.startswith(".") and not name.endswith((SUFFIX, STATUS_SUFFIX))
+    return (
+        not not_utf8(name)
+        and name == safe_name(name)
+        and not name.startswith(".")
+        and not name.endswith((SUFFIX, STATUS_SUFFIX))
+    )
 
 
 def _in_order(folder: Path, patterns: Iterable[str]) -> list[Path]:

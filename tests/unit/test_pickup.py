@@ -89,6 +89,10 @@ def test_a_header_and_its_file_are_sent_and_moved_to_sent(memory_province, tmp_p
         (bao_cao(), {}, "missing-file", "Báo cáo.pdf is not in the pickup folder"),
         (bao_cao(files=["passwd"]), {}, "bad-job", "passwd is a symbolic link"),
         (bao_cao(), {"Báo cáo.pdf": b""}, "empty-file", "Báo cáo.pdf is empty (0 bytes)"),
+        # JSON may escape half of a UTF-16 pair, which is no character: the lookups by số,
+        # the file names and the edXML would each fail on it in their own way
+        (json.dumps(bao_cao(number="12\udcff")), {"Báo cáo.pdf": PDF}, "bad-job", "holds U+DCFF"),
+        (json.dumps(bao_cao(files=["\udcff.pdf"])), {}, "bad-job", "holds U+DCFF"),
     ],
 )
 def test_a_header_that_cannot_be_sent_is_kept_with_its_files_and_reason(
