@@ -30,6 +30,7 @@ from peewee import DatabaseError
 from bus import edxml, longrun, safexml
 from bus.config import Settings, from_env
 from bus.errors import BrokerUnavailable, ConfigError, DocbusError, NotFound, Refused, one_line
+from bus.files import read_bounded
 
 EXIT_REFUSED, EXIT_CONFIG, EXIT_BROKER, EXIT_FAILED = 1, 3, 4, 5
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer its reader left (128 + SIGPIPE)
@@ -2030,7 +2031,7 @@ def inspect(file: Path, as_json: bool) -> None:
     from bus.config import Limits
 
     limits = Limits(max_envelope_bytes=256 * 1024 * 1024)
-    root = safexml.parse(file.read_bytes(), limits, huge_text=True)
+    root = safexml.parse(read_bounded(file, limits.max_envelope_bytes), limits, huge_text=True)
     msg = edxml.parse_tree(root, limits)
     data = edxml.summary(msg)
     from bus import schema
@@ -2111,8 +2112,9 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
     stores = [ChunkStore(s.home / "blobs")] + [ChunkStore(d) for d in sorted(s.home.glob("agencies/*/files"))]
     results = []
     for f in files:
-        data = f.read_bytes()
+        data = b""
         try:
+            data = read_bounded(f, s.limits.max_envelope_bytes, ", more than the bus carries in one envelope")
             if gate is not None:
                 opened = gate.check(data, claimed=None, at=when, from_hub=True, fresh=False)
             else:
@@ -2131,7 +2133,7 @@ def verify(files: tuple[Path, ...], as_json: bool, at: dt.datetime | None) -> No
                     "relayed": [t.timestamp for t in opened.relayed],
                 }
             )
-        except Refused as exc:
+        except (Refused, NotFound) as exc:
             detail = exc.message
             if exc.reason == "schema-invalid":
                 detail = f"{detail} (at {_schema_path(data)})"

@@ -65,6 +65,7 @@ from bus.errors import (
     SchemaViolation,
 )
 from bus.filenames import attachment_files, beside
+from bus.files import read_bounded, regular_file
 from bus.policy import REVOKE, UPDATE, check_secrecy, related_document_ids
 from bus.province import CRL_KIND
 from bus.router import load_trust
@@ -82,6 +83,10 @@ RECEIVE_PREFETCH = 16  # deliveries held at once (chunks 1 MiB, envelopes at mos
 UPLOAD_WINDOW = 8  # unconfirmed chunks in flight while a large file is sent
 ANSWER_EVERY = 0.1  # s: under load, the automatic 01s wait at most this long to go out together
 ENVELOPE_HEADROOM = 512 * 1024  # bytes of an envelope kept for its header (a content of 100,000 characters)
+OUTSIDE = (  # what to do with an outside original too large to read whole
+    ", more than an edXML file read whole may be: send its files as a document of this agency's "
+    "('docbus send …'), larger files travel in chunks"
+)
 # said in the content of a sao lục whose original came from outside the bus
 OUTSIDE_NOTE = ", nhận ngoài mạng văn bản của tỉnh; chữ ký số của bản gốc chưa được kiểm tra"
 
@@ -1057,7 +1062,8 @@ class Adapter:
         A secret marking or a revocation (thu hồi) is refused, as for :meth:`send_copy`.
         """
         limits = self.settings.limits
-        raw = original if isinstance(original, bytes) else _bounded_read(original, limits.max_outside_file_bytes)
+        bound = limits.max_outside_file_bytes
+        raw = original if isinstance(original, bytes) else read_bounded(original, bound, OUTSIDE)
         try:
             edoc = read_unverified_edoc(raw, limits)
         except Refused as exc:
@@ -1165,30 +1171,9 @@ def _content_id(name: str) -> str:
     return f"cid:{sha256(name.encode())[:12]}"
 
 
-def _regular_file(path: Path, what: str) -> None:
-    """Refuse a path that is not a file to read: missing (not found), or a folder, a device,
-    a pipe (its "size" says nothing and reading it may never end)."""
-    if not path.exists():
-        raise NotFound(f"{what}{path} does not exist")
-    if not path.is_file():
-        raise Refused(f"{what}{path} is not a regular file (a folder, a device or a pipe)", reason="not-a-file")
-
-
-def _bounded_read(path: Path, limit: int) -> bytes:
-    """A file's bytes, refused before reading when over ``limit``."""
-    _regular_file(path, "")
-    if path.stat().st_size > limit:
-        raise Refused(
-            f"{path.name} is over {limit // 2**20} MiB, more than an edXML file read whole may be: send its "
-            "files as a document of this agency's ('docbus send …'), larger files travel in chunks",
-            reason="too-large",
-        )
-    return path.read_bytes()
-
-
 def _attachment(path: Path, zipped: bool, inline_limit: int) -> Attachment:
     """A file to send: inside the envelope, or (over ``inline_limit``) by reference in chunks."""
-    _regular_file(path, "attachment ")
+    regular_file(path, "attachment ")
     byte = edxml.not_utf8(path.name)
     if byte:  # its name travels in the edXML as text
         raise Refused(

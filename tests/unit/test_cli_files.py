@@ -181,6 +181,27 @@ def test_a_file_to_send_that_is_not_a_regular_file_is_named_so(memory_province, 
         assert res.exit_code == code and words in res.output, res.output
 
 
+def test_inspect_and_verify_read_only_regular_files_and_no_more_than_the_bound(memory_province, tmp_path) -> None:
+    """``/dev/zero`` or a pipe would be read for ever; a file over the bound is refused
+    before it is read.  ``verify`` goes on with the other files."""
+    s = memory_province.settings
+    env = {"DOCBUS_HOME": str(s.home)}
+    pipe = tmp_path / "cong-van.edxml"
+    os.mkfifo(pipe)
+    huge = tmp_path / "huge.edxml"
+    with huge.open("wb") as fh:  # sparse: no disk taken
+        fh.truncate(256 * 1024 * 1024 + 1)
+    good = tmp_path / "good.edxml"
+    good.write_bytes(signed_edoc(s, "000.00.01.H61", ["000.00.00.H61"]))
+    for path, words in ((Path("/dev/zero"), "[not-a-file]"), (pipe, "[not-a-file]"), (huge, "[too-large]")):
+        res = CliRunner().invoke(main, ["inspect", str(path)], env=env)
+        assert res.exit_code == 1 and words in res.output, res.output
+    res = CliRunner().invoke(main, ["verify", "/dev/zero", str(huge), str(good)], env=env)
+    lines = res.output.splitlines()
+    assert res.exit_code == 1 and len(lines) == 3, res.output
+    assert "[not-a-file]" in lines[0] and "[too-large]" in lines[1] and lines[2].startswith("OK")
+
+
 def test_send_refuses_an_empty_subject_or_recipient_list_as_usage(memory_province) -> None:
     env = {"DOCBUS_HOME": str(memory_province.settings.home)}
     base = ["send", "--from", "000.00.01.H61", "--notation", "X", "--number", "1"]
