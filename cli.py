@@ -35,6 +35,7 @@ from bus.files import read_bounded
 EXIT_REFUSED, EXIT_CONFIG, EXIT_BROKER, EXIT_FAILED = 1, 3, 4, 5
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer its reader left (128 + SIGPIPE)
 POSITIVE = click.FloatRange(min=0, min_open=True)
+LIST_FILE_BYTES = 1024 * 1024  # a distribution list or a list of days off: a province's is a few KB
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -229,11 +230,18 @@ def _listed(path: Path, what: str) -> list[tuple[int, str]]:
     """(line number, text) of each line of a list kept in a file, without its ``#`` comment;
     blank ones left out.  Distribution lists and holiday lists are written this way."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        raw = read_bounded(path, LIST_FILE_BYTES)
+        # Windows Notepad's "Unicode" is UTF-16 with a byte-order mark; its "UTF-8" may start with one
+        text = raw.decode("utf-16") if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else raw.decode("utf-8-sig")
     except OSError as exc:
         raise click.BadParameter(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
+    except DocbusError as exc:
+        raise click.BadParameter(f"cannot read the {what}: {exc.message}") from exc
     except UnicodeDecodeError as exc:
-        raise click.BadParameter(f"the {what} {path} is not UTF-8 text") from exc
+        raise click.BadParameter(
+            f"the {what} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at {exc.start}): save it as "
+            "UTF-8 (Notepad: Save as, Encoding UTF-8)"
+        ) from exc
     lines = ((n, line.split("#", 1)[0].strip()) for n, line in enumerate(text.splitlines(), 1))
     return [(n, value) for n, value in lines if value]
 

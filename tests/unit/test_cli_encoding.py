@@ -9,14 +9,16 @@ surrogates, which SQLite, XML and JSON all refuse, each with a traceback of its 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from adapters import Adapter
 from bus.edxml import not_utf8
 from bus.errors import Refused
-from cli import TextCheckedCommand, TextCheckedGroup, main
+from cli import LIST_FILE_BYTES, TextCheckedCommand, TextCheckedGroup, _distribution_list, main
 from tests.unit.test_cli_help import _commands
 
 CP1258_CONG_VAN = os.fsdecode("Công văn".encode("cp1258"))  # as a Windows-1258 terminal sends it
@@ -84,3 +86,24 @@ def test_a_file_whose_name_is_not_utf8_is_refused_before_anything_is_signed(memo
         assert dept.store.Outbox.select().count() == 0
     assert refused.value.reason == "file-name-encoding"
     assert "'C�ng v�n.pdf' is not UTF-8 (it holds 0xF4)" in refused.value.message
+
+
+def test_a_list_file_notepad_saved_as_unicode_is_read_and_one_in_windows_1258_is_named(tmp_path) -> None:
+    """Distribution lists and lists of days off are kept by clerks, often in Notepad: its
+    "Unicode" (UTF-16 with a byte-order mark) and "UTF-8" (with one) are read; its "ANSI"
+    (Windows-1258 here) is refused naming the byte; a device or a huge file is not read."""
+    listed = "000.00.01.H61  # Sở Nội vụ\r\n\r\n000.00.02.H61, 000.00.11.H61\r\n"
+    for encoding in ("utf-16", "utf-8-sig", "utf-8"):
+        path = tmp_path / f"cac-so-{encoding}.txt"
+        path.write_bytes(listed.encode(encoding))
+        assert _distribution_list(path) == "000.00.01.H61,000.00.02.H61,000.00.11.H61", encoding
+    ansi = tmp_path / "cac-so-ansi.txt"
+    ansi.write_bytes("000.00.01.H61  # Sơn La\r\n".encode("cp1258"))
+    with pytest.raises(click.BadParameter, match=r"is not UTF-8 text \(byte 0xf5 at 18\): save it as UTF-8"):
+        _distribution_list(ansi)
+    huge = tmp_path / "huge.txt"
+    with huge.open("wb") as fh:
+        fh.truncate(LIST_FILE_BYTES + 1)
+    for path, words in ((Path("/dev/zero"), "not a regular file"), (huge, "is over 1 MiB")):
+        with pytest.raises(click.BadParameter, match=words):
+            _distribution_list(path)
