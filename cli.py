@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -34,7 +35,24 @@ from bus.files import read_bounded
 
 EXIT_REFUSED, EXIT_CONFIG, EXIT_BROKER, EXIT_FAILED = 1, 3, 4, 5
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer its reader left (128 + SIGPIPE)
-POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
+class Finite(click.FloatRange):
+    """A FloatRange that also refuses ``nan``, which every comparison of a range lets through."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
+
+
+# Numbers people type, bounded to what the code under them holds (SQLite's 64-bit integers,
+# Python's dates, AMQP's 16-bit prefetch): past these a value is a typo, not a wish.
+POSITIVE = Finite(min=0, max=1e9, min_open=True)
+COUNT = click.IntRange(1, 1_000_000_000)
+ROW_ID = click.IntRange(1, 2**63 - 1)
+FIRST_YEAR, LAST_YEAR = 1900, 9998  # the days people name; one past the last is still a date
 LIST_FILE_BYTES = 1024 * 1024  # a distribution list or a list of days off: a province's is a few KB
 
 
@@ -92,7 +110,7 @@ def listing_options(noun: str, fetched: str) -> Callable[[Callable[..., Any]], C
     options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option(
             "--last",
-            type=click.IntRange(min=1),
+            type=COUNT,
             help="Show only the newest N.  [default: 50 in the table, all with --json]",
         ),
         click.option("--all", "show_all", is_flag=True, help=f"Show every {noun}, however many."),
@@ -560,7 +578,11 @@ def cert_list(as_json: bool) -> None:
 @cert.command("rotate")
 @click.argument("code")
 @click.option(
-    "--overlap-days", type=float, default=7, show_default=True, help="How long the old certificate stays valid."
+    "--overlap-days",
+    type=Finite(0, 3650),
+    default=7,
+    show_default=True,
+    help="How long the old certificate stays valid.",
 )
 @guarded
 def cert_rotate(code: str, overlap_days: float) -> None:
@@ -1020,7 +1042,7 @@ def _window(
 ) -> tuple[dt.datetime | None, int | None]:
     """A listing's start (``--since`` day) and how many of the newest to show: a screenful (50)
     for people, everything for machines unless ``--last`` asks for fewer, all with ``--all``."""
-    day = _date(since)
+    day = _date(since, "--since")
     start = edxml.vn_day_start(day) if day is not None else None
     if last is None and not as_json:
         last = 50
@@ -1080,13 +1102,17 @@ def trace(document_id: str, as_json: bool) -> None:
 @main.command()
 @click.option(
     "--overdue-hours",
-    type=click.FloatRange(0),
+    type=Finite(0, 24 * 36500),
     default=24,
     show_default=True,
     help="A delivery not taken in (no 01 from its recipient) for this long needs attention.",
 )
 @click.option(
-    "--days", type=click.IntRange(1), default=30, show_default=True, help="Look at deliveries of this many days back."
+    "--days",
+    type=click.IntRange(1, 36500),
+    default=30,
+    show_default=True,
+    help="Look at deliveries of this many days back.",
 )
 @json_option()
 @guarded
@@ -1145,17 +1171,19 @@ def router() -> None:
 
 
 @router.command("run")
-@click.option("--idle-exit", type=float, default=None, help="Stop after this many seconds without a submission.")
+@click.option(
+    "--idle-exit", type=Finite(min=0), default=None, help="Stop after this many seconds without a submission."
+)
 @click.option(
     "--prefetch",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 65535),
     default=200,
     show_default=True,
     help="Submissions the broker may hand this router ahead of its acks.",
 )
 @click.option(
     "--batch",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 10_000),
     default=100,
     show_default=True,
     help="Most submissions archived in one transaction; a quiet bus makes batches of one.",
@@ -1198,7 +1226,7 @@ def adapter() -> None:
 
 @adapter.command("run")
 @click.option("--agency", "code", required=True, help="OrganId of the agency this adapter runs for.")
-@click.option("--idle-exit", type=float, default=None, help="Stop after this many seconds without a delivery.")
+@click.option("--idle-exit", type=Finite(min=0), default=None, help="Stop after this many seconds without a delivery.")
 @click.option(
     "--drop",
     type=click.Path(file_okay=False, path_type=Path),
@@ -1324,7 +1352,7 @@ def dead_list(as_json: bool) -> None:
 
 
 @dead.command("show")
-@click.argument("letter_id", type=int)
+@click.argument("letter_id", type=ROW_ID)
 @guarded
 def dead_show(letter_id: int) -> None:
     """One dead letter: where it came from, why, and the start of its bytes."""
@@ -1341,7 +1369,7 @@ def dead_show(letter_id: int) -> None:
 
 
 @dead.command("replay")
-@click.argument("letter_id", type=int, required=False)
+@click.argument("letter_id", type=ROW_ID, required=False)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter not replayed yet.")
 @guarded
 def dead_replay(letter_id: int | None, replay_all: bool) -> None:
@@ -1366,7 +1394,7 @@ def dead_replay(letter_id: int | None, replay_all: bool) -> None:
 
 
 @dead.command("purge")
-@click.argument("letter_id", type=int)
+@click.argument("letter_id", type=ROW_ID)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @guarded
 def dead_purge(letter_id: int, yes: bool) -> None:
@@ -1395,7 +1423,7 @@ def archive() -> None:
 RELATIVE_DAYS = {"today": 0, "hôm nay": 0, "yesterday": 1, "hôm qua": 1}
 
 
-def _date(value: str | None) -> dt.date | None:
+def _date(value: str | None, option: str) -> dt.date | None:
     """A day people name: ``YYYY-MM-DD``, or today / yesterday (hôm nay / hôm qua) in Vietnam."""
     if value is None:
         return None
@@ -1403,9 +1431,14 @@ def _date(value: str | None) -> dt.date | None:
     if back is not None:
         return edxml.now_vn().date() - dt.timedelta(days=back)
     try:
-        return dt.date.fromisoformat(value)
+        day = dt.date.fromisoformat(value)
     except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a date like 2026-11-27 (or today, yesterday)") from exc
+        raise click.BadParameter(
+            f"{value!r} is not a date like 2026-11-27 (or today, yesterday)", param_hint=option
+        ) from exc
+    if not FIRST_YEAR <= day.year <= LAST_YEAR:
+        raise click.BadParameter(f"{value!r} is not a day of the years {FIRST_YEAR} to {LAST_YEAR}", param_hint=option)
+    return day
 
 
 @archive.command("search")
@@ -1425,7 +1458,7 @@ def _date(value: str | None) -> dt.date | None:
 )
 @click.option("--text", help="Words of the subject, content or file names; diacritics and case do not matter.")
 @click.option("--refused", is_flag=True, help="Search refused (quarantined) submissions instead.")
-@click.option("--page", type=click.IntRange(1), default=1, show_default=True, help="Which page of results.")
+@click.option("--page", type=COUNT, default=1, show_default=True, help="Which page of results.")
 @click.option("--per-page", type=click.IntRange(1, 500), default=20, show_default=True, help="Documents on a page.")
 @json_option()
 @guarded
@@ -1456,8 +1489,8 @@ def archive_search(
         recipient=recipient,
         type_name=type_name,
         number=number,
-        since=_date(since),
-        until=_date(until),
+        since=_date(since, "--since"),
+        until=_date(until, "--until"),
         priority=priority,
         status=status_code,
         text=text,
@@ -1778,7 +1811,7 @@ def archive_prune(before: str, yes: bool) -> None:
 
     s = settings()
     arch = open_archive(s)
-    day = _date(before)
+    day = _date(before, "--before")
     assert day is not None  # --before is required
     cutoff = edxml.vn_day_start(day)
     if not yes and not click.confirm(f"Prune before {day}? Rule: {RETENTION_RULE}."):
@@ -1825,9 +1858,13 @@ def report_monthly(month: str, code: str | None, fmt: str, output: Path | None, 
     from bus import report as rep
 
     try:
-        dt.date.fromisoformat(f"{month}-01")
+        first = dt.date.fromisoformat(f"{month}-01")
     except ValueError as exc:
         raise click.BadParameter(f"{month!r} is not a month like 2026-11", param_hint="--month") from exc
+    if not FIRST_YEAR <= first.year <= LAST_YEAR:
+        raise click.BadParameter(
+            f"{month!r} is not a month of the years {FIRST_YEAR} to {LAST_YEAR}", param_hint="--month"
+        )
     days_off = _holidays(holidays) if holidays is not None else frozenset()
     open_archive(settings())
     r = rep.monthly(month, code, days_off)
@@ -1855,11 +1892,14 @@ def _holidays(path: Path) -> frozenset[dt.date]:
     days = set()
     for n, value in _listed(path, "list of days off"):
         try:
-            days.add(dt.date.fromisoformat(value))
+            day = dt.date.fromisoformat(value)
         except ValueError:
+            day = None
+        if day is None or not FIRST_YEAR <= day.year <= LAST_YEAR:
             raise click.BadParameter(
                 f"{path}, line {n}: {value!r} is not a date like 2027-02-08", param_hint="--holidays"
             ) from None
+        days.add(day)
     return frozenset(days)
 
 
@@ -1869,28 +1909,28 @@ def _holidays(path: Path) -> frozenset[dt.date]:
 @main.group(invoke_without_command=True)
 @click.option(
     "--documents",
-    type=click.IntRange(10),
+    type=click.IntRange(10, 10_000_000),
     default=2000,
     show_default=True,
     help="Pre-signed 5 KB edocs for the throughput runs.",
 )
 @click.option(
     "--agencies",
-    type=click.IntRange(2),
+    type=click.IntRange(2, 10_000),
     default=150,
     show_default=True,
     help="Agencies registered for the run; the throughput run's documents go between all of them.",
 )
 @click.option(
     "--workers",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 64),
     default=3,
     show_default=True,
     help="Router processes in the throughput run (they overlap confirm waits).",
 )
 @click.option(
     "--latency-workers",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 64),
     default=1,
     show_default=True,
     help="Router processes in the latency run: at 200/s one router takes the submissions in batches, "
@@ -1984,9 +2024,15 @@ def bench(
 
 @bench.command("archive")
 @click.option(
-    "--documents", type=click.IntRange(100), default=1_000_000, show_default=True, help="Synthetic documents to load."
+    "--documents",
+    type=click.IntRange(100, 100_000_000),
+    default=1_000_000,
+    show_default=True,
+    help="Synthetic documents to load.",
 )
-@click.option("--queries", type=click.IntRange(1), default=200, show_default=True, help="Runs of each kind of query.")
+@click.option(
+    "--queries", type=click.IntRange(1, 1_000_000), default=200, show_default=True, help="Runs of each kind of query."
+)
 @click.option(
     "--db", "db_url", help="Archive URL to load into (default: a fresh SQLite file under $DOCBUS_HOME/bench)."
 )
