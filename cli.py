@@ -219,13 +219,15 @@ def not_blank(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value.strip() if value is not None else value
 
 
-def new_organ_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """The OrganId of an agency being registered: QCVN 102:2016's form, which the bus issues
-    certificates and broker users for (deliveries from outside may carry others)."""
+def organ_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The OrganId of an agency of this bus: QCVN 102:2016's form, the only one the bus
+    registers, issues certificates and broker users for, so the only one an agency's command
+    can name (deliveries from outside may carry others)."""
     from bus.config import QCVN_ORGAN_ID
 
     if value is not None and not QCVN_ORGAN_ID.match(value):
-        raise click.BadParameter(f"{value!r} is not a QCVN 102:2016 OrganId (like 000.00.00.H61)")
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise click.BadParameter(f"{shown!r} is not a QCVN 102:2016 OrganId (like 000.00.00.H61)")
     return value
 
 
@@ -388,7 +390,7 @@ def agency() -> None:
 
 
 @agency.command("add")
-@click.argument("code", callback=new_organ_id)
+@click.argument("code", callback=organ_id)
 @click.argument("name", callback=not_blank)
 @click.option("--parent", help="OrganId of the parent agency (province -> department/district -> commune).")
 @guarded
@@ -598,7 +600,7 @@ def cert_rotate(code: str, overlap_days: float) -> None:
 
 @cert.command("revoke")
 @click.argument("target")
-@click.option("--reason", required=True, help="Why (kept in the registry and the report).")
+@click.option("--reason", required=True, callback=not_blank, help="Why (kept in the registry and the report).")
 @guarded
 def cert_revoke(target: str, reason: str) -> None:
     """Revoke TARGET: an agency's OrganId (all its certificates) or one certificate serial.
@@ -637,7 +639,7 @@ def _adapter(s: Settings, code: str, *, one_shot: bool = True):
 
 
 @main.command()
-@click.option("--from", "sender", required=True, help="OrganId of the sending agency.")
+@click.option("--from", "sender", required=True, callback=organ_id, help="OrganId of the sending agency.")
 @recipients_option()
 @click.option("--subject", required=True, callback=not_blank, help="Trích yếu: what the document is about.")
 @click.option("--number", required=True, callback=not_blank, help="Số: the document number.")
@@ -719,7 +721,9 @@ def send(
 
 
 @main.command()
-@click.option("--from", "sender", required=True, help="OrganId of the agency that received the document.")
+@click.option(
+    "--from", "sender", required=True, callback=organ_id, help="OrganId of the agency that received the document."
+)
 @recipients_option()
 @click.option("--number", required=True, callback=not_blank, help="Số of the copy, this agency's own (e.g. 12).")
 @click.option("--notation", required=True, help="Ký hiệu of the copy, e.g. SL-UBND.")
@@ -813,7 +817,7 @@ def _refuse_number_in_use(adapter: Any, number: str, notation: str) -> None:
 
 
 @main.group(invoke_without_command=True)
-@click.option("--agency", "code", help="OrganId whose inbox to show.")
+@click.option("--agency", "code", callback=organ_id, help="OrganId whose inbox to show.")
 @click.option("--kind", type=click.Choice(["edoc", "status"]), help="Only documents (edoc) or only statuses.")
 @click.option("--since", help="Received on or after this day: YYYY-MM-DD, today or yesterday (Vietnamese days).")
 @click.option(
@@ -880,7 +884,7 @@ def inbox(
 
 
 @inbox.command("save")
-@click.option("--agency", "code", required=True, help="OrganId whose inbox holds the document.")
+@click.option("--agency", "code", required=True, callback=organ_id, help="OrganId whose inbox holds the document.")
 @click.argument("document_id")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @guarded
@@ -899,7 +903,7 @@ def status() -> None:
 
 
 @status.command("send")
-@click.option("--agency", "code", required=True, help="OrganId of the agency answering.")
+@click.option("--agency", "code", required=True, callback=organ_id, help="OrganId of the agency answering.")
 @click.option(
     "--code",
     "status_code",
@@ -944,7 +948,9 @@ SUPERSEDED_NAMES = {"revoked": "thu hồi", "updated": "cập nhật", "replaced
 
 
 @main.command()
-@click.option("--agency", "code", required=True, help="OrganId of the agency whose sent documents to show.")
+@click.option(
+    "--agency", "code", required=True, callback=organ_id, help="OrganId of the agency whose sent documents to show."
+)
 @click.argument("document_id", required=False)
 @click.option("--since", help="Sent on or after this day: YYYY-MM-DD, today or yesterday (Vietnamese days).")
 @listing_options("document", "statuses")
@@ -1225,7 +1231,7 @@ def adapter() -> None:
 
 
 @adapter.command("run")
-@click.option("--agency", "code", required=True, help="OrganId of the agency this adapter runs for.")
+@click.option("--agency", "code", required=True, callback=organ_id, help="OrganId of the agency this adapter runs for.")
 @click.option("--idle-exit", type=Finite(min=0), default=None, help="Stop after this many seconds without a delivery.")
 @click.option(
     "--drop",
@@ -1831,7 +1837,7 @@ def report() -> None:
 
 @report.command("monthly")
 @click.option("--month", required=True, help="YYYY-MM (Vietnam time).")
-@click.option("--agency", "code", help="One agency, or a department/district with its agencies.")
+@click.option("--agency", "code", callback=organ_id, help="One agency, or a department/district with its agencies.")
 @click.option(
     "--format",
     "fmt",

@@ -1,8 +1,9 @@
-"""Numbers and days past what the code under them holds are usage errors naming the option.
+"""Values the code under an option cannot hold are usage errors naming the option.
 
 SQLite binds 64-bit integers, Python's dates end in 9999 (and a Vietnamese day starts seven
 hours before its UTC midnight, so 0001-01-01 has no start), AMQP's prefetch is 16 bits, and
-``nan`` passes every comparison of a range: each of these ended in a traceback before.
+``nan`` passes every comparison of a range: each of these ended in a traceback before.  An
+agency is named by a QCVN OrganId, the only form the bus registers.
 """
 
 from __future__ import annotations
@@ -50,3 +51,23 @@ def test_the_days_at_the_bounds_still_work(memory_province) -> None:
     ):
         out = CliRunner().invoke(main, args, env=env)
         assert out.exit_code == 0, out.output
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["inbox", "--agency", "", "--no-fetch"], "'--agency'"),
+        (["sent", "--agency", "x" * 1000, "--no-fetch"], "'--agency'"),  # was: "File name too long"
+        (["adapter", "run", "--agency", "../000.00.01.H61"], "'--agency'"),
+        (
+            ["send", "--from", "UBND", "--to", "000.00.00.H61", "--subject", "S", "--number", "1", "--notation", "N"],
+            "'--from'",
+        ),
+        (["cert", "revoke", "000.00.01.H61", "--reason", "  "], "'--reason'"),  # a revocation says why
+    ],
+)
+def test_an_agency_is_named_by_its_organid_and_a_revocation_by_its_reason(memory_province, args, named) -> None:
+    env = {"DOCBUS_HOME": str(memory_province.settings.home), "DOCBUS_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}
+    out = CliRunner().invoke(main, args, env=env)
+    assert out.exit_code == 2 and f"Invalid value for {named}" in out.output, out.output
+    assert len(out.output) < 500  # a long value is cut short in the message
