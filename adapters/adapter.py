@@ -299,6 +299,8 @@ class Adapter:
         the hub refused (its 02) leaves its number free for the corrected one.
         """
         document_id = compose.document_id(self.organ_id, edxml.now_vn().date(), number, notation)
+        if edxml.not_utf8(document_id):  # no DocumentId sent can hold it (nor can the store bind it)
+            return None
         Outbox = self.store.Outbox
         sent = Outbox.select(Outbox.digest, Outbox.created_at, Outbox.published_at).where(
             (Outbox.kind == "edoc") & (Outbox.document_id == document_id[:500])
@@ -338,6 +340,8 @@ class Adapter:
         revocations and updates), each with its recipients' latest status."""
         Outbox = self.store.Outbox
         query = Outbox.select().where(Outbox.kind == "edoc")
+        if document_id is not None and edxml.not_utf8(document_id):
+            return []  # no DocumentId sent can hold it
         if document_id is not None:
             query = query.where(Outbox.document_id == document_id[:500])
         if since is not None:
@@ -382,6 +386,8 @@ class Adapter:
 
     def answered(self, document_id: str, code: str) -> SendResult | None:
         """The status ``code`` this agency already put in its outbox about ``document_id``, if any."""
+        if edxml.not_utf8(document_id):  # no DocumentId can hold it (nor can the store bind it)
+            return None
         for r in reversed(list(self._by_document(self.store.Outbox, "status", [document_id[:500]]))):
             if peek_status_code(bytes(r.raw)) == code:  # our own signed bytes
                 return SendResult(r.document_id, r.digest, r.published_at is not None, r.last_error)
@@ -1001,6 +1007,8 @@ class Adapter:
             .where((Inbox.document_id == document_id) & (Inbox.kind == "edoc") & (Inbox.state != "invalid"))
             .order_by(Inbox.id.desc())
             .first()
+            if not edxml.not_utf8(document_id)  # no DocumentId received can hold it
+            else None
         )
         if row is None:
             raise NotFound(

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from adapters import Adapter
 from bus.edxml import not_utf8
-from bus.errors import Refused
+from bus.errors import NotFound, Refused
 from cli import LIST_FILE_BYTES, TextCheckedCommand, TextCheckedGroup, _distribution_list, main
 from tests.unit.test_cli_help import _commands
 
@@ -107,3 +107,23 @@ def test_a_list_file_notepad_saved_as_unicode_is_read_and_one_in_windows_1258_is
     for path, words in ((Path("/dev/zero"), "not a regular file"), (huge, "is over 1 MiB")):
         with pytest.raises(click.BadParameter, match=words):
             _distribution_list(path)
+
+
+def test_the_python_api_treats_text_that_is_not_utf8_as_naming_nothing(memory_province, tmp_path) -> None:
+    """An agency's program may pass such text too: a lookup finds nothing (no stored DocumentId
+    can hold it) and what would be signed is refused, instead of the local store's traceback."""
+    p = memory_province
+    scan = tmp_path / "scan.pdf"
+    scan.write_bytes(b"%PDF-1.4 scan")
+    odd = "000.00.00.H61,2026/11/28,1/N\udcff"
+    with Adapter(p.settings, "000.00.01.H61", transport=p.transport) as dept:
+        with pytest.raises(NotFound):
+            dept.document(odd)
+        assert dept.sent(document_id=odd) == [] and dept.answered(odd, "03") is None
+        assert dept.number_in_use("1\udcff", "N") is None
+        with pytest.raises(Refused) as status:
+            dept.send_status(odd, "000.00.00.H61", "03")
+        with pytest.raises(Refused) as edoc:
+            dept.send(["000.00.00.H61"], subject="S", number="1\udcff", notation="N", files=[scan])
+        assert status.value.reason == edoc.value.reason == "not-xml-text"
+        assert dept.store.Outbox.select().count() == 0
