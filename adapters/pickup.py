@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bus.edxml import STATUS_CODES, nfc, not_utf8
+from bus.edxml import LONE_SURROGATE, STATUS_CODES, nfc, not_utf8
 from bus.errors import DocbusError, NotFound, Refused
 from bus.filenames import safe_name, unique_name
 from bus.policy import named_twice
@@ -341,9 +341,9 @@ def _header(header: Path) -> dict[str, Any]:
         raise BadJob(f"the header is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BadJob("the header is not a JSON object")
-    lone = next((c for text in _texts(data) for c in text if 0xD800 <= ord(c) <= 0xDFFF), None)
+    lone = next((found for text in _texts(data) if (found := LONE_SURROGATE.search(text))), None)
     if lone is not None:  # an escape such as "\udcff" that JSON allows and no text can hold
-        raise BadJob(f"the header holds U+{ord(lone):04X}, half of a UTF-16 pair: not a character of any text")
+        raise BadJob(f"the header holds U+{ord(lone.group()):04X}, half of a UTF-16 pair: not a character of any text")
     return data
 
 

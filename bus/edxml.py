@@ -62,6 +62,10 @@ def nfc(text: str) -> str:
     return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
+# half of a UTF-16 pair, alone: no character of any text (how Python carries undecodable bytes)
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def not_utf8(text: str) -> str:
     """The first byte of ``text`` that was not UTF-8 where it came from (a command line, a
     file name), as 0xNN; U+XXXX for any other lone surrogate; '' if none.
@@ -69,15 +73,16 @@ def not_utf8(text: str) -> str:
     Python hands such bytes over as lone surrogates (U+DC80-U+DCFF), which no database, file
     format or XML can carry: a terminal, a script or a Windows share still writing Vietnamese
     in TCVN3, VNI or Windows-1258 sends them."""
-    for c in text:
-        if 0xD800 <= ord(c) <= 0xDFFF:
-            return f"0x{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else f"U+{ord(c):04X}"
-    return ""
+    found = LONE_SURROGATE.search(text)
+    if found is None:
+        return ""
+    o = ord(found.group())
+    return f"0x{o - 0xDC00:02X}" if 0xDC80 <= o <= 0xDCFF else f"U+{o:04X}"
 
 
 def show_not_utf8(text: str) -> str:
     """``text`` with what was not UTF-8 in it shown as U+FFFD (�), to print in an error."""
-    return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+    return LONE_SURROGATE.sub("\ufffd", text)
 
 
 def status_note(code: str, description: str | None) -> str:

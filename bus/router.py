@@ -155,7 +155,9 @@ class Router:
             user_id = delivery.headers.get(REPLAY_USER) or None
             headers = delivery.headers
         else:  # from an agency: since when it waited for its chunks is the router's to say
-            headers = {k: v for k, v in (delivery.headers or {}).items() if k != WAITING_SINCE}
+            headers = delivery.headers
+            if headers and WAITING_SINCE in headers:  # copied only then: this runs for every submission
+                headers = {k: v for k, v in headers.items() if k != WAITING_SINCE}
         return Submission(delivery.body, routing_key, user_id, delivery.redelivered, headers)
 
     def handle(self, delivery: Delivery) -> None:
