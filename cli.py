@@ -1011,7 +1011,10 @@ def _sent_json(item: Any) -> dict[str, Any]:
 def _sent_state(item: Any) -> str:
     if item.refused:
         return f"refused by the data centre: {item.refused}"
-    state = "sent" if item.published else "queued (the adapter sends it when the broker takes it)"
+    if item.accepted_at:
+        state = f"relayed by the data centre {edxml.vn_text(item.accepted_at)}"
+    else:
+        state = "sent" if item.published else "queued (the adapter sends it when the broker takes it)"
     if item.business_doc_type:
         state += f", {edxml.BUSINESS_DOC_TYPES.get(item.business_doc_type, '').lower()}"
     return state

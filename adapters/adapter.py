@@ -48,17 +48,28 @@ from urllib.parse import unquote, urlsplit
 from peewee import OperationalError
 
 from adapters.store import open_store, utcnow
-from bus import compose, edxml, safexml, schema, statements
+from bus import compose, edxml, receipt, safexml, schema, statements
 from bus.archive import sha256
 from bus.blobs import CHUNK_KIND, ChunkStore, External, chunk_headers, is_chunk, read_chunks
 from bus.brokeradmin import agency_url
 from bus.config import QCVN_ORGAN_ID, Settings
 from bus.edxml import Attachment, Edoc, Organ
-from bus.envelope import Opened, open_envelope, peek_document_id, peek_kind, peek_status_code, read_unverified_edoc
+from bus.envelope import (
+    HubTrace,
+    Opened,
+    check_hub_traces,
+    open_envelope,
+    peek_document_id,
+    peek_kind,
+    peek_status_code,
+    read_unverified_edoc,
+    sender_signature,
+)
 from bus.errors import (
     BrokerUnavailable,
     DocbusError,
     HandOffFailed,
+    MalformedEnvelope,
     NotFound,
     PolicyRefusal,
     Refused,
@@ -133,7 +144,7 @@ class NumberInUse:
 @dataclass
 class SentItem:
     """A document this agency sent (văn bản đi) and what became of it, from its own store:
-    the statuses its recipients answered and the data centre's 02 if it refused it."""
+    the statuses its recipients answered, the data centre's receipt, or its 02 if it refused it."""
 
     document_id: str
     digest: str
@@ -145,6 +156,8 @@ class SentItem:
     business_doc_type: int = 0  # 1 thu hồi, 2 cập nhật, 3 thay thế: about a document sent before
     # recipient -> what its latest status says beyond the code's own name (why it refused a recall, …)
     notes: dict[str, str] = field(default_factory=dict)
+    # when the data centre relayed it to the recipients' inboxes, from its sealed receipt (UTC)
+    accepted_at: str | None = None
 
 
 @dataclass
@@ -375,6 +388,7 @@ class Adapter:
                     refused,
                     msg.business.doc_type if isinstance(msg, Edoc) else 0,
                     {c: n for c in recipients if not refused and (n := notes.get((r.document_id, c)))},
+                    f"{r.accepted_at:%Y-%m-%d %H:%M:%S}" if r.accepted_at else None,
                 )
             )
         return out
@@ -642,6 +656,8 @@ class Adapter:
                     docs = []
                     if each is not None:
                         self.accept_crl(each.body)
+                elif each.headers.get("x-docbus-kind") == receipt.KIND:
+                    self.accept_receipt(each.body)
                 else:
                     docs.append(each)
             for d in batch:
@@ -703,6 +719,42 @@ class Adapter:
             revoked_serials=self.trust.revoked_serials | frozenset(dated),
             revocations=dict(self.trust.revocations or {}) | dated,
         )
+        return len(dated)
+
+    def accept_receipt(self, data: bytes) -> int:
+        """Record when the data centre relayed our documents, from its receipt (bus.receipt);
+        returns how many outbox entries it dated.  An item counts only for a document in this
+        agency's outbox whose SignatureValue its seal verifies against; anything else in it is
+        logged and ignored (a receipt is never stored or handed over)."""
+        try:
+            got = receipt.read(data)
+        except Refused as exc:
+            log.warning("ignored a receipt: %s", exc.message)
+            return 0
+        Outbox = self.store.Outbox
+        wanted = {i.digest: i for i in got.items if len(i.digest) == 64}
+        rows = Outbox.select().where(
+            Outbox.digest.in_(list(wanted)) & (Outbox.kind == "edoc") & Outbox.accepted_at.is_null()
+        )
+        dated: dict[int, dt.datetime] = {}
+        for row in rows if wanted else ():
+            item = wanted[row.digest]
+            at = edxml.parse_timestamp(item.relayed_at)
+            trace = HubTrace(edxml.TraceHeader(self.settings.hub_organ_id, item.relayed_at), got.certificate, item.seal)
+            try:
+                if at is None:
+                    raise MalformedEnvelope(
+                        f"relay time {item.relayed_at!r} is not an edXML timestamp", reason="bad-receipt"
+                    )
+                check_hub_traces([trace], sender_signature(bytes(row.raw)), self.trust, at=at)
+            except Refused as exc:
+                log.warning("ignored a receipt for %s: %s", row.document_id, exc.message)
+                continue
+            dated[row.id] = at.astimezone(dt.UTC).replace(tzinfo=None)
+        if dated:
+            with self.store.write():  # before the receipt is acked: it is sent once
+                for row_id, at in dated.items():
+                    Outbox.update(accepted_at=at).where(Outbox.id == row_id).execute()
         return len(dated)
 
     def accept(self, body: bytes, message_id: str = "", *, hand: bool = True) -> InboxItem | None:

@@ -87,6 +87,8 @@ def open_store(path: Path) -> Store:
         published_at = DateTimeField(null=True, index=True)
         attempts = IntegerField(default=0)
         last_error = TextField(null=True)
+        # when the data centre relayed it, from its sealed receipt (bus.receipt), UTC
+        accepted_at = DateTimeField(null=True)
 
     class Inbox(Base):
         """What this agency received, verified, once per message (deduped by digest)."""
@@ -116,7 +118,18 @@ def open_store(path: Path) -> Store:
     try:
         db.connect(reuse_if_open=True)
         db.create_tables([Outbox, Inbox, Upload], safe=True)
+        _add_missing_columns(db, Outbox)
     except DatabaseError as exc:  # a damaged file, or one that is not a database at all
         db.close()
         raise ConfigError(f"cannot open the agency's local store {path}: {one_line(exc)}") from exc
     return Store(db, Outbox, Inbox, Upload)
+
+
+def _add_missing_columns(db: SqliteDatabase, model: Any) -> None:
+    """Columns added to a model since an agency's store was made (each nullable): added in
+    place, so an adapter upgraded over an old store keeps its outbox and inbox."""
+    have = {c.name for c in db.get_columns(model._meta.table_name)}
+    for f in model._meta.sorted_fields:
+        if f.column_name not in have and f.null:
+            ddl = db.get_sql_context().sql(f.ddl(db.get_sql_context())).query()[0]
+            db.execute_sql(f"ALTER TABLE {model._meta.table_name} ADD COLUMN {ddl}")

@@ -53,7 +53,7 @@ from benchmarks.stats import (
     percentile,
     summary_ms,
 )
-from bus import compose, longrun, province, topology
+from bus import compose, longrun, province, receipt, topology
 from bus.acks import AckRuns
 from bus.archive import Archive, Message, Recipient
 from bus.blobs import file_sha256
@@ -362,7 +362,8 @@ class AnswerTaker:
     """
 
     def __init__(self, b: Bench, queues: list[str]) -> None:
-        self.taken = 0
+        self.taken = 0  # the 01s
+        self.receipted = 0  # documents named in the data centre's receipts (bus.receipt)
         code = "import sys; from benchmarks.bus_bench import take_answers; take_answers(sys.argv[1:])"
         self._proc = b.spawn([sys.executable, "-c", code, *queues], stdout=subprocess.PIPE)
         self.pid = self._proc.pid
@@ -376,22 +377,27 @@ class AnswerTaker:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             out, _ = self._proc.communicate()
-        words = out.split()  # its last line is the count
-        self.taken = int(words[-1]) if words and words[-1].isdigit() else 0
+        words = out.split()  # its last line is the two counts
+        if len(words) >= 2 and words[-1].isdigit() and words[-2].isdigit():
+            self.taken, self.receipted = int(words[-2]), int(words[-1])
 
 
 def take_answers(queues: list[str]) -> None:
-    """``AnswerTaker``'s process: take whatever comes to ``queues`` until SIGTERM, then print the
-    count.  Automatic acks, and what arrived read four times a second: the broker still
+    """``AnswerTaker``'s process: take whatever comes to ``queues`` until SIGTERM, then print how
+    many 01s and how many documents' receipts it took.  Automatic acks, and what arrived read
+    four times a second: the broker still
     delivers and settles every 01 (the bus's cost), while this process wakes 4 times a second
     instead of 200 (on this host a pika consumer woken for each message spends about 0.3 ms of
     CPU on it, the agency's machine's cost, not the bus's: docs/performance-history.md, step 14)."""
     stopping: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    taken = [0]
+    taken = [0, 0]  # 01s, documents receipted
 
-    def take(*_: Any) -> None:
-        taken[0] += 1
+    def take(_ch: Any, _method: Any, properties: Any, body: bytes) -> None:
+        if (properties.headers or {}).get("x-docbus-kind") == receipt.KIND:
+            taken[1] += body.count(b'"digest":')  # one per document (bus.receipt.build)
+        else:
+            taken[0] += 1
 
     conn = pika.BlockingConnection(pika.URLParameters(os.environ["DOCBUS_AMQP_URL"]))
     try:
@@ -400,12 +406,12 @@ def take_answers(queues: list[str]) -> None:
             ch.basic_consume(q, take, auto_ack=True)
         while not stopping:
             before = -1
-            while before != taken[0]:  # everything the socket holds, then sleep
-                before = taken[0]
+            while before != sum(taken):  # everything the socket holds, then sleep
+                before = sum(taken)
                 conn.process_data_events(time_limit=0)
             time.sleep(ANSWERS_EVERY_S)
     finally:
-        print(taken[0], flush=True)
+        print(*taken, flush=True)
         with contextlib.suppress(Exception):
             conn.close()
 
@@ -586,6 +592,8 @@ def latency(
         # warm-ups' included): the router answering the 01s as fast as the documents come
         "answers_taken": answers.taken,
         "answers_due": count + len(codes),
+        # ... and the documents the data centre's receipts named back with them (bus.receipt)
+        "receipts_taken": answers.receipted,
         "cpu_ms_per_doc": {
             name: round(1000 * v / len(samples), 2) for name, v in cpu.items() if samples and not math.isnan(v)
         },
@@ -835,8 +843,8 @@ def rows(data: dict[str, Any]) -> list[list[str]]:
         if "answers_taken" in lat:
             out.append(
                 [
-                    "01s back with the senders",
-                    f"{lat['answers_taken']}/{lat['answers_due']}",
+                    "01s / documents' receipts back with the senders",
+                    f"{lat['answers_taken']} / {lat.get('receipts_taken', '—')} of {lat['answers_due']}",
                     "when the last document was stored",
                 ]
             )

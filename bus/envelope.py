@@ -145,7 +145,22 @@ def sender_signature(raw: bytes) -> str:
     return "".join(value.split())
 
 
+@dataclass(frozen=True)
+class Relay:
+    """An envelope as the router delivers it, with the seal it appended (also the sender's receipt)."""
+
+    data: bytes
+    at: str  # the appended TraceHeader's Timestamp
+    certificate: str  # the seal's certificate, base64 DER
+    seal: str
+
+
 def append_hub_trace(raw: bytes, hub: Identity, at: dt.datetime | None = None) -> bytes:
+    """``raw`` with the hub's sealed TraceHeader appended (see :func:`relay`)."""
+    return relay(raw, hub, at).data
+
+
+def relay(raw: bytes, hub: Identity, at: dt.datetime | None = None) -> Relay:
     """``raw`` with the hub's sealed TraceHeader appended, leaving every signed byte's meaning intact.
 
     The router calls this on envelopes it has verified, with its seal identity
@@ -167,16 +182,16 @@ def append_hub_trace(raw: bytes, hub: Identity, at: dt.datetime | None = None) -
             f"</{prefix}TraceHeader>"
         ).encode("ascii")
         cut = ends[0].start()
-        return raw[:cut] + trace + raw[cut:]
+        return Relay(raw[:cut] + trace + raw[cut:], at_text, certificate, value)
     root = safexml.parse(raw, Limits(max_envelope_bytes=len(raw) + 1))
     thl = root.find(f"{{{edxml.NS}}}edXMLEnvelope/{{{edxml.NS}}}edXMLHeader/{{{edxml.NS}}}TraceHeaderList")
     if thl is None:
-        return raw
+        return Relay(raw, at_text, certificate, value)
     th = etree.SubElement(thl, edxml.q("TraceHeader"))
     etree.SubElement(th, edxml.q("OrganId")).text = hub.organ_id
     etree.SubElement(th, edxml.q("Timestamp")).text = at_text
     etree.SubElement(th, seal.TAG, Certificate=certificate, nsmap={"dbt": seal.NS}).text = value
-    return edxml.serialize(root)
+    return Relay(edxml.serialize(root), at_text, certificate, value)
 
 
 def open_envelope(data: bytes, trust: Trust, *, at: dt.datetime | None = None, from_hub: bool = False) -> Opened:

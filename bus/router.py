@@ -26,13 +26,13 @@ from typing import Any
 
 from peewee import OperationalError
 
-from bus import compose, edxml, search, statements
+from bus import compose, edxml, receipt, search, statements
 from bus.archive import Archive, AttachmentRecord, Delivered, Entry, Message, sha256, utcnow
 from bus.blobs import AttachmentIncomplete, ChunkStore, External, chunk_headers, is_chunk, read_chunks
 from bus.config import Settings
 from bus.deadletter import REPLAY_KEY, REPLAY_USER, record_failure
 from bus.edxml import Edoc, Organ, Status
-from bus.envelope import Opened, Trust, append_hub_trace, peek_document_id, peek_kind
+from bus.envelope import Opened, Relay, Trust, peek_document_id, peek_kind, relay
 from bus.errors import BrokerUnavailable, PolicyRefusal, Refused
 from bus.gate import Gate, recipients_of
 from bus.policy import related_document_ids
@@ -60,6 +60,7 @@ WAITING_SINCE = "x-docbus-waiting-since"
 CHUNK_WINDOW = 8  # unconfirmed chunks in flight while a large file is delivered
 TRANSIENT_RETRIES = 5
 QUARANTINE_HEAD = 64 * 1024  # bytes kept of a refusal over the size limit
+RECEIPT_HEADERS = {"x-docbus-kind": receipt.KIND}
 
 
 @dataclass
@@ -544,8 +545,8 @@ class Router:
         ]
         files = self._large_files(maybe_files)
         owners: list[int | None] = []  # per published item: the submission it delivers
-        rows_of: list[int] = []  # ... and its recipient row
-        traced: dict[int, bytes] = {}
+        rows_of: list[int] = []  # ... and its recipient row (-1: a receipt)
+        traced: dict[int, Relay] = {}
 
         def outgoing() -> Iterator[Outgoing]:
             for n, (message_id, organ_id) in enumerate(pending):
@@ -560,7 +561,7 @@ class Router:
                             self.names.deliver, key, data, f"{ext.sha256}:{index}", chunk_headers(ext, index)
                         )
                 if record.id not in traced:
-                    traced[record.id] = append_hub_trace(body, self.seal)
+                    traced[record.id] = relay(body, self.seal)
                 headers = {
                     "x-docbus-kind": record.kind,
                     "x-docbus-sender": record.sender,
@@ -569,7 +570,11 @@ class Router:
                 }
                 owners.append(owner)
                 rows_of.append(n)
-                yield Outgoing(self.names.deliver, key, traced[record.id], record.digest, headers)
+                yield Outgoing(self.names.deliver, key, traced[record.id].data, record.digest, headers)
+            for sender, data in self._receipts(by_id, traced):
+                owners.append(None)
+                rows_of.append(-1)
+                yield Outgoing(self.names.deliver, Names.deliver_key(sender), data, "", RECEIPT_HEADERS)
 
         results = self.transport.publish_many(outgoing(), window=CHUNK_WINDOW if files else None)
         failed = {rows_of[k] for k, failure in enumerate(results) if failure is not None}
@@ -584,8 +589,25 @@ class Router:
             current = batch.outcomes[owner] if owner is not None else None
             if current is not None and current.state in ("accepted", "duplicate"):
                 batch.outcomes[owner] = Outcome("retry", current.digest, failure.reason, failure.message, failure)  # type: ignore[index]
-            else:  # an answer to a refusal: the refusal stays archived with its reason
-                log.warning("could not deliver a refusal answer: %s", failure.message)
+            else:  # an answer to a refusal, or a receipt: what it answers stays archived
+                log.warning("could not deliver an answer to a sender: %s", failure.message)
+
+    def _receipts(
+        self, by_id: dict[int, tuple[int | None, Message, bytes]], traced: dict[int, Relay]
+    ) -> Iterator[tuple[str, bytes]]:
+        """One receipt per sender for the documents relayed in this round (bus.receipt): the
+        seals just appended to their deliveries, so a receipt signs nothing of its own."""
+        per_sender: dict[str, list[receipt.Relayed]] = {}
+        certificate = ""
+        for message_id, sealed in traced.items():
+            record = by_id[message_id][1]
+            if record.kind != "edoc" or record.sender not in self.registry.snapshot().enabled:
+                continue
+            certificate = sealed.certificate
+            item = receipt.Relayed(record.digest, record.document_id, sealed.at, sealed.seal)
+            per_sender.setdefault(record.sender, []).append(item)
+        for sender, items in per_sender.items():
+            yield sender, receipt.build(certificate, items)
 
     def _large_files(self, message_ids: list[int]) -> dict[int, list[tuple[External, Path]]]:
         """The large files (bus.blobs) of these archived messages, by message id."""

@@ -102,3 +102,21 @@ def router_batches(
     finally:
         transport.close()
     return batches
+
+
+def inbox_mail(p, organ: str) -> list[Delivery]:
+    """What waits in ``organ``'s inbox on the in-memory transport, the data centre's receipts left out."""
+    from bus.receipt import KIND
+    from bus.topology import Names
+
+    queue = p.transport.queues[Names(p.settings.namespace).inbox(organ)]
+    return [d for d in queue if d.headers.get("x-docbus-kind") != KIND]
+
+
+def receipts_for(p, organ: str) -> list:
+    """The data centre's receipts waiting in ``organ``'s inbox (in-memory transport), read."""
+    from bus import receipt
+    from bus.topology import Names
+
+    queue = p.transport.queues[Names(p.settings.namespace).inbox(organ)]
+    return [receipt.read(d.body) for d in queue if d.headers.get("x-docbus-kind") == receipt.KIND]

@@ -49,6 +49,7 @@ def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
     assert report["latency"]["stored"] == report["latency"]["documents"] == 20
     # the senders took their 01s off the broker as their adapters would (warm-ups' included)
     assert 0 < report["latency"]["answers_taken"] <= report["latency"]["answers_due"] == 20 + 2
+    assert 0 < report["latency"]["receipts_taken"] <= report["latency"]["answers_due"]  # the data centre's receipts
     assert {"p50_ms", "p95_ms", "p99_ms"} <= set(report["latency"])
     assert 0 < report["machine"]["rsa2048_sign_ms"] < 100  # the host's speed, to compare runs of different rounds
     cpu = report["latency"]["cpu_ms_per_doc"]  # every docbus process of the run, and its share of the machine

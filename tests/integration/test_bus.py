@@ -43,6 +43,8 @@ def test_document_with_attachment_travels_and_statuses_come_back(broker_province
         pc.send_status(sent.document_id, DEPT, "03", "Đã vào sổ")
         statuses = receive_until(dept, 2)
         assert rt.error is None
+        [mine] = dept.sent()  # the data centre's sealed receipt came with them, through DEPT's own user
+        assert mine.accepted_at is not None and mine.answers == {PC: ("03", mine.answers[PC][1])}
     assert [(s.status_code, s.sender) for s in statuses] == [("01", PC), ("03", PC)]
     trace = p.archive.trace(sent.document_id)
     recipient = trace["submissions"][0]["recipients"][0]

@@ -147,8 +147,10 @@ def test_the_broker_log_roll_overs_while_sending_are_told() -> None:
     assert row(None) is None  # not watched (no local broker log to read): no row
 
 
-def test_the_senders_01s_back_by_the_end_are_told() -> None:
-    run = FULL_RUN | {"latency": FULL_RUN["latency"] | {"answers_taken": 1996, "answers_due": 2004}}
+def test_the_senders_01s_and_receipts_back_by_the_end_are_told() -> None:
+    taken = {"answers_taken": 1996, "answers_due": 2004, "receipts_taken": 2001}
+    run = FULL_RUN | {"latency": FULL_RUN["latency"] | taken}
     line = next(line for line in table(rows(run), ["Measure", "Result", "Detail"]).splitlines() if "01s" in line)
-    assert "01s back with the senders" in line and "1996/2004" in line and "when the last document was stored" in line
-    assert "01s back" not in table(rows(FULL_RUN), ["Measure", "Result", "Detail"])  # a run from before: no row
+    assert "01s / documents' receipts back with the senders" in line and "1996 / 2001 of 2004" in line
+    assert "when the last document was stored" in line
+    assert "01s /" not in table(rows(FULL_RUN), ["Measure", "Result", "Detail"])  # a run from before: no row

@@ -14,7 +14,7 @@ from bus.router import Router, load_trust
 from bus.topology import Names
 from cli import main
 from signing.identity import Identity
-from tests.helpers import edoc, signed_edoc
+from tests.helpers import edoc, inbox_mail, signed_edoc
 from tests.hostile import DEPT, PC, hostile_corpus, replay_variant
 
 
@@ -34,7 +34,7 @@ def corpus_setup(archive_province):
 
 
 def inbox(p, organ):
-    return list(p.transport.queues[Names(p.settings.namespace).inbox(organ)])
+    return inbox_mail(p, organ)
 
 
 def test_every_hostile_case_is_refused_quarantined_answered_and_never_delivered(corpus_setup) -> None:

@@ -15,7 +15,7 @@ from bus.policy import fold
 from bus.router import STATUS_SHARE, Router, load_trust
 from bus.topology import DELIVERY_LIMIT, Names, Queue, Topology
 from bus.transport import Delivery, MemoryTransport
-from tests.helpers import signed_edoc
+from tests.helpers import inbox_mail, signed_edoc
 
 PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
 
@@ -31,8 +31,7 @@ def submit(p, data: bytes, sender: str, kind: str = "edoc") -> None:
 
 
 def inbox(p, organ: str) -> list[bytes]:
-    q = p.transport.queues[Names(p.settings.namespace).inbox(organ)]
-    return [d.body for d in q]
+    return [d.body for d in inbox_mail(p, organ)]
 
 
 def test_accepted_edoc_is_archived_and_delivered_to_every_recipient(memory_province, router) -> None:

@@ -1,0 +1,157 @@
+"""The data centre's receipt to a sender (bus.receipt), on the in-memory transport."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from adapters import Adapter
+from adapters.store import open_store
+from bus import edxml, receipt
+from bus.router import Router, Submission, load_trust
+from bus.topology import Names
+from tests.helpers import hub_seal, identity, inbox_mail, receipts_for, signed_edoc
+
+PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
+
+
+@pytest.fixture
+def router(memory_province) -> Router:
+    p = memory_province
+    return Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+
+
+def _pdf(p):
+    f = p.settings.home / "cong-van.pdf"
+    f.write_bytes("%PDF-1.4 văn bản".encode())
+    return f
+
+
+def test_one_receipt_per_sender_and_batch_with_each_documents_sealed_relay(memory_province, router) -> None:
+    p = memory_province
+    mine = [signed_edoc(p.settings, PC, [DEPT], number=str(n)) for n in (1, 2, 3)]
+    theirs = signed_edoc(p.settings, FIN, [DEPT], number="9")
+    outs = router.process_batch([Submission(d, f"edoc.{PC}") for d in mine] + [Submission(theirs, f"edoc.{FIN}")])
+    assert [o.state for o in outs] == ["accepted"] * 4
+    [pc_receipt] = receipts_for(p, PC)
+    [fin_receipt] = receipts_for(p, FIN)
+    assert [i.digest for i in pc_receipt.items] == [o.digest for o in outs[:3]]
+    assert [i.digest for i in fin_receipt.items] == [outs[3].digest]
+    # the seal on each item is the one on the TraceHeader each recipient got
+    delivered = [d.body for d in inbox_mail(p, DEPT)]
+    for item in pc_receipt.items:
+        assert any(item.seal.encode() in body and item.relayed_at.encode() in body for body in delivered)
+    assert receipts_for(p, DEPT) == []  # recipients get the documents, not receipts
+
+
+def test_refused_documents_and_statuses_get_no_receipt(memory_province, router) -> None:
+    p = memory_province
+    refused = router.process(signed_edoc(p.settings, PC, [DEPT]), routing_key=f"edoc.{FIN}")  # not FIN's
+    assert refused.state == "quarantined"
+    garbage = router.process(b"<edXML>kh\xc3\xb4ng</edXML>", routing_key=f"edoc.{PC}")
+    assert garbage.state == "quarantined"
+    assert receipts_for(p, PC) == [] and receipts_for(p, FIN) == []
+    assert len(inbox_mail(p, PC)) == 1 and len(inbox_mail(p, FIN)) == 1  # a 02 each instead
+    with Adapter(p.settings, PC, transport=p.transport) as pc, Adapter(p.settings, DEPT, transport=p.transport) as dept:
+        sent = pc.send([DEPT], subject="Công văn", number="1", notation="UBND-VP", files=[_pdf(p)])
+        router.run()
+        dept.receive()  # answers 01
+        router.run()
+    assert [len(r.items) for r in receipts_for(p, PC)] == [1]  # the document's, not for the 01
+    assert receipts_for(p, DEPT) == []
+    assert sent.published
+
+
+def test_the_sender_sees_when_the_data_centre_relayed_its_document(memory_province, router) -> None:
+    p = memory_province
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        sent = pc.send([DEPT, FIN], subject="Quyết định giao chỉ tiêu", number="7", notation="QĐ-UBND", files=[_pdf(p)])
+        [before] = pc.sent()
+        assert before.accepted_at is None
+        router.run()
+        [relayed] = receipts_for(p, PC)[0].items
+        assert pc.receive() == []  # a receipt is not mail: nothing stored, nothing handed over
+        [after] = pc.sent()
+    when = edxml.parse_timestamp(relayed.relayed_at)
+    assert after.document_id == sent.document_id and when is not None
+    assert after.accepted_at == f"{when.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}"
+    assert not p.transport.queues[Names(p.settings.namespace).inbox(PC)]  # taken and acked
+    env = {"DOCBUS_HOME": str(p.settings.home)}
+    result = CliRunner().invoke(cli.main, ["sent", "--agency", PC, "--no-fetch"], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"relayed by the data centre {edxml.vn_text(after.accepted_at)}" in result.output
+    result = CliRunner().invoke(cli.main, ["sent", "--agency", PC, "--no-fetch", "--json"], env=env)
+    assert json.loads(result.output)[0]["accepted_at"] == after.accepted_at
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        "seal-of-another-document",
+        "later-relay-time",
+        "sealed-by-an-agency",
+        "not-json",
+        "wrong-shape",
+    ],
+)
+def test_a_receipt_that_does_not_verify_dates_nothing(memory_province, router, forgery, caplog) -> None:
+    from bus.envelope import relay
+
+    p = memory_province
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        pc.send([DEPT], subject="Công văn", number="1", notation="UBND-VP", files=[_pdf(p)])
+        router.run()
+        queue = p.transport.queues[Names(p.settings.namespace).inbox(PC)]
+        [real] = list(queue)
+        queue.clear()
+        item = receipt.read(real.body).items[0]
+        other = relay(signed_edoc(p.settings, PC, [FIN], number="2"), hub_seal(p.settings))
+        agency = relay(signed_edoc(p.settings, PC, [DEPT], number="1"), identity(p.settings, DEPT))
+        later = dataclasses.replace(item, relayed_at="2099/01/01 00:00:00")
+        body = {
+            "seal-of-another-document": receipt.build(other.certificate, [dataclasses.replace(item, seal=other.seal)]),
+            "later-relay-time": receipt.build(other.certificate, [later]),
+            "sealed-by-an-agency": receipt.build(agency.certificate, [dataclasses.replace(item, seal=agency.seal)]),
+            "not-json": b"\xff<edXML/>",
+            "wrong-shape": json.dumps({"docbus-receipt": 1, "certificate": "", "documents": [[1, 2]]}).encode(),
+        }[forgery]
+        assert pc.accept_receipt(body) == 0
+        [row] = pc.sent()
+        assert row.accepted_at is None
+        assert "ignored a receipt" in caplog.text
+        assert pc.accept_receipt(real.body) == 1  # the real one still counts
+        assert pc.sent()[0].accepted_at is not None
+
+
+def test_a_receipt_for_another_agencys_document_dates_nothing(memory_province, router) -> None:
+    p = memory_province
+    with Adapter(p.settings, PC, transport=p.transport) as pc, Adapter(p.settings, FIN, transport=p.transport) as fin:
+        pc.send([DEPT], subject="Công văn", number="1", notation="UBND-VP", files=[_pdf(p)])
+        router.run()
+        [real] = list(p.transport.queues[Names(p.settings.namespace).inbox(PC)])
+        assert fin.accept_receipt(real.body) == 0  # not in FIN's outbox
+        assert pc.accept_receipt(real.body) == 1
+        assert pc.accept_receipt(real.body) == 0  # dated once
+
+
+def test_an_old_store_gains_the_receipt_column_and_keeps_its_mail(tmp_path) -> None:
+    path = tmp_path / "store.db"
+    open_store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE outbox DROP COLUMN accepted_at")
+        db.execute(
+            "INSERT INTO outbox (digest, kind, document_id, recipients, urgent, raw, created_at, attempts)"
+            " VALUES ('d', 'edoc', 'X,2026/11/27,1/VP', '', 0, x'00', '2026-11-27 01:00:00', 0)"
+        )
+    store = open_store(path)
+    try:
+        [row] = store.Outbox.select()
+        assert row.document_id == "X,2026/11/27,1/VP" and row.accepted_at is None
+    finally:
+        store.close()
