@@ -964,7 +964,8 @@ def sent(
     as_json: bool,
     no_fetch: bool,
 ) -> None:
-    """What an agency sent (văn bản đi), newest last, and what each recipient answered.
+    """What an agency sent (văn bản đi), newest last, when the data centre relayed it (from its
+    sealed receipt) or why it refused it, and what each recipient answered.
 
     From the agency's own store (no archive needed): new statuses are taken from the broker
     first.  With DOCUMENT_ID, one line per recipient with its latest status.

@@ -154,6 +154,12 @@ def run_demo(
         if not want <= got:
             echo(f"MISSING at the sender {a.organ_id}: {sorted(want - got)}")
             ok = False
+        relayed = [i.accepted_at for i in a.sent(document_id=doc) if i.document_id == doc]
+        if relayed and relayed[0]:
+            echo(f"receipt   {doc} at {a.organ_id}: relayed by the data centre {edxml.vn_text(relayed[0])} (UTC+7)")
+        else:
+            echo(f"MISSING at the sender {a.organ_id}: the data centre's receipt for {doc}")
+            ok = False
     echo("")
     for doc in expected:
         _print_trace(archive, doc, echo)
@@ -163,7 +169,7 @@ def run_demo(
         setup.delete(full)
         province.remove_broker_users(settings, archive)
     setup.close()
-    echo("demo OK: every delivery and status arrived" if ok else "demo FAILED")
+    echo("demo OK: every delivery, status and receipt arrived" if ok else "demo FAILED")
     return ok
 
 

@@ -599,9 +599,10 @@ class Router:
         seals just appended to their deliveries, so a receipt signs nothing of its own."""
         per_sender: dict[str, list[receipt.Relayed]] = {}
         certificate = ""
+        enabled = self.registry.snapshot().enabled  # a disabled agency's inbox keeps only its mail
         for message_id, sealed in traced.items():
             record = by_id[message_id][1]
-            if record.kind != "edoc" or record.sender not in self.registry.snapshot().enabled:
+            if record.kind != "edoc" or record.sender not in enabled:
                 continue
             certificate = sealed.certificate
             item = receipt.Relayed(record.digest, record.document_id, sealed.at, sealed.seal)
