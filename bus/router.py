@@ -38,6 +38,7 @@ from bus.gate import Gate, recipients_of
 from bus.policy import related_document_ids
 from bus.topology import URGENT_PRIORITY, Names, core
 from bus.transport import Delivery, DeliveryFailed, Outgoing, Transport
+from signing import xmldsig
 from signing.identity import Identity, hub_folders
 
 log = logging.getLogger("docbus.router")
@@ -61,6 +62,12 @@ CHUNK_WINDOW = 8  # unconfirmed chunks in flight while a large file is delivered
 TRANSIENT_RETRIES = 5
 QUARANTINE_HEAD = 64 * 1024  # bytes kept of a refusal over the size limit
 RECEIPT_HEADERS = {"x-docbus-kind": receipt.KIND}
+# receipts go out together at most this late, or as soon as this many wait: at a steady
+# 200 documents/s a receipt per batch of one or two would be a quorum-queue message per
+# document; held this long, a few a second per sender (the acks wait with them, well within
+# the router's prefetch)
+RECEIPT_EVERY_S = 0.25
+RECEIPT_ITEMS = 100
 
 
 @dataclass
@@ -70,6 +77,7 @@ class Outcome:
     reason: str | None = None
     detail: str | None = None
     error: DeliveryFailed | None = None
+    receipt_pending: bool = False  # its receipt waits to go out with others (Router._receipts)
 
 
 @dataclass
@@ -102,6 +110,8 @@ class _Batch:
     earlier: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # accepted in this batch
     contents: set[tuple[str, str, str]] = field(default_factory=set)  # (content digest, sender, DocumentId)
     fresh: dict[int, Entry] = field(default_factory=dict)  # record id -> entry, archived by this batch
+    # accepted documents archived before, submitted again: their sender gets a receipt again
+    resealed: list[tuple[int, Message, bytes]] = field(default_factory=list)
 
     def add(self, entry: Entry, owner: int | None) -> None:
         self.entries.append(entry)
@@ -126,6 +136,7 @@ class Router:
         self.hub = hub  # signs the hub's own edXML answers (the 02s)
         # seals the TraceHeader appended to every delivery (signing.seal)
         self.seal = seal or Identity.load(hub.organ_id, hub_folders(settings.home)["seal"], set_up_by="docbus init")
+        self.seal_certificate = xmldsig.certificate_text(self.seal.cert_pem)  # in every receipt
         self.gate = Gate(settings, trust)
         self.registry = self.gate.registry
         self.chunks = ChunkStore(settings.home / "blobs")
@@ -141,6 +152,11 @@ class Router:
         # waits for that: "acked" still means "archived, delivered and marked"
         self._unmarked: list[Delivered] = []
         self._held: list[Delivery] = []
+        # receipts not yet sent (sender, item), sent together when RECEIPT_EVERY_S old or
+        # RECEIPT_ITEMS many; the deliveries they answer are acked only once they went out
+        self._receipts: list[tuple[str, receipt.Relayed]] = []
+        self._receipts_since = 0.0
+        self._awaiting: list[Delivery] = []
 
     # -- the AMQP side
     def submission(self, delivery: Delivery) -> Submission:
@@ -192,6 +208,8 @@ class Router:
             if out.state == "retry":
                 log.error("delivery failed, will retry: %s", out.error)
                 d.reject(requeue=True)
+            elif out.receipt_pending:
+                self._awaiting.append(d)
             elif self._unmarked:
                 self._held.append(d)
             else:
@@ -214,8 +232,9 @@ class Router:
         self._window.clear()
         self._window_start = now
 
-    def settle(self) -> None:
-        """Mark the confirmed deliveries and ack what waited for that (the bus is quiet).
+    def settle(self, *, final: bool = False) -> None:
+        """Mark the confirmed deliveries, send the receipts that are due (all of them when
+        ``final``), and ack what waited for that (the bus is quiet).
 
         A busy or unreachable archive leaves both for the next batch or the next quiet moment."""
         if self._unmarked:
@@ -225,7 +244,23 @@ class Router:
                 log.warning("archive busy or unreachable (%s), marking deliveries later", exc)
                 return
             self._unmarked = []
+        if self._receipts and (final or self._receipts_due()):
+            failures = self.transport.publish_many(self._receipt_messages(self._receipts))
+            self._receipts_sent(failures)
         self._ack_held()
+
+    def _receipts_due(self) -> bool:
+        return len(self._receipts) >= RECEIPT_ITEMS or time.monotonic() - self._receipts_since >= RECEIPT_EVERY_S
+
+    def _receipts_sent(self, failures: list[DeliveryFailed | None]) -> None:
+        """The pending receipts went out (or failed: logged; the documents stay archived and
+        delivered, ``docbus trace`` shows it): the deliveries they answer may be acked."""
+        for failure in failures:
+            if failure is not None:
+                log.warning("could not deliver a receipt to a sender: %s", failure.message)
+        self._receipts = []
+        self._held.extend(self._awaiting)  # their marks are committed: acked with the held ones
+        self._awaiting.clear()
 
     def _ack_held(self) -> None:
         for d in self._held:
@@ -272,7 +307,7 @@ class Router:
             stop=stop,
             on_idle=self.settle,
         )
-        self.settle()
+        self.settle(final=True)
 
     def serve(
         self,
@@ -299,6 +334,8 @@ class Router:
                     return
             except BrokerUnavailable as exc:
                 self._held.clear()  # their channel is gone: the broker hands them out again
+                self._awaiting.clear()  # ... and their receipts go with them when it does
+                self._receipts = []
                 log.warning("broker unavailable, reconnecting in %.1f s: %s", backoff, exc.message)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, max_backoff)
@@ -379,6 +416,8 @@ class Router:
         """Bytes already archived: finish a dead router's deliveries, or refuse a replay."""
         if sub.redelivered or self.archive.undelivered(existing):
             batch.deliver.append((i, existing, sub.body))
+            if existing.state == "accepted" and existing.kind == "edoc":
+                batch.resealed.append((i, existing, sub.body))  # its receipt may have died with a router
             batch.outcomes[i] = Outcome("duplicate", sub.digest, existing.reason)
         elif existing.state == "accepted":
             when = f"{edxml.vn_text(existing.received_at)} (UTC+7)"
@@ -524,8 +563,6 @@ class Router:
         ``retry``: the broker redelivers it and only what is still pending goes out again.
         The chunks of a large file go to each recipient just ahead of its envelope, on the
         same queue, read from disk as they are sent."""
-        if not batch.deliver:
-            return
         # archived just now: every recipient is pending; archived before: ask the archive
         earlier = self.archive.undelivered_many(r for _, r, _ in batch.deliver if r.id not in batch.fresh)
         pending = [(row.message_id, row.organ_id) for row in earlier] + [
@@ -534,7 +571,7 @@ class Router:
             if record.id in batch.fresh
             for organ in dict.fromkeys(batch.fresh[record.id].recipients)
         ]
-        if not pending:
+        if not pending and not batch.resealed:
             return
         by_id = {record.id: (owner, record, body) for owner, record, body in batch.deliver}
         # a message archived just now names its large files in its entry; others are looked up
@@ -571,17 +608,39 @@ class Router:
                 owners.append(owner)
                 rows_of.append(n)
                 yield Outgoing(self.names.deliver, key, traced[record.id].data, record.digest, headers)
-            for sender, data in self._receipts(by_id, traced):
+            for _, record, body in batch.resealed:
+                if record.id not in traced:  # delivered before: sealed now for its receipt only
+                    traced[record.id] = relay(body, self.seal)
+            items = self._receipt_items(by_id, traced)
+            if not items:
+                return
+            if defer and not self._receipts:
+                self._receipts_since = time.monotonic()
+            if defer:
+                self._receipts += [(sender, item) for _, sender, item in items]
+                if not self._receipts_due():  # the batches' receipts go out together, later
+                    waiting.update(owner for owner, _, _ in items if owner is not None)
+                    return
+            sending.append(True)
+            for message in self._receipt_messages(self._receipts if defer else [(s, i) for _, s, i in items]):
                 owners.append(None)
                 rows_of.append(-1)
-                yield Outgoing(self.names.deliver, Names.deliver_key(sender), data, "", RECEIPT_HEADERS)
+                yield message
 
+        waiting: set[int] = set()  # submissions whose receipts wait for later
+        sending: list[bool] = []  # the receipts pending went out in this round
         results = self.transport.publish_many(outgoing(), window=CHUNK_WINDOW if files else None)
+        if sending and defer:
+            self._receipts_sent([])  # a failed one is logged below with the rest
+        for owner in waiting:
+            out = batch.outcomes[owner]
+            if out is not None:
+                out.receipt_pending = True
         failed = {rows_of[k] for k, failure in enumerate(results) if failure is not None}
         done = [row for n, row in enumerate(pending) if n not in failed]
-        if defer:
+        if defer and done:
             self._unmarked.append(Delivered(utcnow(), done))
-        else:
+        elif done:
             self.archive.mark_delivered_many(done)
         for owner, failure in zip(owners, results, strict=True):
             if failure is None:
@@ -592,23 +651,36 @@ class Router:
             else:  # an answer to a refusal, or a receipt: what it answers stays archived
                 log.warning("could not deliver an answer to a sender: %s", failure.message)
 
-    def _receipts(
+    def _receipt_items(
         self, by_id: dict[int, tuple[int | None, Message, bytes]], traced: dict[int, Relay]
-    ) -> Iterator[tuple[str, bytes]]:
-        """One receipt per sender for the documents relayed in this round (bus.receipt): the
-        seals just appended to their deliveries, so a receipt signs nothing of its own."""
-        per_sender: dict[str, list[receipt.Relayed]] = {}
-        certificate = ""
+    ) -> list[tuple[int | None, str, receipt.Relayed]]:
+        """(submission, sender, item) for each document relayed in this round (bus.receipt):
+        the seal just appended to its deliveries, so a receipt signs nothing of its own."""
         enabled = self.registry.snapshot().enabled  # a disabled agency's inbox keeps only its mail
+        out = []
         for message_id, sealed in traced.items():
-            record = by_id[message_id][1]
-            if record.kind != "edoc" or record.sender not in enabled:
-                continue
-            certificate = sealed.certificate
-            item = receipt.Relayed(record.digest, record.document_id, sealed.at, sealed.seal)
-            per_sender.setdefault(record.sender, []).append(item)
-        for sender, items in per_sender.items():
-            yield sender, receipt.build(certificate, items)
+            owner, record, _ = by_id[message_id]
+            if record.kind == "edoc" and record.sender in enabled:
+                out.append(
+                    (owner, record.sender, receipt.Relayed(record.digest, record.document_id, sealed.at, sealed.seal))
+                )
+        return out
+
+    def _receipt_messages(self, items: list[tuple[str, receipt.Relayed]]) -> list[Outgoing]:
+        """One receipt for each sender among ``items``, to its inbox."""
+        per_sender: dict[str, list[receipt.Relayed]] = {}
+        for sender, item in items:
+            per_sender.setdefault(sender, []).append(item)
+        return [
+            Outgoing(
+                self.names.deliver,
+                Names.deliver_key(sender),
+                receipt.build(self.seal_certificate, got),
+                "",
+                RECEIPT_HEADERS,
+            )
+            for sender, got in per_sender.items()
+        ]
 
     def _large_files(self, message_ids: list[int]) -> dict[int, list[tuple[External, Path]]]:
         """The large files (bus.blobs) of these archived messages, by message id."""

@@ -14,8 +14,10 @@ import cli
 from adapters import Adapter
 from adapters.store import open_store
 from bus import edxml, receipt
+from bus.envelope import HubTrace, check_hub_traces, sender_signature
 from bus.router import Router, Submission, load_trust
 from bus.topology import Names
+from bus.transport import Delivery
 from tests.helpers import hub_seal, identity, inbox_mail, receipts_for, signed_edoc
 
 PC, DEPT, FIN = "000.00.00.H61", "000.00.01.H61", "000.00.02.H61"
@@ -155,3 +157,55 @@ def test_an_old_store_gains_the_receipt_column_and_keeps_its_mail(tmp_path) -> N
         assert row.document_id == "X,2026/11/27,1/VP" and row.accepted_at is None
     finally:
         store.close()
+
+
+def test_the_consuming_router_sends_receipts_together_and_acks_only_once_they_went_out(
+    memory_province, router, monkeypatch
+) -> None:
+    """At a steady rate each batch holds a document or two: their receipts wait up to
+    RECEIPT_EVERY_S and go out as one per sender, and the documents they answer stay unacked
+    until then (a router killed meanwhile leaves them to be redelivered, receipts and all)."""
+    monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 3600.0)
+    p = memory_province
+    acked: list[str] = []
+
+    def delivery(data: bytes, name: str) -> Delivery:
+        return Delivery(data, f"edoc.{PC}", user_id="guest", _ack=lambda: acked.append(name))
+
+    for n in range(3):
+        router.handle_batch([delivery(signed_edoc(p.settings, PC, [DEPT], number=str(n)), f"doc{n}")])
+    router.settle()  # marks written, receipts not yet due
+    assert len(inbox_mail(p, DEPT)) == 3 and receipts_for(p, PC) == [] and acked == []
+    router.settle(final=True)  # the loop ends, or RECEIPT_EVERY_S passed
+    [together] = receipts_for(p, PC)
+    assert len(together.items) == 3 and acked == ["doc0", "doc1", "doc2"]
+
+
+def test_receipts_go_out_with_a_batch_once_enough_wait(memory_province, router, monkeypatch) -> None:
+    monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 3600.0)
+    monkeypatch.setattr("bus.router.RECEIPT_ITEMS", 2)
+    p = memory_province
+    acked: list[str] = []
+    for n in range(2):
+        data = signed_edoc(p.settings, PC, [DEPT], number=str(n))
+        router.handle_batch([Delivery(data, f"edoc.{PC}", user_id="guest", _ack=lambda n=n: acked.append(f"doc{n}"))])
+    [together] = receipts_for(p, PC)  # with the second batch's deliveries
+    assert len(together.items) == 2
+    assert acked == ["doc0"]  # the second waits for its marks only, as every delivery does
+
+
+def test_a_redelivered_document_already_delivered_is_receipted_again(memory_province, router, monkeypatch) -> None:
+    """A router that died after delivering but before sending the receipt: the broker hands
+    the submission to another router, which finds nothing left to deliver and seals a
+    receipt anew."""
+    p = memory_province
+    data = signed_edoc(p.settings, PC, [DEPT], number="1")
+    first = router.process(data, routing_key=f"edoc.{PC}")
+    p.transport.queues[Names(p.settings.namespace).inbox(PC)].clear()  # lost with the first router
+    again = router.process(data, routing_key=f"edoc.{PC}", redelivered=True)
+    assert again.state == "duplicate" and len(inbox_mail(p, DEPT)) == 1  # not delivered twice
+    [resent] = receipts_for(p, PC)
+    assert [i.digest for i in resent.items] == [first.digest]
+    [item] = resent.items  # sealed over this very envelope's signature
+    trace = HubTrace(edxml.TraceHeader(p.settings.hub_organ_id, item.relayed_at), resent.certificate, item.seal)
+    assert check_hub_traces([trace], sender_signature(data), load_trust(p.settings))
