@@ -64,9 +64,11 @@ QUARANTINE_HEAD = 64 * 1024  # bytes kept of a refusal over the size limit
 RECEIPT_HEADERS = {"x-docbus-kind": receipt.KIND}
 # receipts go out together at most this late, or as soon as this many wait: at a steady
 # 200 documents/s a receipt per batch of one or two would be a quorum-queue message per
-# document; held this long, a few a second per sender (the acks wait with them, well within
-# the router's prefetch)
-RECEIPT_EVERY_S = 0.25
+# document; held this long, a few a second per sender.  The acks wait with them, so a
+# consuming router sends them once its prefetch less a batch are waiting (Router.run), and
+# never stalls for want of acks; a backlog from many senders then costs about one receipt
+# per sender per prefetch's worth of documents
+RECEIPT_EVERY_S = 0.5
 RECEIPT_ITEMS = 100
 
 
@@ -156,6 +158,7 @@ class Router:
         # RECEIPT_ITEMS many; the deliveries they answer are acked only once they went out
         self._receipts: list[tuple[str, receipt.Relayed]] = []
         self._receipts_since = 0.0
+        self.receipt_items = RECEIPT_ITEMS  # run() sets it from its prefetch
         self._awaiting: list[Delivery] = []
 
     # -- the AMQP side
@@ -250,7 +253,7 @@ class Router:
         self._ack_held()
 
     def _receipts_due(self) -> bool:
-        return len(self._receipts) >= RECEIPT_ITEMS or time.monotonic() - self._receipts_since >= RECEIPT_EVERY_S
+        return len(self._receipts) >= self.receipt_items or time.monotonic() - self._receipts_since >= RECEIPT_EVERY_S
 
     def _receipts_sent(self, failures: list[DeliveryFailed | None]) -> None:
         """The pending receipts went out (or failed: logged; the documents stay archived and
@@ -289,6 +292,7 @@ class Router:
         prefetch: int = 200,
         max_batch: int = 100,
     ) -> None:
+        self.receipt_items = max(1, prefetch - max_batch)  # what waits for them stays within the prefetch
         swept = self.chunks.sweep()
         if swept:
             log.info("removed the staged chunks of %d upload(s) whose envelope never came", swept)

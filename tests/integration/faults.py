@@ -125,6 +125,13 @@ class Province:
                 code, "select sender, document_id from inbox where kind='status' and status_code='01'"
             ):
                 got_01[(code, doc, sender)] += 1
+        receipted = {
+            (code, doc)
+            for code, _ in AGENCIES
+            for (doc,) in self.store_rows(
+                code, "select document_id from outbox where kind='edoc' and accepted_at is not null"
+            )
+        }
         archive = Archive(self.settings.archive_url)
         from bus.archive import Message
 
@@ -142,6 +149,8 @@ class Province:
             "status01_expected": sum(expected_01.values()),
             "status01_back": sum(1 for k in expected_01 if got_01[k] >= 1),
             "status01_twice": sum(1 for k in got_01 if got_01[k] > 1),
+            # the data centre's receipt back with the sender (bus.receipt)
+            "receipted": sum(1 for s, d, _ in self.sent if (s, d) in receipted),
             "_archive": archive,  # type: ignore[dict-item]
         }
 
@@ -151,7 +160,9 @@ class Province:
             c = self.counts()
             c.pop("_archive").close()
             if (
-                c["delivered"] == c["deliveries_expected"] and c["status01_back"] == c["status01_expected"]
+                c["delivered"] == c["deliveries_expected"]
+                and c["status01_back"] == c["status01_expected"]
+                and c["receipted"] == c["documents"]
             ) or time.monotonic() > deadline:
                 return c
             time.sleep(1)

@@ -28,6 +28,7 @@ def assert_exactly_once(c: dict[str, int]) -> None:
     assert c["archived"] == c["documents"] and c["archived_twice"] == 0
     assert c["delivered"] == c["deliveries_expected"] and c["delivered_twice"] == 0
     assert c["status01_back"] == c["status01_expected"] and c["status01_twice"] == 0
+    assert c["receipted"] == c["documents"]  # every sender holds the data centre's receipt
 
 
 def archived_count(p) -> int:
