@@ -209,3 +209,15 @@ def test_a_redelivered_document_already_delivered_is_receipted_again(memory_prov
     [item] = resent.items  # sealed over this very envelope's signature
     trace = HubTrace(edxml.TraceHeader(p.settings.hub_organ_id, item.relayed_at), resent.certificate, item.seal)
     assert check_hub_traces([trace], sender_signature(data), load_trust(p.settings))
+
+
+def test_a_receipt_of_thousands_of_items_dates_the_one_in_the_outbox(memory_province, router) -> None:
+    p = memory_province
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        pc.send([DEPT], subject="Công văn", number="1", notation="UBND-VP", files=[_pdf(p)])
+        router.run()
+        [real] = receipt.read(p.transport.queues[Names(p.settings.namespace).inbox(PC)].popleft().body).items
+        filler = [dataclasses.replace(real, digest=f"{n:064x}") for n in range(2000)]  # in no outbox
+        body = receipt.build(router.seal_certificate, [*filler, real])
+        assert len(body) <= receipt.MAX_BYTES
+        assert pc.accept_receipt(body) == 1
