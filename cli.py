@@ -1276,8 +1276,14 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None, pickup: P
             )
         )
 
+    def receipted(document_id: str, digest: str, relayed_at: str, relayed_at_utc: dt.datetime) -> None:
+        if drop is not None:
+            drop_folder.write_receipt(drop, document_id, digest, relayed_at, relayed_at_utc)
+        click.echo(f"receipt: {document_id} relayed by the data centre {edxml.vn_text(relayed_at_utc)}")
+
     with _adapter(s, code, one_shot=False) as a:
         a.on_receive = hand_off
+        a.on_receipt = receipted
         folder = Pickup(pickup) if pickup is not None else None
 
         def send_picked_up() -> int:

@@ -202,6 +202,10 @@ class Adapter:
         self.amqp_url = self._amqp_url()
         self._transport = transport
         self.on_receive = on_receive
+        # told of each document of ours the data centre relayed: (DocumentId, digest of what we
+        # submitted, the relay time as the receipt says it, UTC); called before the outbox is
+        # dated, so a failure leaves the receipt to be taken again
+        self.on_receipt: Callable[[str, str, str, dt.datetime], None] | None = None
         self.auto_arrived = auto_arrived
         self._last_failure: str | None = None
 
@@ -751,6 +755,15 @@ class Adapter:
                 log.warning("ignored a receipt for %s: %s", row.document_id, exc.message)
                 continue
             dated[row.id] = at.astimezone(dt.UTC).replace(tzinfo=None)
+            if self.on_receipt is not None:
+                try:
+                    self.on_receipt(row.document_id, row.digest, item.relayed_at, dated[row.id])
+                except Exception as exc:  # the agency's system, not the bus: never read as a broker fault
+                    raise HandOffFailed(
+                        f"the agency's system did not take the data centre's receipt for {row.document_id}: "
+                        f"{type(exc).__name__}: {exc}; the receipt stays on the broker and is taken again "
+                        "at the next start"
+                    ) from exc
         if dated:
             with self.store.write():  # before the receipt is acked: it is sent once
                 for row_id, at in dated.items():

@@ -9,6 +9,12 @@ For each message handed over, in this order:
   with ``"signature": "verified"``), each attachment's entry naming the file it was written to;
 - ``<key>.edxml``: the signed envelope exactly as received, the legal record.
 
+When the data centre's receipt for a document this agency sent arrives (:mod:`bus.receipt`,
+its seal checked), ``<key>.receipt.json`` says so: ``{"kind": "receipt", "document_id",
+"digest", "relayed_at", "relayed_at_utc"}``, ``digest`` the one the pickup folder's
+``result.json`` gave for the document, ``relayed_at`` the relay time in Vietnam (edXML's
+``yyyy/MM/dd HH:mm:ss``).
+
 ``key`` is the first 16 hex digits of the SHA-256 of the envelope as its sender submitted it
 (the bus's message id; the copy written also carries the data centre's TraceHeader), so a
 message handed over twice (after a crash) lands on the same names.  Every file is written
@@ -23,6 +29,7 @@ written as ``*.edxml.xml``: only a message's own envelope, written last, ends in
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 from pathlib import Path
@@ -57,6 +64,22 @@ def write(folder: Path, digest: str, msg: edxml.Message, raw: bytes) -> Path:
     envelope = folder / f"{key}.edxml"
     _replace_with(envelope, lambda part: part.write_bytes(raw))
     return envelope
+
+
+def write_receipt(folder: Path, document_id: str, digest: str, relayed_at: str, relayed_at_utc: dt.datetime) -> Path:
+    """Tell the agency's system the data centre relayed the document it sent as ``digest``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{digest[:KEY_LENGTH]}.receipt.json"
+    body = {
+        "kind": "receipt",
+        "document_id": document_id,
+        "digest": digest,
+        "relayed_at": relayed_at,
+        "relayed_at_utc": f"{relayed_at_utc:%Y-%m-%d %H:%M:%S}",
+    }
+    text = json.dumps(body, ensure_ascii=False, indent=2) + "\n"
+    _replace_with(target, lambda part: part.write_text(text, encoding="utf-8"))
+    return target
 
 
 def _not_an_envelope(name: str) -> str:

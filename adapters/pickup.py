@@ -20,7 +20,8 @@ unverified (``docbus distribute --original``):
 
 - ``FOLDER/sent/<name>/``: ``{"document_id", "digest", "published", "error"}`` (``published``
   false: the broker was away, the document waits in the outbox and the running adapter sends
-  it); the 01 and later statuses arrive like any other message (the drop folder, ``docbus inbox``);
+  it); the data centre's receipt (``<key>.receipt.json``: relayed, and when), the 01 and later
+  statuses arrive like any other message (the drop folder, ``docbus inbox``);
 - ``FOLDER/refused/<name>/``: ``{"reason", "message"}``: a header that is not valid, a file
   missing or empty, a số already used today, a secret document, … Nothing is dropped.
 

@@ -199,8 +199,16 @@ def test_a_system_without_edxml_sends_through_the_pickup_folder(env, tmp_path) -
     run = docbus(env, "adapter", "run", "--agency", PC, "--idle-exit", "1", "--pickup", str(answers))
     assert f"sent tt7-03: status 03 for {sent['document_id']}" in run.stdout
     docbus(env, "router", "run", "--idle-exit", "1.5")
-    back = docbus(env, "adapter", "run", "--agency", DEPT, "--idle-exit", "1").stdout
+    dept_drop = tmp_path / "dept-drop"
+    back = docbus(env, "adapter", "run", "--agency", DEPT, "--idle-exit", "1", "--drop", str(dept_drop)).stdout
     assert f"status 03 from {PC}: {sent['document_id']} Đã vào sổ văn bản đến" in back
+    assert f"receipt: {sent['document_id']} relayed by the data centre" in back
+    receipt = json.loads((dept_drop / f"{sent['digest'][:16]}.receipt.json").read_text(encoding="utf-8"))
+    assert (receipt["kind"], receipt["document_id"], receipt["digest"]) == (
+        "receipt",
+        sent["document_id"],
+        sent["digest"],
+    )
 
 
 def test_adapter_run_hands_documents_to_a_drop_folder(env, tmp_path) -> None:

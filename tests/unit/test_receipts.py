@@ -221,3 +221,27 @@ def test_a_receipt_of_thousands_of_items_dates_the_one_in_the_outbox(memory_prov
         body = receipt.build(router.seal_certificate, [*filler, real])
         assert len(body) <= receipt.MAX_BYTES
         assert pc.accept_receipt(body) == 1
+
+
+def test_a_drop_folder_gets_the_receipt_and_one_that_fails_leaves_it_to_be_taken_again(
+    memory_province, router, tmp_path
+) -> None:
+    from adapters import drop
+    from bus.errors import HandOffFailed
+
+    p = memory_province
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        sent = pc.send([DEPT], subject="Tờ trình", number="7", notation="TTr-UBND", files=[_pdf(p)])
+        router.run()
+        [real] = list(p.transport.queues[Names(p.settings.namespace).inbox(PC)])
+        not_a_folder = tmp_path / "drop-is-a-file"
+        not_a_folder.write_text("")
+        pc.on_receipt = lambda *args: drop.write_receipt(not_a_folder, *args)
+        with pytest.raises(HandOffFailed, match=r"receipt for .*taken again"):
+            pc.accept_receipt(real.body)
+        assert pc.sent()[0].accepted_at is None  # the broker redelivers it: nothing is lost
+        pc.on_receipt = lambda *args: drop.write_receipt(tmp_path / "drop", *args)
+        assert pc.accept_receipt(real.body) == 1
+        accepted_at = pc.sent()[0].accepted_at
+    written = json.loads((tmp_path / "drop" / f"{sent.digest[:16]}.receipt.json").read_text(encoding="utf-8"))
+    assert written["document_id"] == sent.document_id and written["relayed_at_utc"] == accepted_at
