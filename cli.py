@@ -1276,9 +1276,9 @@ def adapter_run(code: str, idle_exit: float | None, drop: Path | None, pickup: P
             )
         )
 
-    def receipted(document_id: str, digest: str, relayed_at: str, relayed_at_utc: dt.datetime) -> None:
-        if drop is not None:
-            drop_folder.write_receipt(drop, document_id, digest, relayed_at, relayed_at_utc)
+    def receipted(document_id: str, digest: str, relayed_at_utc: dt.datetime) -> None:
+        if drop is not None:  # first: the line below says the agency's system has it
+            drop_folder.write_receipt(drop, document_id, digest, relayed_at_utc)
         click.echo(f"receipt: {document_id} relayed by the data centre {edxml.vn_text(relayed_at_utc)}")
 
     with _adapter(s, code, one_shot=False) as a:

@@ -203,9 +203,9 @@ class Adapter:
         self._transport = transport
         self.on_receive = on_receive
         # told of each document of ours the data centre relayed: (DocumentId, digest of what we
-        # submitted, the relay time as the receipt says it, UTC); called before the outbox is
-        # dated, so a failure leaves the receipt to be taken again
-        self.on_receipt: Callable[[str, str, str, dt.datetime], None] | None = None
+        # submitted, when, UTC), once its receipt is in the store (hand_pending: again after a
+        # failure, or when a clerk's listing took the receipt in)
+        self.on_receipt: Callable[[str, str, dt.datetime], None] | None = None
         self.auto_arrived = auto_arrived
         self._last_failure: str | None = None
 
@@ -649,6 +649,7 @@ class Adapter:
 
         def handle(batch: list[Delivery]) -> None:
             accepted: list[tuple[InboxItem | None, Any]] = []
+            receipted = 0  # outbox entries the data centre's receipts in this batch dated
             docs: list[Delivery] = []
             for d in batch:
                 if is_chunk(d.headers):  # large files arrive just ahead of their envelope
@@ -661,7 +662,7 @@ class Adapter:
                     if each is not None:
                         self.accept_crl(each.body)
                 elif each.headers.get("x-docbus-kind") == receipt.KIND:
-                    self.accept_receipt(each.body)
+                    receipted += self.accept_receipt(each.body)
                 else:
                     docs.append(each)
             for d in batch:
@@ -669,6 +670,8 @@ class Adapter:
             bodies = {d.message_id or sha256(d.body): d.body for d in batch}
             stored = [(item, msg, bodies.get(item.digest)) for item, msg in accepted if item]
             got.extend(self._hand_many(stored) if hand else [item for item, _, _ in stored])
+            if receipted and hand:
+                self._hand_receipts()
             if accepted:
                 waiting.append(time.monotonic())
             answer(quiet=False)
@@ -755,15 +758,6 @@ class Adapter:
                 log.warning("ignored a receipt for %s: %s", row.document_id, exc.message)
                 continue
             dated[row.id] = at.astimezone(dt.UTC).replace(tzinfo=None)
-            if self.on_receipt is not None:
-                try:
-                    self.on_receipt(row.document_id, row.digest, item.relayed_at, dated[row.id])
-                except Exception as exc:  # the agency's system, not the bus: never read as a broker fault
-                    raise HandOffFailed(
-                        f"the agency's system did not take the data centre's receipt for {row.document_id}: "
-                        f"{type(exc).__name__}: {exc}; the receipt stays on the broker and is taken again "
-                        "at the next start"
-                    ) from exc
         if dated:
             with self.store.write():  # before the receipt is acked: it is sent once
                 for row_id, at in dated.items():
@@ -948,11 +942,39 @@ class Adapter:
 
     def hand_pending(self) -> int:
         """Hand over what was stored but not handed: the process stopped in between, or a
-        clerk's listing (``docbus inbox``) took it in from the broker meanwhile."""
+        clerk's listing (``docbus inbox``) took it in from the broker meanwhile; the same for
+        the data centre's receipts (``on_receipt``)."""
         Inbox = self.store.Inbox
         rows = list(Inbox.select().where(Inbox.state == "new").order_by(Inbox.priority.desc(), Inbox.id))
         self._hand_many([(self._item(row), None, bytes(row.raw)) for row in rows])
-        return len(rows)
+        return len(rows) + self._hand_receipts()
+
+    def _hand_receipts(self) -> int:
+        """Tell ``on_receipt`` of each relayed document it was not told of yet, then mark it."""
+        if self.on_receipt is None:
+            return 0
+        Outbox = self.store.Outbox
+        rows = list(
+            Outbox.select(Outbox.id, Outbox.document_id, Outbox.digest, Outbox.accepted_at)
+            .where((Outbox.kind == "edoc") & Outbox.accepted_at.is_null(False) & Outbox.receipt_handed.is_null())
+            .order_by(Outbox.id)
+        )
+        told: list[int] = []
+        try:
+            for row in rows:
+                try:
+                    self.on_receipt(row.document_id, row.digest, row.accepted_at)
+                except Exception as exc:  # the agency's system, not the bus: never read as a broker fault
+                    raise HandOffFailed(
+                        f"the agency's system did not take the data centre's receipt for {row.document_id}: "
+                        f"{type(exc).__name__}: {exc}; it stays stored and is handed again at the next start"
+                    ) from exc
+                told.append(row.id)
+        finally:
+            if told:
+                with self.store.write(durable=False):  # lost to a power cut: told again at start
+                    Outbox.update(receipt_handed=True).where(Outbox.id.in_(told)).execute()
+        return len(told)
 
     # -- the long-running process
     def run(

@@ -66,15 +66,16 @@ def write(folder: Path, digest: str, msg: edxml.Message, raw: bytes) -> Path:
     return envelope
 
 
-def write_receipt(folder: Path, document_id: str, digest: str, relayed_at: str, relayed_at_utc: dt.datetime) -> Path:
-    """Tell the agency's system the data centre relayed the document it sent as ``digest``."""
+def write_receipt(folder: Path, document_id: str, digest: str, relayed_at_utc: dt.datetime) -> Path:
+    """Tell the agency's system the data centre relayed the document it sent as ``digest``
+    (``relayed_at_utc`` naive UTC, as the store keeps it)."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{digest[:KEY_LENGTH]}.receipt.json"
     body = {
         "kind": "receipt",
         "document_id": document_id,
         "digest": digest,
-        "relayed_at": relayed_at,
+        "relayed_at": edxml.fmt_timestamp(relayed_at_utc.replace(tzinfo=dt.UTC)),
         "relayed_at_utc": f"{relayed_at_utc:%Y-%m-%d %H:%M:%S}",
     }
     text = json.dumps(body, ensure_ascii=False, indent=2) + "\n"

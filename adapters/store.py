@@ -87,8 +87,10 @@ def open_store(path: Path) -> Store:
         published_at = DateTimeField(null=True, index=True)
         attempts = IntegerField(default=0)
         last_error = TextField(null=True)
-        # when the data centre relayed it, from its sealed receipt (bus.receipt), UTC
+        # when the data centre relayed it, from its sealed receipt (bus.receipt), UTC; and whether
+        # the agency's system was told (Adapter.on_receipt: the drop folder)
         accepted_at = DateTimeField(null=True)
+        receipt_handed = BooleanField(null=True)
 
     class Inbox(Base):
         """What this agency received, verified, once per message (deduped by digest)."""

@@ -142,11 +142,12 @@ def test_a_receipt_for_another_agencys_document_dates_nothing(memory_province, r
         assert pc.accept_receipt(real.body) == 0  # dated once
 
 
-def test_an_old_store_gains_the_receipt_column_and_keeps_its_mail(tmp_path) -> None:
+def test_an_old_store_gains_the_receipt_columns_and_keeps_its_mail(tmp_path) -> None:
     path = tmp_path / "store.db"
     open_store(path).close()
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE outbox DROP COLUMN accepted_at")
+        db.execute("ALTER TABLE outbox DROP COLUMN receipt_handed")
         db.execute(
             "INSERT INTO outbox (digest, kind, document_id, recipients, urgent, raw, created_at, attempts)"
             " VALUES ('d', 'edoc', 'X,2026/11/27,1/VP', '', 0, x'00', '2026-11-27 01:00:00', 0)"
@@ -154,7 +155,7 @@ def test_an_old_store_gains_the_receipt_column_and_keeps_its_mail(tmp_path) -> N
     store = open_store(path)
     try:
         [row] = store.Outbox.select()
-        assert row.document_id == "X,2026/11/27,1/VP" and row.accepted_at is None
+        assert row.document_id == "X,2026/11/27,1/VP" and row.accepted_at is None and row.receipt_handed is None
     finally:
         store.close()
 
@@ -223,7 +224,7 @@ def test_a_receipt_of_thousands_of_items_dates_the_one_in_the_outbox(memory_prov
         assert pc.accept_receipt(body) == 1
 
 
-def test_a_drop_folder_gets_the_receipt_and_one_that_fails_leaves_it_to_be_taken_again(
+def test_the_drop_folder_gets_each_receipt_once_even_one_a_clerks_listing_took_in(
     memory_province, router, tmp_path
 ) -> None:
     from adapters import drop
@@ -233,15 +234,29 @@ def test_a_drop_folder_gets_the_receipt_and_one_that_fails_leaves_it_to_be_taken
     with Adapter(p.settings, PC, transport=p.transport) as pc:
         sent = pc.send([DEPT], subject="Tờ trình", number="7", notation="TTr-UBND", files=[_pdf(p)])
         router.run()
-        [real] = list(p.transport.queues[Names(p.settings.namespace).inbox(PC)])
+        pc.receive(hand=False)  # `docbus inbox`: the receipt dates the outbox, nobody is told yet
+        accepted_at = pc.sent()[0].accepted_at
+        assert accepted_at is not None
         not_a_folder = tmp_path / "drop-is-a-file"
         not_a_folder.write_text("")
-        pc.on_receipt = lambda *args: drop.write_receipt(not_a_folder, *args)
-        with pytest.raises(HandOffFailed, match=r"receipt for .*taken again"):
-            pc.accept_receipt(real.body)
-        assert pc.sent()[0].accepted_at is None  # the broker redelivers it: nothing is lost
+        pc.on_receipt = lambda *args: drop.write_receipt(not_a_folder, *args)  # as `adapter run --drop` does
+        with pytest.raises(HandOffFailed, match=r"receipt for .*handed again"):
+            pc.hand_pending()
         pc.on_receipt = lambda *args: drop.write_receipt(tmp_path / "drop", *args)
-        assert pc.accept_receipt(real.body) == 1
-        accepted_at = pc.sent()[0].accepted_at
+        assert pc.hand_pending() == 1  # what adapter run does each round
+        assert pc.hand_pending() == 0  # once
     written = json.loads((tmp_path / "drop" / f"{sent.digest[:16]}.receipt.json").read_text(encoding="utf-8"))
-    assert written["document_id"] == sent.document_id and written["relayed_at_utc"] == accepted_at
+    assert (written["document_id"], written["relayed_at_utc"]) == (sent.document_id, accepted_at)
+    assert edxml.parse_timestamp(written["relayed_at"]).astimezone(dt.UTC).replace(
+        tzinfo=None
+    ) == dt.datetime.fromisoformat(accepted_at)
+
+
+def test_a_running_adapter_tells_its_system_of_a_receipt_as_it_arrives(memory_province, router) -> None:
+    p = memory_province
+    told: list[str] = []
+    with Adapter(p.settings, PC, transport=p.transport) as pc:
+        pc.on_receipt = lambda document_id, digest, at: told.append(digest)
+        sent = pc.send([DEPT], subject="Tờ trình", number="8", notation="TTr-UBND", files=[_pdf(p)])
+        router.run()
+        assert pc.receive() == [] and told == [sent.digest]
