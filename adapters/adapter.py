@@ -732,7 +732,8 @@ class Adapter:
         """Record when the data centre relayed our documents, from its receipt (bus.receipt);
         returns how many outbox entries it dated.  An item counts only for a document in this
         agency's outbox whose SignatureValue its seal verifies against; anything else in it is
-        logged and ignored (a receipt is never stored or handed over)."""
+        logged and ignored.  A receipt is not mail: nothing goes to the inbox; ``on_receipt``
+        hears of what it dated from :meth:`hand_pending`."""
         try:
             got = receipt.read(data)
         except Refused as exc:
