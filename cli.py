@@ -1138,6 +1138,7 @@ def health(overdue_hours: float, days: int, as_json: bool) -> None:
 
     The queue counts come from RabbitMQ's management statistics, which it refreshes every
     few seconds (5 by default): right after a burst they may still show what was just taken.
+    The routers running are counted on the router queue itself, as they are now.
     """
     from bus import health as checkup
     from bus.brokeradmin import BrokerAdmin

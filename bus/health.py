@@ -192,16 +192,27 @@ def check(
                 oldest_hours=round((now - oldest).total_seconds() / 3600, 1) if oldest is not None else None,
             )
         )
-    router = queues.get(names.router_queue)
     routed = (names.router_urgent, names.router_queue, names.router_status)
     return Health(
-        routers=router.consumers if router is not None else 0,
+        routers=running_routers(amqp_url, names),
         waiting_for_router=_total(queues.get(q) for q in routed),
         dead=_total([queues.get(names.dead)]) + DeadLetter.select().where(DeadLetter.replayed_at.is_null()).count(),
         agencies=tuple(agencies),
         overdue_hours=overdue_hours,
         expiring=tuple(expiring_certificates(home, now)) if home is not None else (),
     )
+
+
+def running_routers(amqp_url: str, names: Names) -> int:
+    """Routers consuming now, asked of the router queue itself: the management statistics
+    would still count one that stopped a few seconds ago."""
+    from bus.transport import AmqpTransport
+
+    t = AmqpTransport(amqp_url)
+    try:
+        return t.consumers(names.router_queue)
+    finally:
+        t.close()
 
 
 def _total(states: Iterable[QueueState | None]) -> int:

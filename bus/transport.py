@@ -285,6 +285,16 @@ class AmqpTransport:
         except pex.AMQPError as exc:
             raise broker_unavailable(self.url, exc) from exc
 
+    def consumers(self, queue: str) -> int:
+        """How many consumers ``queue`` has now, from the queue itself (the management API's
+        statistics lag by seconds); raises :class:`NotFound` if there is no such queue."""
+        try:
+            return int(self._ch.queue_declare(queue, passive=True).method.consumer_count)
+        except pex.ChannelClosedByBroker as exc:  # the channel is gone with it
+            raise NotFound(f"no queue {queue} on the broker: {exc.reply_text}") from exc
+        except pex.AMQPError as exc:
+            raise broker_unavailable(self.url, exc) from exc
+
     # -- messages
     def publish(
         self,
