@@ -625,16 +625,14 @@ class Router:
                 if not self._receipts_due():  # the batches' receipts go out together, later
                     waiting.update(owner for owner, _, _ in items if owner is not None)
                     return
-            sending.append(True)
             for message in self._receipt_messages(self._receipts if defer else [(s, i) for _, s, i in items]):
                 owners.append(None)
                 rows_of.append(-1)
                 yield message
 
         waiting: set[int] = set()  # submissions whose receipts wait for later
-        sending: list[bool] = []  # the receipts pending went out in this round
         results = self.transport.publish_many(outgoing(), window=CHUNK_WINDOW if files else None)
-        if sending and defer:
+        if defer and -1 in rows_of:  # the pending receipts went out in this round
             self._receipts_sent([])  # a failed one is logged below with the rest
         for owner in waiting:
             out = batch.outcomes[owner]
