@@ -45,6 +45,7 @@ from playhouse.db_url import connect
 from bus import statements
 from bus.config import redact
 from bus.errors import ConfigError, NotFound, one_line
+from bus.receipt import Relayed
 
 db = DatabaseProxy()
 
@@ -220,6 +221,26 @@ class PruneLog(Base):
     bytes_freed = IntegerField()
 
 
+class PendingReceipt(Base):
+    """A relayed document's receipt item (bus.receipt) not yet sent to its sender.
+
+    Written in the same transaction as the marks of the deliveries it answers, so that a
+    router acks a document once it is archived, delivered and its receipt is safe here, and
+    sends receipts on its own clock, many items per sender, instead of holding acks until
+    then.  ``router`` is the process that sends it; rows a router left behind when it died
+    are taken over by another (:meth:`Archive.adopt_receipts`).  Deleted once sent.
+    """
+
+    id = AutoField()
+    router = CharField(max_length=32)
+    sender = CharField(max_length=64)
+    digest = CharField(max_length=64)
+    document_id = CharField(max_length=500)
+    relayed_at = CharField(max_length=20)
+    seal = TextField()
+    written_at = DateTimeField(default=utcnow)
+
+
 class Meta(Base):
     key = CharField(primary_key=True, max_length=64)
     value = TextField()
@@ -238,6 +259,7 @@ MODELS = [
     ChainEntry,
     ChainHead,
     PruneLog,
+    PendingReceipt,
     Meta,
 ]
 
@@ -445,10 +467,33 @@ def _mark_delivered(deliveries: Sequence[tuple[int, str]], at: dt.datetime) -> N
 
 @dataclass(frozen=True)
 class Delivered:
-    """Deliveries the broker confirmed at one moment, not yet marked in the archive."""
+    """Deliveries the broker confirmed at one moment, not yet marked in the archive, and
+    the receipts (bus.receipt) they earned their senders, to keep until ``router`` sends them."""
 
     at: dt.datetime
     pairs: Sequence[tuple[int, str]]  # (message id, recipient OrganId)
+    receipts: Sequence[tuple[str, Relayed]] = ()  # (sender OrganId, item)
+    router: str = ""
+
+
+def _write_delivered(d: Delivered) -> None:
+    """Mark ``d``'s deliveries and keep its receipts (inside the caller's write transaction)."""
+    _mark_delivered(d.pairs, d.at)
+    statements.insert_many(
+        PendingReceipt,
+        [
+            {
+                "router": d.router,
+                "sender": sender,
+                "digest": item.digest,
+                "document_id": item.document_id,
+                "relayed_at": item.relayed_at,
+                "seal": item.seal,
+                "written_at": d.at,
+            }
+            for sender, item in d.receipts
+        ],
+    )
 
 
 @dataclass(frozen=True)
@@ -584,15 +629,16 @@ class Archive:
         they are inserted without looking again; one archived meanwhile by another writer
         fails the insert, and the whole call is retried the careful way.
 
-        ``delivered``: earlier deliveries to mark done (:meth:`mark_delivered_many`) in the
-        same transaction, which saves a router one commit per batch.
+        ``delivered``: earlier deliveries to mark done (:meth:`mark_delivered_many`), and
+        the receipts they earned, in the same transaction, which saves a router one commit
+        per batch.
         """
         if not entries:
             if not delivered:
                 return []
             with self.write():
                 for d in delivered:
-                    _mark_delivered(d.pairs, d.at)
+                    _write_delivered(d)
             return []
         digests = [e.digest for e in entries]
         try:
@@ -611,7 +657,7 @@ class Archive:
         with self.write():
             head = lock_chain_head()  # concurrent writers take turns from here on
             for d in delivered:
-                _mark_delivered(d.pairs, d.at)
+                _write_delivered(d)
             found = {} if absent else self.find(e.digest for e in entries)
             fresh: dict[str, Entry] = {}
             for e in entries:
@@ -721,6 +767,32 @@ class Archive:
         if deliveries:
             with self.write():
                 _mark_delivered(deliveries, at or utcnow())
+
+    # -- receipts waiting to go out (bus.receipt, Router.send_receipts)
+    @staticmethod
+    def receipts_to_send(router: str, limit: int) -> list[tuple[int, str, Relayed]]:
+        """(row id, sender, item) of up to ``limit`` receipt items ``router`` is to send, oldest first."""
+        rows = PendingReceipt.select().where(PendingReceipt.router == router).order_by(PendingReceipt.id).limit(limit)
+        return [(r.id, r.sender, Relayed(r.digest, r.document_id, r.relayed_at, r.seal)) for r in rows]
+
+    def receipts_sent(self, ids: Sequence[int]) -> None:
+        """Forget these receipt items: they went out (one transaction)."""
+        if not ids:
+            return
+        with self.write():
+            for i in range(0, len(ids), 500):
+                PendingReceipt.delete().where(PendingReceipt.id.in_(list(ids[i : i + 500]))).execute()
+
+    def adopt_receipts(self, router: str, written_before: dt.datetime) -> int:
+        """Make ``router`` the sender of receipt items another router wrote before
+        ``written_before`` and never sent (it stopped or died meanwhile); returns how many.
+
+        Looked at first without a write transaction: there are none nearly always."""
+        orphaned = (PendingReceipt.router != router) & (PendingReceipt.written_at < written_before)
+        if not PendingReceipt.select(PendingReceipt.id).where(orphaned).exists():
+            return 0
+        with self.write():
+            return PendingReceipt.update(router=router).where(orphaned).execute()
 
     def raw(self, message: Message) -> bytes:
         """The message exactly as received (attachment payloads put back in place)."""

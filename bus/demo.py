@@ -6,6 +6,7 @@ router, send through adapters, answer statuses, read the trace from the archive.
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import threading
 import time
@@ -140,11 +141,17 @@ def run_demo(
             if rt.error is not None:
                 raise rt.error
         ok = _complete(archive, expected)
-        # the senders' own inboxes must hold every status too
-        for a in adapters.values():
-            a.receive(idle_timeout=0.3)
-    senders = {first.document_id: adapters["000.00.01.H61"]}
-    senders |= {doc: adapters[PEOPLES_COMMITTEE] for doc in (second.document_id, central.document_id, *copies.values())}
+        senders = {first.document_id: adapters["000.00.01.H61"]}
+        senders |= {
+            doc: adapters[PEOPLES_COMMITTEE] for doc in (second.document_id, central.document_id, *copies.values())
+        }
+        # the senders' own inboxes must hold every status too, and the data centre's
+        # receipts, which its router sends every second
+        while True:
+            for a in adapters.values():
+                a.receive(idle_timeout=0.3)
+            if time.monotonic() > deadline or all(_relayed_at(a, doc) for doc, a in senders.items()):
+                break
     if len(copies) != 1:
         echo("MISSING: the People's Committee never had the công văn to distribute")
         ok = False
@@ -154,9 +161,9 @@ def run_demo(
         if not want <= got:
             echo(f"MISSING at the sender {a.organ_id}: {sorted(want - got)}")
             ok = False
-        relayed = [i.accepted_at for i in a.sent(document_id=doc) if i.document_id == doc]
-        if relayed and relayed[0]:
-            echo(f"receipt   {doc} at {a.organ_id}: relayed by the data centre {edxml.vn_text(relayed[0])} (UTC+7)")
+        relayed = _relayed_at(a, doc)
+        if relayed:
+            echo(f"receipt   {doc} at {a.organ_id}: relayed by the data centre {edxml.vn_text(relayed)} (UTC+7)")
         else:
             echo(f"MISSING at the sender {a.organ_id}: the data centre's receipt for {doc}")
             ok = False
@@ -221,3 +228,8 @@ def _print_trace(archive: Archive, doc: str, echo: Callable[[str], None]) -> Non
             statuses = ", ".join(f"{s['code']} at {vn_text(s['received_at'])[11:]}" for s in r["statuses"])
             delivered = vn_text(r["delivered_at"])[11:] or "no"
             echo(f"  -> {r['organ_id']}: delivered {delivered}; {statuses}")
+
+
+def _relayed_at(adapter: Adapter, document_id: str) -> dt.datetime | None:
+    """When the data centre relayed the sender's document, from its receipt (None: not yet)."""
+    return next((i.accepted_at for i in adapter.sent(document_id=document_id) if i.document_id == document_id), None)

@@ -57,9 +57,16 @@ def chain_missing(database: Any) -> int:
     return count
 
 
-# version -> (what, step).  Version 1 is the first released schema.
-STEPS: dict[int, tuple[str, Callable[[Any], None]]] = {
-    2: ("search text, attachments, hash chain", _v2_search_attachments_chain),
+def _v3_pending_receipts(database: Any) -> None:
+    """v3: receipt items waiting to go to their senders (bus.receipt)."""
+    database.create_tables([a.PendingReceipt], safe=True)
+
+
+# version -> (what, step, whether the full-text index is built again after it).  Version 1
+# is the first released schema.
+STEPS: dict[int, tuple[str, Callable[[Any], None], bool]] = {
+    2: ("search text, attachments, hash chain", _v2_search_attachments_chain, True),
+    3: ("pending receipts", _v3_pending_receipts, False),
 }
 LATEST = max(STEPS)
 
@@ -82,11 +89,11 @@ def upgrade(database: Any) -> int:
         ).execute()
         return LATEST
     for target in range(current + 1, LATEST + 1):
-        what, step = STEPS[target]
+        what, step, reindex = STEPS[target]
         log.warning("migrating the archive to schema version %d (%s)", target, what)
         with database.atomic():
             step(database)
-            _install_search(database, rebuild=True)
+            _install_search(database, rebuild=reindex)
             a.Meta.update(value=str(target)).where(a.Meta.key == "schema_version").execute()
     return max(current, LATEST)
 

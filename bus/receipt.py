@@ -1,7 +1,8 @@
 """The data centre's receipt: "your document was accepted, archived and relayed at this time".
 
 When the router has archived a document and the broker has confirmed its deliveries, it
-sends the sender one receipt per batch listing what it relayed of that sender's.  Each
+keeps the document's receipt item in the archive with the deliveries' marks, and every
+second sends each sender one receipt listing what it relayed of that sender's.  Each
 item carries the seal of the TraceHeader the router appended to the delivered envelope
 (:mod:`signing.seal`): a signature by the data centre over its OrganId, the relay time
 and the sender's own SignatureValue.  So a receipt costs the router no signature of its
@@ -9,7 +10,7 @@ own, and the sender can check each item against the envelope in its outbox: the 
 "the data centre relayed exactly what I signed, at this time" is the same one each
 recipient holds, and a third party can check it.
 
-A clerk whose recipient is offline for a day thus still learns, within a second, that
+A clerk whose recipient is offline for a day thus still learns, within a second or two, that
 the document is in the recipient's inbox at the data centre; a refused document is
 answered with a status 02 instead, as before.  Statuses get no receipt (the documents
 are what clerks track; a refused status is still answered 02).

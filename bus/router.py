@@ -7,7 +7,8 @@ For each submission on ``<ns>.router``::
     routing key / broker user / certificate agree |-> refused: quarantine + status 02 to sender
     sender registered, policy (bus.policy)        -+
     archive (one transaction) -> append hub TraceHeader -> publish to each inbox, confirmed
-    -> mark delivered -> ack
+    -> mark delivered, keep the sender's receipt item -> ack
+    (every second: send the kept receipt items, one receipt per sender)
 
 Nothing is acked before it is archived and every delivery is confirmed, so a router killed
 at any point loses nothing: the broker redelivers, and the digest makes the rest idempotent.
@@ -16,7 +17,9 @@ Routers are stateless; run as many as needed on the same queue.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -62,14 +65,17 @@ CHUNK_WINDOW = 8  # unconfirmed chunks in flight while a large file is delivered
 TRANSIENT_RETRIES = 5
 QUARANTINE_HEAD = 64 * 1024  # bytes kept of a refusal over the size limit
 RECEIPT_HEADERS = {"x-docbus-kind": receipt.KIND}
-# receipts go out together at most this late, or as soon as this many wait: at a steady
-# 200 documents/s a receipt per batch of one or two would be a quorum-queue message per
-# document; held this long, a few a second per sender.  The acks wait with them, so a
-# consuming router sends them once its prefetch less a batch are waiting (Router.run), and
-# never stalls for want of acks; a backlog from many senders then costs about one receipt
-# per sender per prefetch's worth of documents
-RECEIPT_EVERY_S = 0.5
-RECEIPT_ITEMS = 100
+# Receipt items wait in the archive (archive.PendingReceipt, written with the marks of the
+# deliveries they answer, so a document is acked without waiting for its receipt), and
+# each router sends its own this often, one receipt per sender: at a steady 200
+# documents/s a receipt per batch would be a quorum-queue message per document, and with
+# many senders' documents waiting at once nearly as many
+RECEIPT_EVERY_S = 1.0
+RECEIPT_ROWS = 5_000  # items read from the archive per round
+RECEIPT_MAX_ITEMS = 1_000  # items per receipt: ~300 KB, well within receipt.MAX_BYTES
+# another router's items still unsent after this long: it stopped or died before sending
+# them, and this router takes them over (a live one sends its own within RECEIPT_EVERY_S)
+ORPHAN_AFTER_S = 15.0
 
 
 @dataclass
@@ -79,7 +85,6 @@ class Outcome:
     reason: str | None = None
     detail: str | None = None
     error: DeliveryFailed | None = None
-    receipt_pending: bool = False  # its receipt waits to go out with others (Router._receipts)
 
 
 @dataclass
@@ -112,8 +117,6 @@ class _Batch:
     earlier: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # accepted in this batch
     contents: set[tuple[str, str, str]] = field(default_factory=set)  # (content digest, sender, DocumentId)
     fresh: dict[int, Entry] = field(default_factory=dict)  # record id -> entry, archived by this batch
-    # accepted documents archived before, submitted again: their sender gets a receipt again
-    resealed: list[tuple[int, Message, bytes]] = field(default_factory=list)
 
     def add(self, entry: Entry, owner: int | None) -> None:
         self.entries.append(entry)
@@ -151,15 +154,12 @@ class Router:
         self._window_start = time.monotonic()
         # deliveries the broker confirmed, marked in the archive with the next batch's
         # transaction (one commit per batch instead of two), and the submissions whose ack
-        # waits for that: "acked" still means "archived, delivered and marked"
+        # waits for that: "acked" still means "archived, delivered, marked, receipt kept"
         self._unmarked: list[Delivered] = []
         self._held: list[Delivery] = []
-        # receipts not yet sent (sender, item), sent together when RECEIPT_EVERY_S old or
-        # RECEIPT_ITEMS many; the deliveries they answer are acked only once they went out
-        self._receipts: list[tuple[str, receipt.Relayed]] = []
-        self._receipts_since = 0.0
-        self.receipt_items = RECEIPT_ITEMS  # run() sets it from its prefetch
-        self._awaiting: list[Delivery] = []
+        # whose receipt items in the archive this router sends (send_receipts)
+        self.router_id = secrets.token_hex(8)
+        self._receipts_looked = time.monotonic()
 
     # -- the AMQP side
     def submission(self, delivery: Delivery) -> Submission:
@@ -211,13 +211,13 @@ class Router:
             if out.state == "retry":
                 log.error("delivery failed, will retry: %s", out.error)
                 d.reject(requeue=True)
-            elif out.receipt_pending:
-                self._awaiting.append(d)
             elif self._unmarked:
                 self._held.append(d)
             else:
                 d.ack()
                 self.processed += 1
+        if self._receipts_due():
+            self.send_receipts()
 
     def _count(self, outcomes: list[Outcome]) -> None:
         for out in outcomes:
@@ -236,10 +236,11 @@ class Router:
         self._window_start = now
 
     def settle(self, *, final: bool = False) -> None:
-        """Mark the confirmed deliveries, send the receipts that are due (all of them when
-        ``final``), and ack what waited for that (the bus is quiet).
+        """Mark the confirmed deliveries (keeping their receipts), ack what waited for that,
+        and send the receipts that are due (all of this router's when ``final``): the bus
+        is quiet.
 
-        A busy or unreachable archive leaves both for the next batch or the next quiet moment."""
+        A busy or unreachable archive leaves it all for the next batch or quiet moment."""
         if self._unmarked:
             try:
                 self.archive.record_many([], delivered=self._unmarked)
@@ -247,23 +248,46 @@ class Router:
                 log.warning("archive busy or unreachable (%s), marking deliveries later", exc)
                 return
             self._unmarked = []
-        if self._receipts and (final or self._receipts_due()):
-            failures = self.transport.publish_many(self._receipt_messages(self._receipts))
-            self._receipts_sent(failures)
         self._ack_held()
+        if final or self._receipts_due():
+            while self.send_receipts() == RECEIPT_ROWS:
+                pass
 
     def _receipts_due(self) -> bool:
-        return len(self._receipts) >= self.receipt_items or time.monotonic() - self._receipts_since >= RECEIPT_EVERY_S
+        return time.monotonic() - self._receipts_looked >= RECEIPT_EVERY_S
 
-    def _receipts_sent(self, failures: list[DeliveryFailed | None]) -> None:
-        """The pending receipts went out (or failed: logged; the documents stay archived and
-        delivered, ``docbus trace`` shows it): the deliveries they answer may be acked."""
-        for failure in failures:
-            if failure is not None:
-                log.warning("could not deliver a receipt to a sender: %s", failure.message)
-        self._receipts = []
-        self._held.extend(self._awaiting)  # their marks are committed: acked with the held ones
-        self._awaiting.clear()
+    def send_receipts(self) -> int:
+        """Send the receipt items this router keeps in the archive, one receipt per sender,
+        and forget them; returns how many items it read (RECEIPT_ROWS at most).
+
+        Items a stopped router left (ORPHAN_AFTER_S old) are taken over first.  An item
+        whose receipt the broker refused stays for the next round; one for a sender without
+        an inbox is dropped with a warning (its document stays archived and delivered:
+        ``docbus trace`` shows it).  A busy archive leaves everything for the next round;
+        one that fails between sending and forgetting makes the next round send the same
+        items again, which a sender's adapter takes as the no-op it is."""
+        self._receipts_looked = time.monotonic()
+        try:
+            self.archive.adopt_receipts(self.router_id, utcnow() - dt.timedelta(seconds=ORPHAN_AFTER_S))
+            due = self.archive.receipts_to_send(self.router_id, RECEIPT_ROWS)
+        except OperationalError as exc:
+            log.warning("archive busy or unreachable (%s), sending receipts later", exc)
+            return 0
+        if not due:
+            return 0
+        messages, rows = self._receipt_messages([(row, sender, item) for row, sender, item in due])
+        kept: set[int] = set()
+        for failure, row_ids in zip(self.transport.publish_many(messages), rows, strict=True):
+            if failure is None:
+                continue
+            log.warning("could not deliver a receipt to a sender: %s", failure.message)
+            if failure.reason != "unroutable":
+                kept.update(row_ids)
+        try:
+            self.archive.receipts_sent([row for row, _, _ in due if row not in kept])
+        except OperationalError as exc:
+            log.warning("archive busy or unreachable (%s), the receipts just sent may go again", exc)
+        return len(due)
 
     def _ack_held(self) -> None:
         for d in self._held:
@@ -292,7 +316,6 @@ class Router:
         prefetch: int = 200,
         max_batch: int = 100,
     ) -> None:
-        self.receipt_items = max(1, prefetch - max_batch)  # what waits for them stays within the prefetch
         swept = self.chunks.sweep()
         if swept:
             log.info("removed the staged chunks of %d upload(s) whose envelope never came", swept)
@@ -338,8 +361,6 @@ class Router:
                     return
             except BrokerUnavailable as exc:
                 self._held.clear()  # their channel is gone: the broker hands them out again
-                self._awaiting.clear()  # ... and their receipts go with them when it does
-                self._receipts = []
                 log.warning("broker unavailable, reconnecting in %.1f s: %s", backoff, exc.message)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, max_backoff)
@@ -419,9 +440,7 @@ class Router:
     def _seen(self, batch: _Batch, i: int, sub: Submission, existing: Message) -> None:
         """Bytes already archived: finish a dead router's deliveries, or refuse a replay."""
         if sub.redelivered or self.archive.undelivered(existing):
-            batch.deliver.append((i, existing, sub.body))
-            if existing.state == "accepted" and existing.kind == "edoc":
-                batch.resealed.append((i, existing, sub.body))  # its receipt may have died with a router
+            batch.deliver.append((i, existing, sub.body))  # its receipt is kept with its marks
             batch.outcomes[i] = Outcome("duplicate", sub.digest, existing.reason)
         elif existing.state == "accepted":
             when = f"{edxml.vn_text(existing.received_at)} (UTC+7)"
@@ -563,10 +582,11 @@ class Router:
 
     def _deliver_all(self, batch: _Batch, defer: bool = False) -> None:
         """Publish every pending delivery of the batch with streamed confirms, then mark the
-        confirmed ones delivered (one transaction).  A failed delivery makes its submission
-        ``retry``: the broker redelivers it and only what is still pending goes out again.
-        The chunks of a large file go to each recipient just ahead of its envelope, on the
-        same queue, read from disk as they are sent."""
+        confirmed ones delivered and keep the receipt items of the documents now delivered
+        to every recipient (one transaction; ``defer``: with the next batch's).  A failed
+        delivery makes its submission ``retry``: the broker redelivers it and only what is
+        still pending goes out again.  The chunks of a large file go to each recipient just
+        ahead of its envelope, on the same queue, read from disk as they are sent."""
         # archived just now: every recipient is pending; archived before: ask the archive
         earlier = self.archive.undelivered_many(r for _, r, _ in batch.deliver if r.id not in batch.fresh)
         pending = [(row.message_id, row.organ_id) for row in earlier] + [
@@ -575,7 +595,7 @@ class Router:
             if record.id in batch.fresh
             for organ in dict.fromkeys(batch.fresh[record.id].recipients)
         ]
-        if not pending and not batch.resealed:
+        if not pending:
             return
         by_id = {record.id: (owner, record, body) for owner, record, body in batch.deliver}
         # a message archived just now names its large files in its entry; others are looked up
@@ -586,7 +606,7 @@ class Router:
         ]
         files = self._large_files(maybe_files)
         owners: list[int | None] = []  # per published item: the submission it delivers
-        rows_of: list[int] = []  # ... and its recipient row (-1: a receipt)
+        rows_of: list[int] = []  # ... and its recipient row
         traced: dict[int, Relay] = {}
 
         def outgoing() -> Iterator[Outgoing]:
@@ -612,77 +632,59 @@ class Router:
                 owners.append(owner)
                 rows_of.append(n)
                 yield Outgoing(self.names.deliver, key, traced[record.id].data, record.digest, headers)
-            for _, record, body in batch.resealed:
-                if record.id not in traced:  # delivered before: sealed now for its receipt only
-                    traced[record.id] = relay(body, self.seal)
-            items = self._receipt_items(by_id, traced)
-            if not items:
-                return
-            if defer and not self._receipts:
-                self._receipts_since = time.monotonic()
-            if defer:
-                self._receipts += [(sender, item) for _, sender, item in items]
-                if not self._receipts_due():  # the batches' receipts go out together, later
-                    waiting.update(owner for owner, _, _ in items if owner is not None)
-                    return
-            for message in self._receipt_messages(self._receipts if defer else [(s, i) for _, s, i in items]):
-                owners.append(None)
-                rows_of.append(-1)
-                yield message
 
-        waiting: set[int] = set()  # submissions whose receipts wait for later
         results = self.transport.publish_many(outgoing(), window=CHUNK_WINDOW if files else None)
-        if defer and -1 in rows_of:  # the pending receipts went out in this round
-            self._receipts_sent([])  # a failed one is logged below with the rest
-        for owner in waiting:
-            out = batch.outcomes[owner]
-            if out is not None:
-                out.receipt_pending = True
         failed = {rows_of[k] for k, failure in enumerate(results) if failure is not None}
         done = [row for n, row in enumerate(pending) if n not in failed]
-        if defer and done:
-            self._unmarked.append(Delivered(utcnow(), done))
-        elif done:
-            self.archive.mark_delivered_many(done)
+        unfinished = {pending[n][0] for n in failed}  # receipted once its redelivery finishes it
+        items = self._receipt_items(by_id, {m: r for m, r in traced.items() if m not in unfinished})
+        if done:
+            delivered = Delivered(utcnow(), done, items, self.router_id)
+            if defer:
+                self._unmarked.append(delivered)
+            else:
+                self.archive.record_many([], delivered=[delivered])
+                self.send_receipts()
         for owner, failure in zip(owners, results, strict=True):
             if failure is None:
                 continue
             current = batch.outcomes[owner] if owner is not None else None
             if current is not None and current.state in ("accepted", "duplicate"):
                 batch.outcomes[owner] = Outcome("retry", current.digest, failure.reason, failure.message, failure)  # type: ignore[index]
-            else:  # an answer to a refusal, or a receipt: what it answers stays archived
+            else:  # an answer to a refusal: what it answers stays archived
                 log.warning("could not deliver an answer to a sender: %s", failure.message)
 
     def _receipt_items(
         self, by_id: dict[int, tuple[int | None, Message, bytes]], traced: dict[int, Relay]
-    ) -> list[tuple[int | None, str, receipt.Relayed]]:
-        """(submission, sender, item) for each document relayed in this round (bus.receipt):
-        the seal just appended to its deliveries, so a receipt signs nothing of its own."""
+    ) -> list[tuple[str, receipt.Relayed]]:
+        """(sender, item) for each document relayed to all its recipients in this round
+        (bus.receipt): the seal just appended to its deliveries, so a receipt signs nothing
+        of its own."""
         enabled = self.registry.snapshot().enabled  # a disabled agency's inbox keeps only its mail
         out = []
         for message_id, sealed in traced.items():
-            owner, record, _ = by_id[message_id]
+            _, record, _ = by_id[message_id]
             if record.kind == "edoc" and record.sender in enabled:
-                out.append(
-                    (owner, record.sender, receipt.Relayed(record.digest, record.document_id, sealed.at, sealed.seal))
-                )
+                out.append((record.sender, receipt.Relayed(record.digest, record.document_id, sealed.at, sealed.seal)))
         return out
 
-    def _receipt_messages(self, items: list[tuple[str, receipt.Relayed]]) -> list[Outgoing]:
-        """One receipt for each sender among ``items``, to its inbox."""
-        per_sender: dict[str, list[receipt.Relayed]] = {}
-        for sender, item in items:
-            per_sender.setdefault(sender, []).append(item)
-        return [
-            Outgoing(
-                self.names.deliver,
-                Names.deliver_key(sender),
-                receipt.build(self.seal_certificate, got),
-                "",
-                RECEIPT_HEADERS,
-            )
-            for sender, got in per_sender.items()
-        ]
+    def _receipt_messages(
+        self, items: list[tuple[int, str, receipt.Relayed]]
+    ) -> tuple[list[Outgoing], list[list[int]]]:
+        """Receipts for ``items`` (row, sender, item) to the senders' inboxes, one per sender
+        (or per RECEIPT_MAX_ITEMS of its items), and the rows each one carries."""
+        per_sender: dict[str, list[tuple[int, receipt.Relayed]]] = {}
+        for row, sender, item in items:
+            per_sender.setdefault(sender, []).append((row, item))
+        messages: list[Outgoing] = []
+        rows: list[list[int]] = []
+        for sender, got in per_sender.items():
+            for i in range(0, len(got), RECEIPT_MAX_ITEMS):
+                part = got[i : i + RECEIPT_MAX_ITEMS]
+                body = receipt.build(self.seal_certificate, [item for _, item in part])
+                messages.append(Outgoing(self.names.deliver, Names.deliver_key(sender), body, "", RECEIPT_HEADERS))
+                rows.append([row for row, _ in part])
+        return messages, rows
 
     def _large_files(self, message_ids: list[int]) -> dict[int, list[tuple[External, Path]]]:
         """The large files (bus.blobs) of these archived messages, by message id."""

@@ -28,6 +28,7 @@ def test_version_1_archive_is_migrated_to_the_latest(memory_province) -> None:
         "DROP TABLE chain_head",
         "DROP TABLE attachment",
         "DROP TABLE prunelog",
+        "DROP TABLE pendingreceipt",
         "ALTER TABLE message DROP COLUMN search_text",
         "ALTER TABLE message DROP COLUMN skeleton",
         "ALTER TABLE message DROP COLUMN pruned_at",
@@ -36,10 +37,33 @@ def test_version_1_archive_is_migrated_to_the_latest(memory_province) -> None:
         database.execute_sql(sql)
     p.archive.close()
     reopened = Archive(p.settings.archive_url)
-    assert migrations.version(reopened.database) == migrations.LATEST == 2
+    assert migrations.version(reopened.database) == migrations.LATEST == 3
     assert ChainEntry.select().count() == Message.select().count() == 1
+    assert "pendingreceipt" in reopened.database.get_tables()
     rows, total = search.search(search.Filters(text="cong van ve viec ket noi"))
     assert total == 1 and rows[0].subject == "Công văn V/v kết nối"
     # and the message still reads back byte-exact (stored whole before version 2)
     assert reopened.raw(rows[0]) == raw
     reopened.close()
+
+
+def test_version_2_archive_gains_the_pending_receipts_without_reindexing(memory_province, monkeypatch) -> None:
+    p = memory_province
+    database = db.obj
+    database.execute_sql("DROP TABLE pendingreceipt")
+    database.execute_sql("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    p.archive.close()
+    rebuilt: list[bool] = []
+    install = migrations._install_search
+
+    def spy(database, *, rebuild: bool = False) -> None:
+        rebuilt.append(rebuild)
+        install(database)
+
+    monkeypatch.setattr(migrations, "_install_search", spy)
+    reopened = Archive(p.settings.archive_url)
+    try:
+        assert migrations.version(reopened.database) == 3 and "pendingreceipt" in reopened.database.get_tables()
+        assert True not in rebuilt  # a million documents' full-text index is not built again for a new table
+    finally:
+        reopened.close()

@@ -14,6 +14,7 @@ import cli
 from adapters import Adapter
 from adapters.store import open_store
 from bus import edxml, receipt
+from bus.archive import PendingReceipt
 from bus.envelope import HubTrace, check_hub_traces, sender_signature
 from bus.router import Router, Submission, load_trust
 from bus.topology import Names
@@ -160,12 +161,17 @@ def test_an_old_store_gains_the_receipt_columns_and_keeps_its_mail(tmp_path) -> 
         store.close()
 
 
-def test_the_consuming_router_sends_receipts_together_and_acks_only_once_they_went_out(
+def _kept(router: Router | None = None) -> list[PendingReceipt]:
+    rows = PendingReceipt.select().order_by(PendingReceipt.id)
+    return [r for r in rows if router is None or r.router == router.router_id]
+
+
+def test_the_consuming_router_acks_at_once_and_sends_the_receipts_together_later(
     memory_province, router, monkeypatch
 ) -> None:
-    """At a steady rate each batch holds a document or two: their receipts wait up to
-    RECEIPT_EVERY_S and go out as one per sender, and the documents they answer stay unacked
-    until then (a router killed meanwhile leaves them to be redelivered, receipts and all)."""
+    """At a steady rate each batch holds a document or two: their receipt items are kept in
+    the archive with their deliveries' marks, the documents are acked then, and the items go
+    out later as one receipt per sender."""
     monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 3600.0)
     p = memory_province
     acked: list[str] = []
@@ -175,39 +181,104 @@ def test_the_consuming_router_sends_receipts_together_and_acks_only_once_they_we
 
     for n in range(3):
         router.handle_batch([delivery(signed_edoc(p.settings, PC, [DEPT], number=str(n)), f"doc{n}")])
-    router.settle()  # marks written, receipts not yet due
-    assert len(inbox_mail(p, DEPT)) == 3 and receipts_for(p, PC) == [] and acked == []
+    router.settle()  # marks written with the receipt items: acked, receipts not yet due
+    assert len(inbox_mail(p, DEPT)) == 3 and acked == ["doc0", "doc1", "doc2"]
+    assert receipts_for(p, PC) == [] and [r.sender for r in _kept(router)] == [PC] * 3
     router.settle(final=True)  # the loop ends, or RECEIPT_EVERY_S passed
     [together] = receipts_for(p, PC)
-    assert len(together.items) == 3 and acked == ["doc0", "doc1", "doc2"]
+    assert len(together.items) == 3 and _kept() == []
 
 
-def test_receipts_go_out_with_a_batch_once_enough_wait(memory_province, router, monkeypatch) -> None:
+def test_receipts_go_out_every_round_with_the_items_already_kept(memory_province, router, monkeypatch) -> None:
+    """Under load the round comes from the batches: what a batch keeps is committed with the
+    next one, so a round sends the items of the batches before the last."""
     monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 3600.0)
-    router.receipt_items = 2  # Router.run: its prefetch less a batch
     p = memory_province
-    acked: list[str] = []
-    for n in range(2):
+    digests = []
+    for n in range(3):
+        if n == 2:
+            monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 0.0)
         data = signed_edoc(p.settings, PC, [DEPT], number=str(n))
-        router.handle_batch([Delivery(data, f"edoc.{PC}", user_id="guest", _ack=lambda n=n: acked.append(f"doc{n}"))])
-    [together] = receipts_for(p, PC)  # with the second batch's deliveries
-    assert len(together.items) == 2
-    assert acked == ["doc0"]  # the second waits for its marks only, as every delivery does
+        digests.append(Submission(data, "").digest)
+        router.handle_batch([Delivery(data, f"edoc.{PC}", user_id="guest")])
+    [first] = receipts_for(p, PC)
+    assert [i.digest for i in first.items] == digests[:2]
+    router.settle(final=True)
+    assert [i.digest for r in receipts_for(p, PC) for i in r.items] == digests
 
 
-def test_a_redelivered_document_already_delivered_is_receipted_again(memory_province, router, monkeypatch) -> None:
-    """A router that died after delivering but before sending the receipt: the broker hands
-    the submission to another router, which finds nothing left to deliver and seals a
-    receipt anew."""
+def test_a_senders_many_items_go_in_receipts_of_bounded_size(memory_province, router, monkeypatch) -> None:
+    monkeypatch.setattr("bus.router.RECEIPT_MAX_ITEMS", 2)
+    p = memory_province
+    subs = [Submission(signed_edoc(p.settings, PC, [DEPT], number=str(n)), f"edoc.{PC}") for n in range(5)]
+    router.process_batch(subs)
+    assert [len(r.items) for r in receipts_for(p, PC)] == [2, 2, 1]
+
+
+def test_a_router_that_stopped_leaves_its_receipts_to_another(memory_province, router, monkeypatch) -> None:
+    monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 3600.0)
+    p = memory_province
+    router.handle_batch([Delivery(signed_edoc(p.settings, PC, [DEPT]), f"edoc.{PC}", user_id="guest")])
+    router.settle()  # kept, then the process is killed before its round
+    other = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+    assert other.send_receipts() == 0 and receipts_for(p, PC) == []  # a live router sends its own
+    monkeypatch.setattr("bus.router.ORPHAN_AFTER_S", 0.0)
+    assert other.send_receipts() == 1
+    [receipt_] = receipts_for(p, PC)
+    assert len(receipt_.items) == 1 and _kept() == []
+
+
+def test_a_receipt_the_broker_refuses_is_sent_again_one_without_an_inbox_is_dropped(
+    memory_province, router, monkeypatch, caplog
+) -> None:
+    from bus.transport import DeliveryFailed
+
+    p = memory_province
+    refusal = {"reason": "nacked"}
+    real = p.transport.publish_many
+
+    def refusing(messages, **kw):
+        messages = list(messages)
+        if any(m.headers.get("x-docbus-kind") == receipt.KIND for m in messages):
+            return [DeliveryFailed("refused", reason=refusal["reason"]) for _ in messages]
+        return real(messages, **kw)
+
+    monkeypatch.setattr(p.transport, "publish_many", refusing)
+    router.process(signed_edoc(p.settings, PC, [DEPT], number="1"), routing_key=f"edoc.{PC}")
+    assert receipts_for(p, PC) == [] and len(_kept()) == 1  # the inbox was full: kept
+    refusal["reason"] = "unroutable"
+    router.send_receipts()
+    assert _kept() == [] and "could not deliver a receipt" in caplog.text
+    monkeypatch.setattr(p.transport, "publish_many", real)
+    router.process(signed_edoc(p.settings, PC, [DEPT], number="2"), routing_key=f"edoc.{PC}")
+    assert [len(r.items) for r in receipts_for(p, PC)] == [1]
+
+
+def test_a_redelivered_document_already_delivered_gets_no_second_receipt(memory_province, router) -> None:
     p = memory_province
     data = signed_edoc(p.settings, PC, [DEPT], number="1")
-    first = router.process(data, routing_key=f"edoc.{PC}")
-    p.transport.queues[Names(p.settings.namespace).inbox(PC)].clear()  # lost with the first router
+    router.process(data, routing_key=f"edoc.{PC}")
     again = router.process(data, routing_key=f"edoc.{PC}", redelivered=True)
     assert again.state == "duplicate" and len(inbox_mail(p, DEPT)) == 1  # not delivered twice
+    assert len(receipts_for(p, PC)) == 1
+
+
+def test_a_router_killed_before_its_marks_leaves_the_receipt_to_the_redelivery(
+    memory_province, router, monkeypatch
+) -> None:
+    """Marks and receipt items are written together: a router killed before that commit
+    leaves the document unacked, and the router it is redelivered to finishes both,
+    sealing the relay anew."""
+    monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 3600.0)
+    p = memory_province
+    data = signed_edoc(p.settings, PC, [DEPT], number="1")
+    router.handle_batch([Delivery(data, f"edoc.{PC}", user_id="guest")])  # delivered, marks pending: killed
+    other = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+    again = other.process(data, routing_key=f"edoc.{PC}", redelivered=True)
+    assert again.state == "duplicate"
     [resent] = receipts_for(p, PC)
-    assert [i.digest for i in resent.items] == [first.digest]
     [item] = resent.items  # sealed over this very envelope's signature
+    assert item.digest == again.digest
     trace = HubTrace(edxml.TraceHeader(p.settings.hub_organ_id, item.relayed_at), resent.certificate, item.seal)
     assert check_hub_traces([trace], sender_signature(data), load_trust(p.settings))
 

@@ -199,9 +199,7 @@ def test_consuming_router_marks_deliveries_with_the_next_batch_and_acks_only_aft
 ) -> None:
     """The loop's router saves a commit per batch: a batch's confirmed deliveries are marked in
     the next batch's transaction (or when the bus is quiet), and its submissions are acked
-    only once their marks are written (and their receipts sent: at once here, see
-    tests/unit/test_receipts.py for receipts sent together)."""
-    monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 0.0)
+    only once their marks are written (with their receipt items: tests/unit/test_receipts.py)."""
     p = memory_province
     acked: list[str] = []
 
@@ -225,7 +223,6 @@ def test_consuming_router_marks_deliveries_with_the_next_batch_and_acks_only_aft
 
 
 def test_settle_keeps_marks_and_acks_for_later_when_the_archive_is_busy(memory_province, router, monkeypatch) -> None:
-    monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 0.0)  # receipts as soon as they are made
     p = memory_province
     acked: list[bool] = []
     data = signed_edoc(p.settings, PC, [DEPT])
