@@ -5,7 +5,8 @@ been dead-lettered, and which agencies have not taken in their mail.  The direct
 clerks to check their electronic inbox every day; an agency's adapter answers status 01 as
 soon as it has stored a document, so a delivery with no 01 from its recipient after a day is
 mail nobody at that agency has taken in (its adapter is not running, or the agency is not
-checking).  The broker side (queue depths, connected consumers) comes from RabbitMQ's
+checking).  A receipt item still kept after five minutes means no router could send it.
+The broker side (queue depths, connected consumers) comes from RabbitMQ's
 management API (whose queue figures are refreshed every few seconds), the rest from the
 archive.
 """
@@ -21,7 +22,7 @@ from urllib.parse import quote
 
 from peewee import fn
 
-from bus.archive import Agency, Certificate, DeadLetter, Message, Recipient, StatusEvent, utcnow
+from bus.archive import Agency, Certificate, DeadLetter, Message, PendingReceipt, Recipient, StatusEvent, utcnow
 from bus.brokeradmin import BrokerAdmin, vhost_of
 from bus.edxml import vn_text
 from bus.errors import NotFound
@@ -30,6 +31,7 @@ from signing.ca import load_cert
 from signing.identity import RENEW_WITHIN_DAYS, hub_folders
 
 ARRIVED = "01"
+RECEIPTS_LATE_S = 300  # a receipt item still unsent after this long is a problem to look into
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class Health:
     agencies: tuple[AgencyHealth, ...]
     overdue_hours: float
     expiring: tuple[Expiring, ...] = ()
+    receipts_late: int = 0  # receipt items kept over RECEIPTS_LATE_S and still not sent
 
     def problems(self) -> list[str]:
         """What needs someone's attention, one line each; empty when all is well."""
@@ -103,6 +106,11 @@ class Health:
             out.append("no router is running: nothing sent is being delivered (start 'docbus router run')")
         if self.dead:
             out.append(f"{self.dead} dead-lettered message(s) waiting for a decision ('docbus dead list')")
+        if self.receipts_late:
+            out.append(
+                f"{self.receipts_late} receipt(s) not yet sent to their senders after {RECEIPTS_LATE_S // 60} min:"
+                " is a router running, and can it reach the broker? (its log says why)"
+            )
         for a in self.agencies:
             if a.enabled and a.oldest_hours is not None and a.oldest_hours >= self.overdue_hours:
                 out.append(
@@ -200,7 +208,15 @@ def check(
         agencies=tuple(agencies),
         overdue_hours=overdue_hours,
         expiring=tuple(expiring_certificates(home, now)) if home is not None else (),
+        receipts_late=late_receipts(now),
     )
+
+
+def late_receipts(now: dt.datetime) -> int:
+    """Receipt items (archive.PendingReceipt) kept longer than RECEIPTS_LATE_S: a running
+    router sends its own every second and takes over a stopped one's within 15 s."""
+    late = PendingReceipt.written_at < now - dt.timedelta(seconds=RECEIPTS_LATE_S)
+    return PendingReceipt.select().where(late).count()
 
 
 def running_routers(amqp_url: str, names: Names) -> int:

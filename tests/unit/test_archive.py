@@ -8,8 +8,18 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from bus import health, report, search, statements
-from bus.archive import AttachmentRecord, Blob, ChainEntry, Message, Recipient, StatusEvent, utcnow
+from bus import health, receipt, report, search, statements
+from bus.archive import (
+    AttachmentRecord,
+    Blob,
+    ChainEntry,
+    Delivered,
+    Message,
+    PendingReceipt,
+    Recipient,
+    StatusEvent,
+    utcnow,
+)
 from bus.audit import verify_archive
 from bus.router import Router, load_trust
 from cli import main
@@ -345,6 +355,28 @@ def test_health_problems_name_the_agency_and_what_to_do() -> None:
         f"{PC} (Sở) has not taken in 2 document(s), the oldest delivered 30 h ago; no adapter is connected",
     ]  # a disabled agency is cut off on purpose: not its clerks' fault
     assert late.as_dict()["problems"] == late.problems()
+    stuck = health.Health(1, 0, 0, (), overdue_hours=24, receipts_late=3)
+    assert stuck.problems() == [
+        "3 receipt(s) not yet sent to their senders after 5 min: is a router running, and can it reach the broker?"
+        " (its log says why)"
+    ]
+
+
+def test_receipt_items_wait_for_their_router_and_a_stopped_ones_are_taken_over(filled) -> None:
+    """On SQLite and PostgreSQL: kept with the marks, read by their router only, adopted once old."""
+    p, _router, _docs, _outs = filled
+    assert PendingReceipt.select().count() == 0  # the filling router sent its own
+    now = utcnow()
+    item = receipt.Relayed("a" * 64, "000.00.00.H61,2026/11/27,1/QĐ-UBND", "2026/11/27 10:00:00", "c2VhbA==")
+    other = receipt.Relayed("b" * 64, "000.00.01.H61,2026/11/27,2/SNV-VP", "2026/11/27 10:00:01", "c2VhbA==")
+    p.archive.record_many([], delivered=[Delivered(now - dt.timedelta(minutes=10), [], [(PC, item)], "stopped")])
+    p.archive.record_many([], delivered=[Delivered(now, [], [(DEPT, other)], "running")])
+    assert p.archive.receipts_to_send("mine", 10) == [] and health.late_receipts(now) == 1
+    assert p.archive.adopt_receipts("mine", now - dt.timedelta(minutes=1)) == 1  # not the running one's
+    [(row, sender, got)] = p.archive.receipts_to_send("mine", 10)
+    assert (sender, got) == (PC, item)  # Vietnamese DocumentId intact
+    p.archive.receipts_sent([row])
+    assert health.late_receipts(now) == 0 and [r.router for r in PendingReceipt.select()] == ["running"]
 
 
 @pytest.mark.parametrize(
