@@ -787,12 +787,14 @@ class Archive:
         """Make ``router`` the sender of receipt items another router wrote before
         ``written_before`` and never sent (it stopped or died meanwhile); returns how many.
 
-        Looked at first without a write transaction: there are none nearly always."""
+        Looked at first without a write transaction: there are none nearly always.  The
+        items adopted count as written now, so that two routers looking at once (on
+        PostgreSQL, from different hosts) do not both take them."""
         orphaned = (PendingReceipt.router != router) & (PendingReceipt.written_at < written_before)
         if not PendingReceipt.select(PendingReceipt.id).where(orphaned).exists():
             return 0
         with self.write():
-            return PendingReceipt.update(router=router).where(orphaned).execute()
+            return PendingReceipt.update(router=router, written_at=utcnow()).where(orphaned).execute()
 
     def raw(self, message: Message) -> bytes:
         """The message exactly as received (attachment payloads put back in place)."""

@@ -373,6 +373,7 @@ def test_receipt_items_wait_for_their_router_and_a_stopped_ones_are_taken_over(f
     p.archive.record_many([], delivered=[Delivered(now, [], [(DEPT, other)], "running")])
     assert p.archive.receipts_to_send("mine", 10) == [] and health.late_receipts(now) == 1
     assert p.archive.adopt_receipts("mine", now - dt.timedelta(minutes=1)) == 1  # not the running one's
+    assert p.archive.adopt_receipts("another", now - dt.timedelta(minutes=1)) == 0  # taken: not taken twice
     [(row, sender, got)] = p.archive.receipts_to_send("mine", 10)
     assert (sender, got) == (PC, item)  # Vietnamese DocumentId intact
     p.archive.receipts_sent([row])
