@@ -250,7 +250,7 @@ class Router:
             self._unmarked = []
         self._ack_held()
         if final or self._receipts_due():
-            while self.send_receipts() == RECEIPT_ROWS:
+            while self.send_receipts() == RECEIPT_ROWS:  # a backlog: all of it, while it goes
                 pass
 
     def _receipts_due(self) -> bool:
@@ -258,7 +258,7 @@ class Router:
 
     def send_receipts(self) -> int:
         """Send the receipt items this router keeps in the archive, one receipt per sender,
-        and forget them; returns how many items it read (RECEIPT_ROWS at most).
+        and forget them; returns how many it sent and forgot (RECEIPT_ROWS at most).
 
         Items a stopped router left (ORPHAN_AFTER_S old) are taken over first.  An item
         whose receipt the broker refused stays for the next round; one for a sender without
@@ -283,11 +283,13 @@ class Router:
             log.warning("could not deliver a receipt to a sender: %s", failure.message)
             if failure.reason != "unroutable":
                 kept.update(row_ids)
+        done = [row for row, _, _ in due if row not in kept]
         try:
-            self.archive.receipts_sent([row for row, _, _ in due if row not in kept])
+            self.archive.receipts_sent(done)
         except OperationalError as exc:
             log.warning("archive busy or unreachable (%s), the receipts just sent may go again", exc)
-        return len(due)
+            return 0
+        return len(done)
 
     def _ack_held(self) -> None:
         for d in self._held:

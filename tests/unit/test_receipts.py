@@ -245,7 +245,20 @@ def test_a_receipt_the_broker_refuses_is_sent_again_one_without_an_inbox_is_drop
 
     monkeypatch.setattr(p.transport, "publish_many", refusing)
     router.process(signed_edoc(p.settings, PC, [DEPT], number="1"), routing_key=f"edoc.{PC}")
-    assert receipts_for(p, PC) == [] and len(_kept()) == 1  # the inbox was full: kept
+    assert receipts_for(p, PC) == [] and len(_kept()) == 1  # the broker refused it: kept
+    monkeypatch.setattr("bus.router.RECEIPT_ROWS", 1)  # a round's worth kept: the router still stops
+    rounds = []
+    send = router.send_receipts
+
+    def counted() -> int:
+        rounds.append(1)
+        assert len(rounds) < 5, "settle(final=True) kept sending what the broker kept refusing"
+        return send()
+
+    monkeypatch.setattr(router, "send_receipts", counted)
+    router.settle(final=True)
+    assert len(rounds) == 1 and len(_kept()) == 1
+    monkeypatch.setattr(router, "send_receipts", send)
     refusal["reason"] = "unroutable"
     router.send_receipts()
     assert _kept() == [] and "could not deliver a receipt" in caplog.text
