@@ -1,8 +1,9 @@
 """``docbus bench``: the bus against the raw broker, in one run on one machine.
 
 1. Router throughput: N pre-signed ~5 KB edocs (RSA-2048) from many agencies are queued,
-   then router processes (``docbus router run``) verify, validate, archive and deliver them;
-   documents/s is N over the time from the first archived to the last delivered.  In the
+   then router processes (``docbus router run``) verify, validate, archive and deliver them,
+   and send their senders the receipts; documents/s is N over the time from the first
+   archived to the last delivered, or to the last receipt sent if that is later.  In the
    same run, a raw pika relay moves the same bytes from one quorum queue to another with
    publisher confirms streamed asynchronously, acking each input once its output is
    confirmed: the best a router that does nothing can do on this broker.  It runs in this
@@ -55,7 +56,7 @@ from benchmarks.stats import (
 )
 from bus import compose, longrun, province, receipt, topology
 from bus.acks import AckRuns
-from bus.archive import Archive, Message, Recipient
+from bus.archive import Archive, Message, PendingReceipt, Recipient, utcnow
 from bus.blobs import file_sha256
 from bus.config import Settings
 from bus.edxml import Attachment, Edoc, Organ
@@ -208,17 +209,20 @@ def router_throughput(
     # CPU from the first delivery seen to the last, so the routers' start-up is not counted:
     # (documents delivered by then, routers' CPU, RabbitMQ's CPU, the machine's ticks)
     marks: list[tuple[int, float, float, tuple[int, int]]] = []
+    receipted_at = None  # when the last receipt had gone out (the routers send them every second)
     while time.monotonic() < deadline:
         done = delivered.count()
         progress(f"router x{workers}, throughput", done, n)
         for r in routers:
             peak[r.pid] = max(peak.get(r.pid, 0.0), peak_rss_of(r.pid))
-        if done > 0 and (not marks or done >= n):
+        if done >= n and not PendingReceipt.select().exists():
+            receipted_at = utcnow()
+        if done > 0 and (not marks or receipted_at is not None):
             routers_cpu = sum(cpu_seconds(r.pid) for r in routers)
             marks.append((done, routers_cpu, cpu_seconds(broker) if broker else math.nan, machine_ticks()))
-        if done >= n:
+        if receipted_at is not None:
             break
-        time.sleep(0.25)
+        time.sleep(0.25 if done < n else 0.02)
     first = (
         Message.select(Message.received_at)
         .where((Message.id > known) & (Message.kind == "edoc"))
@@ -228,7 +232,8 @@ def router_throughput(
     last = delivered.order_by(Recipient.delivered_at.desc()).first()
     b.stop()
     archive.close()
-    elapsed = (last.delivered_at - first.received_at).total_seconds() if first and last else float("nan")
+    end = max(last.delivered_at, receipted_at) if last and receipted_at else last.delivered_at if last else None
+    elapsed = (end - first.received_at).total_seconds() if first and end else float("nan")
     out: dict[str, Any] = {
         "documents": n,
         "delivered": done,
@@ -237,6 +242,8 @@ def router_throughput(
         "docs_per_s": round(done / elapsed, 1) if elapsed else None,
         "router_peak_rss_mib": sorted(peak.values()),
     }
+    if last and receipted_at:  # how long after the last delivery the last receipt had gone out
+        out["receipts_after_s"] = round(max(0.0, (receipted_at - last.delivered_at).total_seconds()), 3)
     if len(marks) == 2 and marks[1][0] > marks[0][0]:
         (d0, r0, k0, t0), (d1, r1, k1, t1) = marks
         per_doc = {"routers": r1 - r0, "RabbitMQ": k1 - k0}

@@ -2,7 +2,8 @@
 
 When the router has archived a document and the broker has confirmed its deliveries, it
 keeps the document's receipt item in the archive with the deliveries' marks, and every
-second sends each sender one receipt listing what it relayed of that sender's.  Each
+second (at once when the bus is quiet) sends each sender one receipt listing what it
+relayed of that sender's.  Each
 item carries the seal of the TraceHeader the router appended to the delivered envelope
 (:mod:`signing.seal`): a signature by the data centre over its OrganId, the relay time
 and the sender's own SignatureValue.  So a receipt costs the router no signature of its

@@ -71,6 +71,9 @@ RECEIPT_HEADERS = {"x-docbus-kind": receipt.KIND}
 # documents/s a receipt per batch would be a quorum-queue message per document, and with
 # many senders' documents waiting at once nearly as many
 RECEIPT_EVERY_S = 1.0
+# ... or, when the bus goes quiet, at once if this router kept new items, but not more often
+# than this: a clerk sending a document now and then has its receipt within a moment
+RECEIPT_QUIET_S = 0.1
 RECEIPT_ROWS = 5_000  # items read from the archive per round
 RECEIPT_MAX_ITEMS = 1_000  # items per receipt: ~300 KB, well within receipt.MAX_BYTES
 # another router's items still unsent after this long: it stopped or died before sending
@@ -160,6 +163,7 @@ class Router:
         # whose receipt items in the archive this router sends (send_receipts)
         self.router_id = secrets.token_hex(8)
         self._receipts_looked = time.monotonic()
+        self._kept_new = False  # receipt items committed since the last round
 
     # -- the AMQP side
     def submission(self, delivery: Delivery) -> Submission:
@@ -237,8 +241,7 @@ class Router:
 
     def settle(self, *, final: bool = False) -> None:
         """Mark the confirmed deliveries (keeping their receipts), ack what waited for that,
-        and send the receipts that are due (all of this router's when ``final``): the bus
-        is quiet.
+        and send the receipts kept (all of this router's when ``final``): the bus is quiet.
 
         A busy or unreachable archive leaves it all for the next batch or quiet moment."""
         if self._unmarked:
@@ -247,14 +250,20 @@ class Router:
             except OperationalError as exc:
                 log.warning("archive busy or unreachable (%s), marking deliveries later", exc)
                 return
+            self._kept(self._unmarked)
             self._unmarked = []
         self._ack_held()
-        if final or self._receipts_due():
+        quiet_round = self._kept_new and time.monotonic() - self._receipts_looked >= RECEIPT_QUIET_S
+        if final or quiet_round or self._receipts_due():
             while self.send_receipts() == RECEIPT_ROWS:  # a backlog: all of it, while it goes
                 pass
 
     def _receipts_due(self) -> bool:
         return time.monotonic() - self._receipts_looked >= RECEIPT_EVERY_S
+
+    def _kept(self, marks: list[Delivered]) -> None:
+        """``marks`` are committed: note whether they kept receipt items to send."""
+        self._kept_new = self._kept_new or any(d.receipts for d in marks)
 
     def send_receipts(self) -> int:
         """Send the receipt items this router keeps in the archive, one receipt per sender,
@@ -267,6 +276,7 @@ class Router:
         one that fails between sending and forgetting makes the next round send the same
         items again, which a sender's adapter takes as the no-op it is."""
         self._receipts_looked = time.monotonic()
+        self._kept_new = False
         try:
             self.archive.adopt_receipts(self.router_id, utcnow() - dt.timedelta(seconds=ORPHAN_AFTER_S))
             due = self.archive.receipts_to_send(self.router_id, RECEIPT_ROWS)
@@ -429,6 +439,7 @@ class Router:
         except BaseException:
             self._unmarked = marks + self._unmarked
             raise
+        self._kept(marks)
         for owner, (record, created), entry in zip(batch.owners, records, batch.entries, strict=True):
             if record.state == "accepted" and record.kind in ("edoc", "status"):
                 batch.deliver.append((owner, record, entry.raw))

@@ -161,6 +161,11 @@ def test_an_old_store_gains_the_receipt_columns_and_keeps_its_mail(tmp_path) -> 
         store.close()
 
 
+def _rounds_only_when_told(monkeypatch) -> None:
+    monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 3600.0)
+    monkeypatch.setattr("bus.router.RECEIPT_QUIET_S", 3600.0)
+
+
 def _kept(router: Router | None = None) -> list[PendingReceipt]:
     rows = PendingReceipt.select().order_by(PendingReceipt.id)
     return [r for r in rows if router is None or r.router == router.router_id]
@@ -172,7 +177,7 @@ def test_the_consuming_router_acks_at_once_and_sends_the_receipts_together_later
     """At a steady rate each batch holds a document or two: their receipt items are kept in
     the archive with their deliveries' marks, the documents are acked then, and the items go
     out later as one receipt per sender."""
-    monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 3600.0)
+    _rounds_only_when_told(monkeypatch)
     p = memory_province
     acked: list[str] = []
 
@@ -189,10 +194,23 @@ def test_the_consuming_router_acks_at_once_and_sends_the_receipts_together_later
     assert len(together.items) == 3 and _kept() == []
 
 
+def test_a_quiet_bus_sends_new_receipts_at_once_and_only_then(memory_province, router, monkeypatch) -> None:
+    monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 3600.0)
+    monkeypatch.setattr("bus.router.RECEIPT_QUIET_S", 0.0)
+    p = memory_province
+    router.handle_batch([Delivery(signed_edoc(p.settings, PC, [DEPT]), f"edoc.{PC}", user_id="guest")])
+    router.settle()  # the consuming loop found nothing more to do
+    assert len(receipts_for(p, PC)) == 1 and _kept() == []
+    looked = []
+    monkeypatch.setattr(p.archive, "receipts_to_send", lambda *a: looked.append(a) or [])
+    router.settle()  # quiet again, nothing new kept: the archive is not asked
+    assert looked == []
+
+
 def test_receipts_go_out_every_round_with_the_items_already_kept(memory_province, router, monkeypatch) -> None:
     """Under load the round comes from the batches: what a batch keeps is committed with the
     next one, so a round sends the items of the batches before the last."""
-    monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 3600.0)
+    _rounds_only_when_told(monkeypatch)
     p = memory_province
     digests = []
     for n in range(3):
@@ -216,7 +234,7 @@ def test_a_senders_many_items_go_in_receipts_of_bounded_size(memory_province, ro
 
 
 def test_a_router_that_stopped_leaves_its_receipts_to_another(memory_province, router, monkeypatch) -> None:
-    monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 3600.0)
+    _rounds_only_when_told(monkeypatch)
     p = memory_province
     router.handle_batch([Delivery(signed_edoc(p.settings, PC, [DEPT]), f"edoc.{PC}", user_id="guest")])
     router.settle()  # kept, then the process is killed before its round
@@ -282,7 +300,7 @@ def test_a_router_killed_before_its_marks_leaves_the_receipt_to_the_redelivery(
     """Marks and receipt items are written together: a router killed before that commit
     leaves the document unacked, and the router it is redelivered to finishes both,
     sealing the relay anew."""
-    monkeypatch.setattr("bus.router.RECEIPT_EVERY_S", 3600.0)
+    _rounds_only_when_told(monkeypatch)
     p = memory_province
     data = signed_edoc(p.settings, PC, [DEPT], number="1")
     router.handle_batch([Delivery(data, f"edoc.{PC}", user_id="guest")])  # delivered, marks pending: killed
