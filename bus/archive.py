@@ -443,7 +443,8 @@ def append_chain_many(messages: Sequence[Message], head: ChainHead | None = None
 
 
 def _mark_delivered(deliveries: Sequence[tuple[int, str]], at: dt.datetime) -> None:
-    """The UPDATE behind :meth:`Archive.mark_delivered_many` (inside the caller's write transaction).
+    """Mark these deliveries, (message id, recipient OrganId), done ``at`` (inside the caller's
+    write transaction: :meth:`Archive.record_many`'s ``delivered``).
 
     The message ids are named on their own as well: SQLite plans ``(message, organ_id) IN
     (two or more pairs)`` as a scan of every recipient ever archived (2.6 ms per batch at
@@ -629,9 +630,8 @@ class Archive:
         they are inserted without looking again; one archived meanwhile by another writer
         fails the insert, and the whole call is retried the careful way.
 
-        ``delivered``: earlier deliveries to mark done (:meth:`mark_delivered_many`), and
-        the receipts they earned, in the same transaction, which saves a router one commit
-        per batch.
+        ``delivered``: earlier deliveries to mark done, and the receipts they earned, in
+        the same transaction, which saves a router one commit per batch.
         """
         if not entries:
             if not delivered:
@@ -761,12 +761,6 @@ class Archive:
                 ),
             )
         )
-
-    def mark_delivered_many(self, deliveries: Sequence[tuple[int, str]], *, at: dt.datetime | None = None) -> None:
-        """Mark these deliveries, (message id, recipient OrganId), done ``at`` (now), in one transaction."""
-        if deliveries:
-            with self.write():
-                _mark_delivered(deliveries, at or utcnow())
 
     # -- receipts waiting to go out (bus.receipt, Router.send_receipts)
     @staticmethod

@@ -285,7 +285,7 @@ class Router:
             return 0
         if not due:
             return 0
-        messages, rows = self._receipt_messages([(row, sender, item) for row, sender, item in due])
+        messages, rows = self._receipt_messages(due)
         kept: set[int] = set()
         for failure, row_ids in zip(self.transport.publish_many(messages), rows, strict=True):
             if failure is None:

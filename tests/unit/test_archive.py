@@ -316,7 +316,7 @@ def test_marking_deliveries_marks_exactly_those_through_the_index(filled, monkey
         return execute_sql(sql, params, *args, **kwargs)
 
     monkeypatch.setattr(database, "execute_sql", spy)
-    p.archive.mark_delivered_many([(decision.id, DEPT), (report_.id, PC)])
+    p.archive.record_many([], delivered=[Delivered(utcnow(), [(decision.id, DEPT), (report_.id, PC)])])
     monkeypatch.undo()
     marked = {(r.message_id, r.organ_id) for r in Recipient.select() if r.delivered_at is not None}
     assert marked == {(decision.id, DEPT), (report_.id, PC)}  # not FIN's copy of the decision
