@@ -47,8 +47,9 @@ def test_version_1_archive_is_migrated_to_the_latest(memory_province) -> None:
     reopened.close()
 
 
-def test_version_2_archive_gains_the_pending_receipts_without_reindexing(memory_province, monkeypatch) -> None:
-    p = memory_province
+def test_version_2_archive_gains_the_pending_receipts_without_reindexing(archive_province, monkeypatch) -> None:
+    """On SQLite and PostgreSQL."""
+    p = archive_province
     database = db.obj
     database.execute_sql("DROP TABLE pendingreceipt")
     database.execute_sql("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
