@@ -823,7 +823,8 @@ def rows(data: dict[str, Any]) -> list[list[str]]:
             [
                 f"router x{r['workers']}: verify, validate, archive, deliver",
                 f"{r['docs_per_s']} docs/s",
-                f"{r['delivered']}/{r['documents']} in {r['seconds']} s",
+                f"{r['delivered']}/{r['documents']} in {r['seconds']} s"
+                + (f", last receipt {r['receipts_after_s']} s after" if "receipts_after_s" in r else ""),
             ],
             ["router / relay", _ratio(data["router_vs_relay"]), ""],
             *[

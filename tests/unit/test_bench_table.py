@@ -21,6 +21,7 @@ FULL_RUN = {  # the shape `docbus bench --json` reports for a full run (docs/per
         "router_peak_rss_mib": [70.5, 70.7, 70.9],
         "cpu_ms_per_doc": {"routers": 1.097, "RabbitMQ": 0.211},
         "cpu_busy_pct": 89.4,
+        "receipts_after_s": 0.116,
     },
     "router_vs_relay": 0.134,
     "latency": {
@@ -53,7 +54,14 @@ FULL_RUN = {  # the shape `docbus bench --json` reports for a full run (docs/per
 def test_every_figure_of_a_full_run_is_printed_whole() -> None:
     out = table(rows(FULL_RUN), ["Measure", "Result", "Detail"])
     assert "…" not in out
-    for figure in ("12876.1 msg/s", "1723.0 docs/s", "0.134", "70.5, 70.7, 70.9 MiB", "p99 75.74 ms"):
+    for figure in (
+        "12876.1 msg/s",
+        "1723.0 docs/s",
+        "last receipt 0.116 s after",
+        "0.134",
+        "70.5, 70.7, 70.9 MiB",
+        "p99 75.74 ms",
+    ):
         assert figure in out
     for name, ms in FULL_RUN["latency"]["cpu_ms_per_doc"].items():
         assert f"CPU per document, {name}" in out and f"{ms} ms" in out
