@@ -1099,6 +1099,13 @@ def trace(document_id: str, as_json: bool) -> None:
             f"  submitted by {sub['sender']}, archived {edxml.vn_text(sub['received_at'])} (UTC+7) "
             f"({sub['state']}{': ' + sub['reason'] if sub['reason'] else ''})"
         )
+        if sub["state"] == "accepted":
+            told = sub["receipted_at"]
+            click.echo(
+                f"  the data centre's receipt went to the sender {edxml.vn_text(told)} (UTC+7)"
+                if told
+                else "  no receipt has gone to the sender yet"
+            )
         rows = []
         for r in sub["recipients"]:
             rows.append([r["organ_id"], edxml.vn_text(r["delivered_at"]) or "pending", "", ""])

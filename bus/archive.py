@@ -39,6 +39,7 @@ from peewee import (
     SqliteDatabase,
     TextField,
     Tuple,
+    fn,
 )
 from playhouse.db_url import connect
 
@@ -121,6 +122,7 @@ class Message(Base):
     status_code = CharField(max_length=4, null=True)
     response_for_organ = CharField(max_length=64, null=True)  # statuses: the edoc's sender
     received_at = DateTimeField(default=utcnow, index=True)
+    receipted_at = DateTimeField(null=True)  # accepted edocs: when the sender's receipt (bus.receipt) went out
 
 
 class Recipient(Base):
@@ -770,12 +772,18 @@ class Archive:
         return [(r.id, r.sender, Relayed(r.digest, r.document_id, r.relayed_at, r.seal)) for r in rows]
 
     def receipts_sent(self, ids: Sequence[int]) -> None:
-        """Forget these receipt items: they went out (one transaction)."""
+        """These receipt items went out: note when on their documents (the first time, if
+        one went twice) and forget them (one transaction)."""
         if not ids:
             return
+        now = utcnow()
         with self.write():
             for i in range(0, len(ids), 500):
-                PendingReceipt.delete().where(PendingReceipt.id.in_(list(ids[i : i + 500]))).execute()
+                rows = PendingReceipt.id.in_(list(ids[i : i + 500]))
+                Message.update(receipted_at=fn.COALESCE(Message.receipted_at, now)).where(
+                    Message.digest.in_(PendingReceipt.select(PendingReceipt.digest).where(rows))
+                ).execute()
+                PendingReceipt.delete().where(rows).execute()
 
     def adopt_receipts(self, router: str, written_before: dt.datetime) -> int:
         """Make ``router`` the sender of receipt items another router wrote before
@@ -831,6 +839,8 @@ class Archive:
                     "state": m.state,
                     "reason": m.reason,
                     "received_at": m.received_at.isoformat(sep=" ", timespec="seconds"),
+                    # when the data centre's receipt told the sender (bus.receipt)
+                    "receipted_at": m.receipted_at.isoformat(sep=" ", timespec="seconds") if m.receipted_at else None,
                     "recipients": [
                         {
                             "organ_id": organ,

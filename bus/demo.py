@@ -223,7 +223,8 @@ def _print_trace(archive: Archive, doc: str, echo: Callable[[str], None]) -> Non
     t = archive.trace(doc)
     for sub in t["submissions"]:
         archived = vn_text(sub["received_at"])
-        echo(f"trace {doc}: “{sub['subject']}” from {sub['sender']}, archived {archived} (UTC+7)")
+        told = f"; receipt to the sender {vn_text(sub['receipted_at'])[11:]}" if sub["receipted_at"] else ""
+        echo(f"trace {doc}: “{sub['subject']}” from {sub['sender']}, archived {archived} (UTC+7){told}")
         for r in sub["recipients"]:
             statuses = ", ".join(f"{s['code']} at {vn_text(s['received_at'])[11:]}" for s in r["statuses"])
             delivered = vn_text(r["delivered_at"])[11:] or "no"

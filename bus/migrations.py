@@ -41,24 +41,35 @@ def _v2_search_attachments_chain(database: Any) -> None:
     database.create_tables([a.AttachmentRecord, a.ChainEntry, a.ChainHead, a.PruneLog], safe=True)
     from bus import search
 
-    for msg in a.Message.select().where(a.Message.search_text == ""):
+    for msg in _messages(database).where(a.Message.search_text == ""):
         a.Message.update(search_text=search.text_of_record(msg)).where(a.Message.id == msg.id).execute()
     chain_missing(database)
+
+
+def _messages(database: Any) -> Any:
+    """The message rows with the columns this version of the table has: a step must not ask
+    for a column a later step adds."""
+    present = {c.name for c in database.get_columns("message")}
+    return a.Message.select(*[f for f in a.Message._meta.sorted_fields if f.column_name in present])
 
 
 def chain_missing(database: Any) -> int:
     """Append every message not yet on the chain (a database from before the chain existed)."""
     done = {c.message_id for c in a.ChainEntry.select(a.ChainEntry.message)}
     count = 0
-    for msg in a.Message.select().order_by(a.Message.id):
+    for msg in _messages(database).order_by(a.Message.id):
         if msg.id not in done:
             a.append_chain(msg)
             count += 1
     return count
 
 
-def _v3_pending_receipts(database: Any) -> None:
-    """v3: receipt items waiting to go to their senders (bus.receipt)."""
+def _v3_receipts(database: Any) -> None:
+    """v3: receipt items waiting to go to their senders (bus.receipt), and when each
+    document's receipt went out."""
+    if "receipted_at" not in {c.name for c in database.get_columns("message")}:
+        m = _migrator(database)
+        migrate(m.add_column("message", "receipted_at", a.Message.receipted_at))
     database.create_tables([a.PendingReceipt], safe=True)
 
 
@@ -66,7 +77,7 @@ def _v3_pending_receipts(database: Any) -> None:
 # is the first released schema.
 STEPS: dict[int, tuple[str, Callable[[Any], None], bool]] = {
     2: ("search text, attachments, hash chain", _v2_search_attachments_chain, True),
-    3: ("pending receipts", _v3_pending_receipts, False),
+    3: ("receipts", _v3_receipts, False),
 }
 LATEST = max(STEPS)
 

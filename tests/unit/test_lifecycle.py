@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from adapters import Adapter
+from bus import edxml
 from bus.router import Router, load_trust
 from bus.topology import Names
 from cli import main
@@ -169,6 +170,7 @@ def test_recall_handshake(bus) -> None:
     shown = CliRunner().invoke(main, ["trace", sent.document_id], env=env).output
     assert "16 Từ chối thu hồi/cập nhật: Đã ban hành văn bản thực hiện" in shown  # why, for the sender's clerk
     assert "15 Đồng ý thu hồi/cập nhật: Đồng ý thu hồi" in shown and "01 Đã đến  " in shown  # no ": Đã đến"
+    assert trace["receipted_at"] and f"receipt went to the sender {edxml.vn_text(trace['receipted_at'])}" in shown
     register = CliRunner().invoke(main, ["sent", "--agency", PC, "--no-fetch", sent.document_id], env=env).output
     assert "Đã ban hành văn bản thực hiện" in register
 

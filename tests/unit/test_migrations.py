@@ -29,6 +29,7 @@ def test_version_1_archive_is_migrated_to_the_latest(memory_province) -> None:
         "DROP TABLE attachment",
         "DROP TABLE prunelog",
         "DROP TABLE pendingreceipt",
+        "ALTER TABLE message DROP COLUMN receipted_at",
         "ALTER TABLE message DROP COLUMN search_text",
         "ALTER TABLE message DROP COLUMN skeleton",
         "ALTER TABLE message DROP COLUMN pruned_at",
@@ -47,11 +48,14 @@ def test_version_1_archive_is_migrated_to_the_latest(memory_province) -> None:
     reopened.close()
 
 
-def test_version_2_archive_gains_the_pending_receipts_without_reindexing(archive_province, monkeypatch) -> None:
+def test_version_2_archive_gains_the_receipts_without_reindexing(archive_province, monkeypatch) -> None:
     """On SQLite and PostgreSQL."""
     p = archive_province
+    router = Router(p.settings, p.transport, p.archive, load_trust(p.settings), p.hub)
+    router.process(signed_edoc(p.settings, DEPT, [PC], subject="Công văn V/v kết nối"), routing_key=f"edoc.{DEPT}")
     database = db.obj
     database.execute_sql("DROP TABLE pendingreceipt")
+    database.execute_sql("ALTER TABLE message DROP COLUMN receipted_at")
     database.execute_sql("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     p.archive.close()
     rebuilt: list[bool] = []
@@ -66,5 +70,7 @@ def test_version_2_archive_gains_the_pending_receipts_without_reindexing(archive
     try:
         assert migrations.version(reopened.database) == 3 and "pendingreceipt" in reopened.database.get_tables()
         assert True not in rebuilt  # a million documents' full-text index is not built again for a new table
+        [m] = Message.select()
+        assert m.subject == "Công văn V/v kết nối" and m.receipted_at is None  # sent before the column
     finally:
         reopened.close()

@@ -14,7 +14,7 @@ import cli
 from adapters import Adapter
 from adapters.store import open_store
 from bus import edxml, receipt
-from bus.archive import PendingReceipt
+from bus.archive import Message, PendingReceipt
 from bus.envelope import HubTrace, check_hub_traces, sender_signature
 from bus.router import Router, Submission, load_trust
 from bus.topology import Names
@@ -189,9 +189,11 @@ def test_the_consuming_router_acks_at_once_and_sends_the_receipts_together_later
     router.settle()  # marks written with the receipt items: acked, receipts not yet due
     assert len(inbox_mail(p, DEPT)) == 3 and acked == ["doc0", "doc1", "doc2"]
     assert receipts_for(p, PC) == [] and [r.sender for r in _kept(router)] == [PC] * 3
+    assert {m.receipted_at for m in Message.select()} == {None}
     router.settle(final=True)  # the loop ends, or RECEIPT_EVERY_S passed
     [together] = receipts_for(p, PC)
     assert len(together.items) == 3 and _kept() == []
+    assert None not in {m.receipted_at for m in Message.select()}  # the archive says when the sender was told
 
 
 def test_a_quiet_bus_sends_new_receipts_at_once_and_only_then(memory_province, router, monkeypatch) -> None:
