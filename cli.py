@@ -1087,7 +1087,8 @@ def _inbox_state(item: Any) -> str:
 @json_option()
 @guarded
 def trace(document_id: str, as_json: bool) -> None:
-    """Every hop of DOCUMENT_ID and every status per recipient, with times (from the archive)."""
+    """Every hop of DOCUMENT_ID and every status per recipient, with times (from the archive),
+    and when the data centre's receipt went to the sender."""
     s = settings()
     data = open_archive(s).trace(document_id)
     if as_json:
