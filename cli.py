@@ -1139,8 +1139,9 @@ def health(overdue_hours: float, days: int, as_json: bool) -> None:
 
     Per agency: messages on its inbox queues, whether its adapter is connected, and documents
     delivered to it that it has not taken in yet (no status 01 from it), with the oldest one's
-    age; and the certificates that end within 30 days (an agency's, or the data centre's
-    signing and seal keys), with what renews each.  Exit 0 when nothing needs attention, 5
+    age; the certificates that end within 30 days (an agency's, or the data centre's
+    signing and seal keys), with what renews each; and senders' receipts no router has sent
+    after five minutes.  Exit 0 when nothing needs attention, 5
     when something does (each listed), 3 before 'docbus init', 4 when the broker's management
     API cannot be reached.
 
