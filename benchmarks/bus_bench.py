@@ -232,7 +232,9 @@ def router_throughput(
     last = delivered.order_by(Recipient.delivered_at.desc()).first()
     b.stop()
     archive.close()
-    end = max(last.delivered_at, receipted_at) if last and receipted_at else last.delivered_at if last else None
+    end = last.delivered_at if last else None
+    if end is not None and receipted_at is not None:
+        end = max(end, receipted_at)
     elapsed = (end - first.received_at).total_seconds() if first and end else float("nan")
     out: dict[str, Any] = {
         "documents": n,

@@ -28,7 +28,7 @@ def _migrator(database: Any) -> Any:
 def _v2_search_attachments_chain(database: Any) -> None:
     """v2: folded search text, content-addressed attachments, the hash chain, prune log."""
     m = _migrator(database)
-    columns = {c.name for c in database.get_columns("message")}
+    columns = _message_columns(database)
     ops = []
     for name, field in (
         ("search_text", a.Message.search_text),
@@ -46,10 +46,14 @@ def _v2_search_attachments_chain(database: Any) -> None:
     chain_missing(database)
 
 
+def _message_columns(database: Any) -> set[str]:
+    return {c.name for c in database.get_columns("message")}
+
+
 def _messages(database: Any) -> Any:
     """The message rows with the columns this version of the table has: a step must not ask
     for a column a later step adds."""
-    present = {c.name for c in database.get_columns("message")}
+    present = _message_columns(database)
     return a.Message.select(*[f for f in a.Message._meta.sorted_fields if f.column_name in present])
 
 
@@ -67,7 +71,7 @@ def chain_missing(database: Any) -> int:
 def _v3_receipts(database: Any) -> None:
     """v3: receipt items waiting to go to their senders (bus.receipt), and when each
     document's receipt went out."""
-    if "receipted_at" not in {c.name for c in database.get_columns("message")}:
+    if "receipted_at" not in _message_columns(database):
         m = _migrator(database)
         migrate(m.add_column("message", "receipted_at", a.Message.receipted_at))
     database.create_tables([a.PendingReceipt], safe=True)

@@ -3,10 +3,9 @@
 When the router has archived a document and the broker has confirmed its deliveries, it
 keeps the document's receipt item in the archive with the deliveries' marks, and every
 second (at once when the bus is quiet) sends each sender one receipt listing what it
-relayed of that sender's.  Each
-item carries the seal of the TraceHeader the router appended to the delivered envelope
-(:mod:`signing.seal`): a signature by the data centre over its OrganId, the relay time
-and the sender's own SignatureValue.  So a receipt costs the router no signature of its
+relayed of that sender's.  Each item carries the seal of the TraceHeader the router
+appended to the delivered envelope (:mod:`signing.seal`): a signature by the data centre
+over its OrganId, the relay time and the sender's own SignatureValue.  So a receipt costs the router no signature of its
 own, and the sender can check each item against the envelope in its outbox: the proof
 "the data centre relayed exactly what I signed, at this time" is the same one each
 recipient holds, and a third party can check it.
