@@ -65,7 +65,7 @@ def sign(root: etree._Element, key: object, cert_pem: bytes, *, ecdsa: bool = Fa
     etree.SubElement(transforms, _ds("Transform"), Algorithm=EXC_C14N)
     etree.SubElement(ref, _ds("DigestMethod"), Algorithm=SHA256_URI)
     digest_value = etree.SubElement(ref, _ds("DigestValue"))
-    digest_value.text = base64.b64encode(hashlib.sha256(_canonical_without(root, sig, EXC_C14N)).digest()).decode()
+    digest_value.text = base64.b64encode(hashlib.sha256(canonical_without(root, sig, EXC_C14N)).digest()).decode()
     signed = etree.tostring(signed_info, method="c14n", exclusive=True, with_comments=False)
     etree.SubElement(sig, _ds("SignatureValue")).text = base64.b64encode(_signature_value(key, signed)).decode()
     x509_data = etree.SubElement(etree.SubElement(sig, _ds("KeyInfo")), _ds("X509Data"))
@@ -141,7 +141,7 @@ def verify(root: etree._Element, cert: x509.Certificate) -> etree._Element:
         raise SignatureRejected("the digest must be SHA-256", reason="signature-algorithm")
     expected = _b64(ref.findtext(_ds("DigestValue")), "DigestValue")
 
-    payload = _canonical_without(root, sig, c14n_uris[0] if c14n_uris else EXC_C14N)
+    payload = canonical_without(root, sig, c14n_uris[0] if c14n_uris else EXC_C14N)
     if not hmac.compare_digest(hashlib.sha256(payload).digest(), expected):
         raise SignatureRejected("signature does not verify: the signed content was changed", reason="signature-invalid")
     c14n_method = signed_info.find(_ds("CanonicalizationMethod"))
@@ -199,8 +199,10 @@ def _profile(sig: etree._Element) -> tuple[etree._Element, bytes]:
     return signed_info, _b64(children[1].text, "SignatureValue")
 
 
-def _canonical_without(root: etree._Element, sig: etree._Element, algorithm: str) -> bytes:
-    """C14N of ``root`` with ``sig`` removed (the enveloped-signature transform); ``root`` is restored."""
+def canonical_without(root: etree._Element, sig: etree._Element, algorithm: str) -> bytes:
+    """C14N of ``root`` with ``sig`` removed (the enveloped-signature transform); ``root`` is restored.
+
+    The bytes a Reference ``URI=""`` digests: only the digest check makes them trustworthy."""
     parent = sig.getparent()
     index = parent.index(sig)
     previous = sig.getprevious()

@@ -45,6 +45,14 @@ def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
     assert max(r["ms"] for r in each) == pytest.approx(report["latency"]["max_ms"], abs=0.01)
     assert report["router"]["delivered"] == report["router"]["documents"] == 30
     assert report["raw_relay"]["relayed"] == 30 and report["router_vs_relay"] > 0
+    assert report["raw_relay"]["cpu_ms_per_msg"]["relay"] > 0
+    # what half the relay leaves per document, beside what the checks alone cost (benchmarks.floor)
+    budget = report["budget"]
+    assert budget["half_relay_ms_per_doc"] == pytest.approx(
+        budget["cores"] * 1000 / (report["raw_relay"]["msgs_per_s"] / 2), rel=0.01
+    )
+    floor = budget["checks_floor_ms_per_doc"]
+    assert all(floor[k] > 0 for k in ("parse", "schema", "digest", "signature", "signed_tree", "archive"))
     assert report["router"]["workers"] == 2 and report["latency"]["workers"] == 1
     assert report["latency"]["stored"] == report["latency"]["documents"] == 20
     # the senders took their 01s off the broker as their adapters would (warm-ups' included)

@@ -11,7 +11,13 @@ from cli import main, table
 FULL_RUN = {  # the shape `docbus bench --json` reports for a full run (docs/performance-history.md, run M)
     "machine": {"cpus": 2, "python": "3.11.7", "platform": "Linux", "rsa2048_sign_ms": 0.3},
     "envelope_bytes_avg": 5391,
-    "raw_relay": {"messages": 20000, "relayed": 20000, "seconds": 1.55, "msgs_per_s": 12876.1},
+    "raw_relay": {
+        "messages": 20000,
+        "relayed": 20000,
+        "seconds": 1.55,
+        "msgs_per_s": 12876.1,
+        "cpu_ms_per_msg": {"relay": 0.052, "RabbitMQ": 0.081},
+    },
     "router": {
         "documents": 20000,
         "delivered": 20000,
@@ -24,6 +30,19 @@ FULL_RUN = {  # the shape `docbus bench --json` reports for a full run (docs/per
         "receipts_after_s": 0.116,
     },
     "router_vs_relay": 0.134,
+    "budget": {
+        "cores": 2,
+        "half_relay_ms_per_doc": 0.311,
+        "checks_floor_ms_per_doc": {
+            "parse": 0.014,
+            "schema": 0.005,
+            "digest": 0.009,
+            "signature": 0.018,
+            "signed_tree": 0.008,
+            "archive": 0.016,
+            "total": 0.0701,
+        },
+    },
     "latency": {
         "offered_per_s": 200.0,
         "achieved_per_s": 200.0,
@@ -72,6 +91,12 @@ def test_every_figure_of_a_full_run_is_printed_whole() -> None:
         line = next(line for line in out.splitlines() if f"peak RSS, {name}" in line)
         assert f"{mib} MiB" in line
     assert "intact (SHA-256 checked)" in out and "45.8 % of a core" in out
+    for name, ms in FULL_RUN["raw_relay"]["cpu_ms_per_msg"].items():
+        line = next(line for line in out.splitlines() if f"{ms} ms" in line)
+        assert f"CPU per message, {name}" in line and "raw relay" in line
+    half = next(line for line in out.splitlines() if "at half the relay" in line)
+    assert "0.311 ms" in half and "2 cores' time, routers and RabbitMQ together" in half
+    assert "0.0701 ms" in next(line for line in out.splitlines() if "the checks alone" in line)
 
 
 def test_the_ratio_keeps_three_decimals() -> None:
