@@ -11,11 +11,14 @@ cannot do without, each the way the C parts of lxml, cryptography and SQLite do 
 - digest: C14N of the envelope without its Signature, its SHA-256 against DigestValue;
 - signature: C14N of SignedInfo and the RSA-2048 check (the signer's certificate read once);
 - signed tree: the canonical bytes parsed again (only the verified tree reaches business logic);
-- archive: the envelope's bytes and a line of words into SQLite (WAL, fsynced commits of
-  100, the words indexed by FTS5), as an archive that is written before the ack must.
+- seal: the router's signature on the trace entry it appends (DESIGN.md: "the router signs
+  its own receipts and trace entries"), ECDSA P-256, the cheapest key the bus allows;
+- archive: the envelope's bytes, a link of the archive's hash chain and a line of words into
+  SQLite (WAL, fsynced commits of 100, the words indexed by FTS5), as an archive that is
+  written before the ack must.
 
 Left out, so the floor is lower than any real router: the edXML model, the policy, the
-certificate chain (one RSA check per new certificate), sealing, the broker's frames (the raw
+certificate chain (one RSA check per new certificate), the broker's frames (the raw
 relay's own CPU per message stands for those), the recipients and status tables.
 """
 
@@ -33,7 +36,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 from lxml import etree
 
 from bus import safexml, schema
@@ -99,25 +102,34 @@ def checks_floor(envelopes: Sequence[bytes]) -> dict[str, float]:
         for payload, _ in payloads:
             etree.fromstring(payload, parser=safexml.PARSER)
 
+    seal_key = ec.generate_private_key(ec.SECP256R1())
+
+    def seal() -> None:
+        for _, sig in payloads:
+            value = "".join(sig.findtext(_VALUE).split()).encode()
+            seal_key.sign(b"trace\n000.00.00.H61\n2026-11-28T10:00:00+07:00\n" + value, ec.ECDSA(hashes.SHA256()))
+
     with tempfile.TemporaryDirectory() as tmp:
         db = sqlite3.connect(Path(tmp) / "floor.db", isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.execute("CREATE TABLE message(id INTEGER PRIMARY KEY, digest TEXT UNIQUE, raw BLOB, words TEXT)")
+        db.execute("CREATE TABLE message(id INTEGER PRIMARY KEY, digest TEXT UNIQUE, raw BLOB, chain TEXT, words TEXT)")
         db.execute("CREATE VIRTUAL TABLE message_fts USING fts5(words, content='message', content_rowid='id')")
         db.execute(
             "CREATE TRIGGER indexed AFTER INSERT ON message BEGIN"
             " INSERT INTO message_fts(rowid, words) VALUES (new.id, new.words); END"
         )
-        rows = [
-            (hashlib.sha256(e).hexdigest(), e, f"cong van kiem thu hieu nang so {i} from{i % 150:03d}")
-            for i, e in enumerate(envelopes)
-        ]
 
         def archive() -> None:
-            for i in range(0, len(rows), BATCH):
+            head = b""
+            for i in range(0, len(envelopes), BATCH):
+                rows = []
+                for n, e in enumerate(envelopes[i : i + BATCH], i):
+                    digest = hashlib.sha256(e).hexdigest()
+                    head = hashlib.sha256(head + digest.encode()).digest()
+                    rows.append((digest, e, head.hex(), f"cong van kiem thu hieu nang so {n} from{n % 150:03d}"))
                 db.execute("BEGIN IMMEDIATE")
-                db.executemany("INSERT INTO message(digest, raw, words) VALUES (?, ?, ?)", rows[i : i + BATCH])
+                db.executemany("INSERT INTO message(digest, raw, chain, words) VALUES (?, ?, ?, ?)", rows)
                 db.execute("COMMIT")
 
         for name, fn in (
@@ -126,6 +138,7 @@ def checks_floor(envelopes: Sequence[bytes]) -> dict[str, float]:
             ("digest", digest),
             ("signature", signature),
             ("signed_tree", signed_tree),
+            ("seal", seal),
             ("archive", archive),
         ):
             step(name, fn)

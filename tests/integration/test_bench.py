@@ -52,7 +52,10 @@ def test_bench_smoke_run_reports_every_part(broker_url, tmp_path) -> None:
         budget["cores"] * 1000 / (report["raw_relay"]["msgs_per_s"] / 2), rel=0.01
     )
     floor = budget["checks_floor_ms_per_doc"]
-    assert all(floor[k] > 0 for k in ("parse", "schema", "digest", "signature", "signed_tree", "archive"))
+    if local_broker_pid() is not None:  # RabbitMQ's CPU is read from /proc: on this machine only
+        relaying = sum(report["raw_relay"]["cpu_ms_per_msg"].values())
+        assert budget["least_ms_per_doc"] == pytest.approx(floor["total"] + relaying, abs=0.002)
+    assert all(floor[k] > 0 for k in ("parse", "schema", "digest", "signature", "signed_tree", "seal", "archive"))
     assert report["router"]["workers"] == 2 and report["latency"]["workers"] == 1
     assert report["latency"]["stored"] == report["latency"]["documents"] == 20
     # the senders took their 01s off the broker as their adapters would (warm-ups' included)

@@ -20,7 +20,7 @@ def envelopes(memory_province) -> list[bytes]:
 
 def test_each_step_is_timed_and_summed(envelopes) -> None:
     floor = checks_floor(envelopes)
-    steps = ("parse", "schema", "digest", "signature", "signed_tree", "archive")
+    steps = ("parse", "schema", "digest", "signature", "signed_tree", "seal", "archive")
     assert set(floor) == {*steps, "total"}
     assert all(floor[k] > 0 for k in steps)
     assert floor["total"] == pytest.approx(sum(floor[k] for k in steps), abs=0.001)

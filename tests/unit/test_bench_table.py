@@ -42,6 +42,7 @@ FULL_RUN = {  # the shape `docbus bench --json` reports for a full run (docs/per
             "archive": 0.016,
             "total": 0.0701,
         },
+        "least_ms_per_doc": 0.203,
     },
     "latency": {
         "offered_per_s": 200.0,
@@ -97,6 +98,7 @@ def test_every_figure_of_a_full_run_is_printed_whole() -> None:
     half = next(line for line in out.splitlines() if "at half the relay" in line)
     assert "0.311 ms" in half and "2 cores' time, routers and RabbitMQ together" in half
     assert "0.0701 ms" in next(line for line in out.splitlines() if "the checks alone" in line)
+    assert "0.203 ms" in next(line for line in out.splitlines() if "the least a router needs" in line)
 
 
 def test_the_ratio_keeps_three_decimals() -> None:
