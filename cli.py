@@ -2007,7 +2007,9 @@ def bench(
 ) -> None:
     """Measure the bus on the local broker: router vs raw relay, latency, a large file.
 
-    Figures, not verdicts: the targets are in docs/PERFORMANCE.md.  'docbus bench archive'
+    Figures, not verdicts: the targets are in docs/PERFORMANCE.md.  The router part also
+    gives the CPU per document that half the relay's rate leaves on this machine's cores,
+    beside what the library checks alone cost (benchmarks/floor.py).  'docbus bench archive'
     measures search at scale.  Run it on an otherwise idle machine, never two at once.
 
     \b
