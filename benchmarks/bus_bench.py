@@ -745,7 +745,7 @@ FLOOR_SAMPLE = 2000  # envelopes the checks' floor is measured on (benchmarks.fl
 def budget(relay: dict[str, Any], envelopes: list[bytes]) -> dict[str, Any]:
     """The CPU per document a router at half the relay's rate may spend, with RabbitMQ's share,
     on this machine's cores, beside what the checks alone cost (benchmarks.floor): whether
-    the ratio target is within reach of these libraries here, measured in the run that misses it."""
+    the ratio target is within reach of these libraries here, measured in the same run."""
     cores = os.cpu_count() or 1
     half = relay["msgs_per_s"] / 2 if relay["msgs_per_s"] else None
     floor = checks_floor(envelopes)

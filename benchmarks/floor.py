@@ -4,7 +4,7 @@ The router's target is half of what a raw relay moves on the same broker.  Wheth
 within reach of any router written with this project's libraries is a question of CPU: the
 two cores must carry, per document, the router's own work and RabbitMQ's.  This measures,
 in this process and on the same pre-signed envelopes, only the library calls a router
-cannot do without, each the way the C parts of lxml, cryptography and SQLite do it fastest:
+cannot do without, each called directly, one step over all envelopes at a time:
 
 - parse: lxml with entities, DTDs and the network off (the parser ``bus.safexml`` uses);
 - schema: the strict XSD, compiled once (libxml2);
