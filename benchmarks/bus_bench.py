@@ -839,7 +839,7 @@ def _budget_rows(b: dict[str, Any] | None) -> list[list[str]]:
     return [
         [
             "CPU per document at half the relay",
-            f"{b['half_relay_ms_per_doc']} ms",
+            "not measured" if b["half_relay_ms_per_doc"] is None else f"{b['half_relay_ms_per_doc']} ms",
             f"{b['cores']} cores' time, routers and RabbitMQ together",
         ],
         [

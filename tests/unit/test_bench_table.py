@@ -101,6 +101,12 @@ def test_every_figure_of_a_full_run_is_printed_whole() -> None:
     assert "0.203 ms" in next(line for line in out.splitlines() if "the least a router needs" in line)
 
 
+def test_a_relay_that_moved_nothing_leaves_no_budget_to_print() -> None:
+    run = FULL_RUN | {"budget": FULL_RUN["budget"] | {"half_relay_ms_per_doc": None}}
+    line = next(r for r in rows(run) if r[0] == "CPU per document at half the relay")
+    assert line[1] == "not measured"
+
+
 def test_the_ratio_keeps_three_decimals() -> None:
     line = next(r for r in rows(FULL_RUN | {"router_vs_relay": 0.1}) if r[0] == "router / relay")
     assert line[1] == "0.100"
